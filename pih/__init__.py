@@ -1,0 +1,71 @@
+"""pih: which goes first, pruning or quantization, and why.
+
+The framework-free core (numpy + scipy): method specs, units and ownership, the metrics G, CER and A, order
+search, and one record type with a crash-safe store. The JAX simulation lives in ``sim``; the torch bridge in
+``pih.bridge`` (imported only when used).
+"""
+
+from .errors import PihError, ProtocolMismatch, check_tensor
+from .methods import MixedPrecision, Prune, Quantize, RemoveBlocks, Spec, pipeline_label, spec_from_dict
+from .metrics import (
+    CER,
+    Monotonicity,
+    QuantCurve,
+    monotonicity,
+    order_advantage,
+    performance_gap,
+    ratio_16_over_b,
+)
+from .order import OrderSearch, all_orders, predicted_order, search_orders
+from .ownership import (
+    Granularity,
+    T1Decomposition,
+    direct_advantage,
+    disjoint_selectivity,
+    interference,
+    owned_errors,
+    owners_from_mask,
+    theorem1,
+)
+from .records import Provenance, Record, Store, Task, record_key, require_same_protocol, run_sweep
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CER",
+    "Granularity",
+    "MixedPrecision",
+    "Monotonicity",
+    "OrderSearch",
+    "PihError",
+    "ProtocolMismatch",
+    "Provenance",
+    "Prune",
+    "Quantize",
+    "QuantCurve",
+    "Record",
+    "RemoveBlocks",
+    "Spec",
+    "Store",
+    "T1Decomposition",
+    "Task",
+    "all_orders",
+    "check_tensor",
+    "direct_advantage",
+    "disjoint_selectivity",
+    "interference",
+    "monotonicity",
+    "order_advantage",
+    "owned_errors",
+    "owners_from_mask",
+    "performance_gap",
+    "pipeline_label",
+    "predicted_order",
+    "ratio_16_over_b",
+    "record_key",
+    "require_same_protocol",
+    "run_sweep",
+    "search_orders",
+    "spec_from_dict",
+    "theorem1",
+]

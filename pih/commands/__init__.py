@@ -1,0 +1,3 @@
+"""Subcommands of ``pih``: each module has ``register(subparsers)``."""
+
+COMMANDS = ["cer", "records", "report"]
