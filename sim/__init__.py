@@ -15,8 +15,8 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from .assumptions import A1, A2, A2_SEEN, AssumptionSet, ASSUMPTION_SETS  # noqa: E402
-from .pipeline import PairResult, Model, run_pair, run_pipeline, stage_from_spec  # noqa: E402
+from .assumptions import A1, A2, A2_SEEN, ASSUMPTION_SETS, AssumptionSet  # noqa: E402
+from .pipeline import Model, PairResult, run_pair, run_pipeline, stage_from_spec  # noqa: E402
 from .tensors import activations, layer, load_tensors, make_model  # noqa: E402
 
 __all__ = [

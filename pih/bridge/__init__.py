@@ -29,8 +29,18 @@ from ._common import offline_env
 
 offline_env()
 
-from .engine import CompressionState, apply_pipeline  # noqa: E402
-from .evaluate import accuracy, perplexity  # noqa: E402
-from .models import LoadedModel, load_model  # noqa: E402
+_LAZY = {
+    "CompressionState": "engine", "apply_pipeline": "engine", "accuracy": "evaluate", "perplexity": "evaluate",
+    "LoadedModel": "models", "load_model": "models",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["CompressionState", "LoadedModel", "accuracy", "apply_pipeline", "load_model", "offline_env", "perplexity"]

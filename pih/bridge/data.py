@@ -92,7 +92,8 @@ def _wikitext2() -> tuple[str, str]:
         tr = load_dataset("wikitext", "wikitext-2-raw-v1", split="train")
         te = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
     except Exception as exc:  # noqa: BLE001 - any failure here means "not in the local cache"
-        raise bad("data", "wikitext2", f"not found in the local datasets cache (no download at run time): {exc}")
+        raise bad("data", "wikitext2",
+                  f"not found in the local datasets cache (no download at run time): {exc}") from None
     # GPTQ/Wanda protocol: the raw split joined with blank lines, tokenized once.
     return "\n\n".join(tr["text"]), "\n\n".join(te["text"])
 
@@ -158,3 +159,45 @@ def calibration_windows(ids, seqlen: int, n: int, seed: int, source: str = "text
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, ids.numel() - seqlen - 1, size=n)
     return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+
+
+IMAGE_SETS = ("digits",)
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """An offline image classification set, split once (fixed permutation, seed 0, 80/20)."""
+
+    name: str
+    train_x: object  # torch.FloatTensor (n, C, H, W)
+    train_y: object  # torch.LongTensor (n,)
+    test_x: object
+    test_y: object
+    sha256: str
+    num_labels: int
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}@{self.sha256[:12]}"
+
+
+def load_images(name: str) -> ImageSet:
+    """``digits``: scikit-learn's 8x8 handwritten digits (1797 images, bundled with scikit-learn)."""
+    import hashlib
+
+    import torch
+
+    if name != "digits":
+        raise bad("data", name, f"unknown image set; the bridge knows {IMAGE_SETS}")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:
+        raise bad("data", name, "needs scikit-learn (pip install scikit-learn)") from exc
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
+    x, y = x[perm], y[perm]
+    n_train = int(0.8 * x.shape[0])
+    sha = hashlib.sha256(d.images.tobytes() + d.target.tobytes()).hexdigest()
+    return ImageSet("digits", x[:n_train], y[:n_train], x[n_train:], y[n_train:], sha, 10)

@@ -1,0 +1,173 @@
+"""Benchmark (not a test): the JAX sweep against a straightforward numpy loop computing the same records.
+
+Magnitude pruning (per tensor, random tie-breaking) x round-to-nearest per-channel absmax quantization on
+512x512 layers (Student-t(4) weights, 64 heavy-tailed calibration samples): per (p, b, seed) point, P alone,
+Q alone, both orders, and the disjoint reconstructions (for Δ), each measured as per-row output and weight
+errors, then M, Δ and the order advantage. Both backends run in the same process; the numpy loop runs on the
+first seeds only (it is slow) and its records are checked against the JAX ones before the ratio is printed.
+
+    .venv/bin/python benchmarks/bench_sim.py [--points 10000] [--numpy-seeds 2] [--shape 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _devices_from_argv(argv) -> int:
+    """--devices N (default: the CPU cores): the JAX sweep runs one seed per CPU device."""
+    for i, a in enumerate(argv):
+        if a == "--devices" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if a.startswith("--devices="):
+            return int(a.split("=", 1)[1])
+    return len(os.sched_getaffinity(0))
+
+
+if "jax" not in sys.modules:  # must be set before JAX starts
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={_devices_from_argv(sys.argv)}").strip()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import sim  # noqa: F401, E402  (float64)
+from pih import Prune, Quantize  # noqa: E402
+from sim import assumptions as AS  # noqa: E402
+from sim import mechanisms as mech  # noqa: E402
+from sim.sweep import ModelSpec, Pairing, run_grid  # noqa: E402
+
+RATIOS = np.round(np.linspace(0.1, 0.8, 8), 4)
+BITS = np.arange(2, 9, dtype=float)
+
+
+# ----------------------------------------------------------------------------------------- numpy baseline
+
+
+def np_keep(score, key, ratio, removed=None, lexsort=True):
+    """Magnitude pruning mask with the simulation's random tie-breaking priorities, per tensor. ``lexsort``: the
+    straightforward way (np.lexsort on (priority, |score|)); otherwise the simulation's packed uint64 keys."""
+    n = score.size
+    m = max(1, (n - 1).bit_length())
+    c = np.asarray(mech.tiebreak_constants(key)).astype(np.uint64)
+    mask = np.uint64((1 << m) - 1)
+    sh = np.uint64(m // 2 + 1)
+    x = np.arange(n, dtype=np.uint64)
+    x = (x * c[0] + c[2]) & mask
+    x ^= x >> sh
+    x = (x * c[1]) & mask
+    x ^= x >> sh
+    k = int(np.round(ratio * n))
+    if k <= 0:
+        return np.ones(score.shape, bool)
+    if k >= n:
+        return np.zeros(score.shape, bool)
+    if lexsort:
+        order = np.lexsort((x, np.abs(score).ravel()))
+        keep = np.ones(n, bool)
+        keep[order[:k]] = False
+        return keep.reshape(score.shape)
+    bits = (np.abs(score).astype(np.float64).view(np.uint64) >> np.uint64(m)) + np.uint64(1)
+    if removed is not None:
+        bits = np.where(removed, np.uint64(0), bits)
+    keys = (bits << np.uint64(m)) | x.reshape(score.shape)
+    return keys >= np.sort(keys.ravel())[k]
+
+
+def np_rtn(W, bits):
+    amax = np.abs(W).max(axis=1, keepdims=True)
+    s = amax / (2.0 ** (bits - 1) - 1)
+    s = np.where(s > 0, s, 1.0)
+    return np.clip(np.round(W / s), -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) * s
+
+
+def np_point(W, X, kp, kq, p, b, lexsort=True):
+    """Every record value of one (p, b) point, the straightforward way."""
+    def errs(Wn):
+        D = W - Wn
+        return (D * D).sum(1), ((D @ X) ** 2).sum(1)
+
+    dense = ((W @ X) ** 2).sum(1)
+    keep_p = np_keep(W, kp, p, lexsort=lexsort)
+    Wq = np_rtn(W, b)
+    pf = np_rtn(W * keep_p, b) * keep_p
+    keep_q = np_keep(Wq, kp, p, lexsort=lexsort)
+    qf = Wq * keep_q
+    out = {}
+    for name, Wn in (("P", W * keep_p), ("Q", Wq), ("pf", pf), ("qf", qf), ("pf_dis", np.where(keep_p, Wq, 0.0)),
+                     ("qf_dis", np.where(keep_q, Wq, 0.0))):
+        out[name] = -errs(Wn)[1].sum() / dense.sum()
+    return out
+
+
+def numpy_sweep(ms: ModelSpec, seeds, lexsort=True) -> dict:
+    res = {}
+    for s in seeds:
+        m = ms.make(int(s))
+        W, X = np.asarray(m.W[0]), np.asarray(m.X[0])
+        kp, kq = jax.random.split(jax.random.PRNGKey(int(s)))
+        lkp, lkq = jax.random.split(kp, 1)[0], jax.random.split(kq, 1)[0]  # per-layer keys, as run_pipeline
+        for bi, b in enumerate(BITS):
+            for ri, p in enumerate(RATIOS):
+                res[(int(s), bi, ri)] = np_point(W, X, lkp, lkq, float(p), float(b), lexsort)
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--points", type=int, default=10_000, help="(p, b, seed) points for the JAX sweep")
+    ap.add_argument("--numpy-seeds", type=int, default=2, help="seeds for the numpy loop (8x7 points each)")
+    ap.add_argument("--shape", type=int, default=512, help="layer side")
+    ap.add_argument("--samples", type=int, default=64, help="calibration samples")
+    ap.add_argument("--devices", type=int, default=None, help="CPU devices for the JAX sweep (default: cores)")
+    args = ap.parse_args(argv)
+    per_seed = len(RATIOS) * len(BITS)
+    n_seeds = max(1, -(-args.points // per_seed))
+    ms = ModelSpec(shape=(args.shape, args.shape), n_samples=args.samples, dist="student_t", act_outliers=4)
+    pa = Pairing("magnitude x RTN", Prune(0.5), Quantize(4))
+    print(f"devices: {jax.devices()}; layer {args.shape}x{args.shape}, {args.samples} samples; grid "
+          f"{len(RATIOS)} ratios x {len(BITS)} bit widths", file=sys.stderr)
+
+    t0 = time.perf_counter()
+    run_grid(pa, RATIOS, BITS, range(10_000, 10_000 + jax.local_device_count()), ms, AS.A1, progress=False)  # compile
+    t_compile = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    g = run_grid(pa, RATIOS, BITS, range(n_seeds), ms, AS.A1, progress=True)
+    t_jax = time.perf_counter() - t0
+    n_jax = n_seeds * per_seed
+    jax_pps = n_jax / t_jax
+
+    ns = min(args.numpy_seeds, n_seeds)
+    t0 = time.perf_counter()
+    ref = numpy_sweep(ms, range(ns))
+    t_np = time.perf_counter() - t0
+    np_pps = len(ref) / t_np
+    t0 = time.perf_counter()
+    ref_keys = numpy_sweep(ms, range(1), lexsort=False)
+    np_keys_pps = len(ref_keys) / (time.perf_counter() - t0)
+
+    worst, where = 0.0, None
+    for (s, bi, ri), r in ref.items():
+        pairs = (("M_P", r["P"], g.M_P[s, ri]), ("M_Q", r["Q"], g.M_Q[s, bi]), ("M_pf", r["pf"], g.M_pf[s, bi, ri]),
+                 ("M_qf", r["qf"], g.M_qf[s, bi, ri]), ("delta_pf", r["pf_dis"] - r["pf"], g.delta_pf[s, bi, ri]),
+                 ("delta_qf", r["qf_dis"] - r["qf"], g.delta_qf[s, bi, ri]))
+        scale = max(abs(r["P"]), abs(r["Q"]), abs(r["pf"]), abs(r["qf"]))
+        for name, a, b in pairs:  # differences relative to the size of the metric at that point
+            d = abs(a - b) / scale
+            if d > worst:
+                worst, where = d, (name, s, float(BITS[bi]), float(RATIOS[ri]))
+    ok = worst < 1e-9
+    print(f"jax:   {n_jax} points in {t_jax:.1f} s = {jax_pps:.1f} points/s (compile {t_compile:.1f} s, excluded)")
+    print(f"numpy: {len(ref)} points in {t_np:.1f} s = {np_pps:.2f} points/s (np.lexsort tie-breaking)")
+    print(f"numpy with the simulation's packed uint64 sort keys: {np_keys_pps:.2f} points/s")
+    print(f"records agree: {ok} (max difference {worst:.1e} of the metric's size, at {where})")
+    print(f"ratio (jax / numpy points/s): {jax_pps / np_pps:.1f}x; against the packed-key numpy loop: "
+          f"{jax_pps / np_keys_pps:.1f}x")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

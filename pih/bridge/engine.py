@@ -1,0 +1,383 @@
+"""Apply a pipeline of :mod:`pih.methods` specs to a real model, block by block.
+
+Each stage runs over the model's blocks in order. Calibration inputs of block ``i`` are the outputs of blocks
+``< i`` *as already compressed by this stage* (and by every earlier stage), captured by hooks, as in the
+reference implementations of GPTQ, SparseGPT and Wanda. All linear layers of a block are compressed from one
+forward pass over the block's calibration inputs; then the block's outputs are recomputed with its compressed
+weights and fed to the next block. Stages without calibration (magnitude, RTN) skip the forward passes.
+
+:class:`CompressionState` records what earlier stages did: the pruning mask of every linear layer (kept exactly by
+later stages), the quantization grid of every quantized layer (for the off-grid policy), removed blocks, and a
+per-stage log. Off-grid policy, when a later weight update (SparseGPT after quantization) moves weights off the
+grid: ``requantize`` (snap the kept weights back onto the same grid), ``keep`` (leave them, log the fraction), or
+``forbid`` (refuse the pipeline).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..methods import MixedPrecision, Prune, Quantize
+from ._common import bad
+from .models import LoadedModel, linears_of
+from .prune import magnitude, sparsegpt, wanda
+from .quant import Grid, gptq, rtn
+
+OFFGRID_POLICIES = ("requantize", "keep", "forbid")
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    """Method settings the specs do not carry. Recorded in every record's provenance."""
+
+    blocksize: int = 128  # GPTQ / SparseGPT lazy-batch block (SparseGPT's mask block)
+    percdamp: float = 0.01  # Hessian damping, fraction of mean diag
+    act_order: bool = False  # GPTQ column order by decreasing diag(H)
+    offgrid: str = "requantize"  # requantize | keep | forbid
+    sequential: bool = True  # calibrate block i on the outputs of the compressed blocks < i
+    batch_size: int = 8  # calibration / evaluation windows per forward
+    mp_order: str = "as_listed"  # mixed precision: as_listed | progressive (high bits first) | regressive
+
+    def __post_init__(self) -> None:
+        if self.offgrid not in OFFGRID_POLICIES:
+            raise bad("offgrid", self.offgrid, f"must be one of {OFFGRID_POLICIES}")
+        if not isinstance(self.blocksize, int) or self.blocksize < 1:
+            raise bad("blocksize", self.blocksize, "must be a positive integer")
+        if not (isinstance(self.percdamp, (int, float)) and 0 < self.percdamp < 1):
+            raise bad("percdamp", self.percdamp, "must lie in (0, 1)")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise bad("batch_size", self.batch_size, "must be a positive integer")
+        if self.mp_order not in ("as_listed", "progressive", "regressive"):
+            raise bad("mp_order", self.mp_order, "must be as_listed, progressive or regressive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CompressionState:
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # True = pruned
+    grids: dict[str, Grid] = field(default_factory=dict)
+    removed: list[int] = field(default_factory=list)
+    rotated: bool = False
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    def clone(self) -> CompressionState:
+        return CompressionState({k: v.clone() for k, v in self.masks.items()},
+                                {k: copy.deepcopy(v) for k, v in self.grids.items()},
+                                list(self.removed), self.rotated, copy.deepcopy(self.log))
+
+
+# -- block plumbing -------------------------------------------------------------------------------------------
+class _Caught(Exception):
+    pass
+
+
+def _skip_forward(hidden_states, *args, **kwargs):
+    return hidden_states
+
+
+def set_removed(lm: LoadedModel, removed: list[int]) -> None:
+    """Make exactly the blocks in ``removed`` pass their input through (weights stay in place)."""
+    for i, blk in enumerate(lm.blocks()):
+        if i in removed:
+            blk.forward = _skip_forward
+        elif "forward" in blk.__dict__:
+            del blk.forward
+
+
+def model_inputs(lm: LoadedModel, batch: torch.Tensor) -> dict[str, Any]:
+    if lm.arch == "llama":
+        return {"input_ids": batch.to(lm.device)}
+    return {"pixel_values": batch.to(lm.device, dtype=next(lm.model.parameters()).dtype)}
+
+
+def capture_block_inputs(lm: LoadedModel, calib: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, dict]]:
+    """Inputs (hidden states, keyword arguments) of block 0 for each calibration batch."""
+    blocks = lm.blocks()
+    first = blocks[0]
+    caught: list[tuple[torch.Tensor, dict]] = []
+
+    def hook(module, args, kwargs):
+        hs = args[0] if args else kwargs.pop("hidden_states")
+        caught.append((hs.detach(), dict(kwargs)))
+        raise _Caught
+
+    h = first.register_forward_pre_hook(hook, with_kwargs=True)
+    saved = first.__dict__.pop("forward", None)
+    try:
+        with torch.no_grad():
+            for s in range(0, calib.shape[0], batch_size):
+                try:
+                    lm.model(**model_inputs(lm, calib[s : s + batch_size]))
+                except _Caught:
+                    pass
+    finally:
+        h.remove()
+        if saved is not None:
+            first.forward = saved
+    return caught
+
+
+def run_block(block: nn.Module, inps: list[tuple[torch.Tensor, dict]]) -> list[tuple[torch.Tensor, dict]]:
+    out = []
+    with torch.no_grad():
+        for hs, kw in inps:
+            y = block(hs, **kw)
+            out.append((y[0] if isinstance(y, tuple) else y, kw))
+    return out
+
+
+class _Stats:
+    """Running calibration statistics of one linear layer's input: H = 2/n Σ x xᵀ and mean ||x_j||²."""
+
+    def __init__(self, cols: int, device, hessian: bool):
+        self.H = torch.zeros(cols, cols, device=device, dtype=torch.float32) if hessian else None
+        self.norm2 = torch.zeros(cols, device=device, dtype=torch.float32)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach()
+        tmp = x.shape[0] if x.dim() > 2 else 1
+        x = x.reshape(-1, x.shape[-1]).float()
+        total = self.n + tmp
+        if self.H is not None:
+            self.H *= self.n / total
+            xs = (2 / total) ** 0.5 * x
+            self.H += xs.t() @ xs
+        self.norm2 *= self.n / total
+        self.norm2 += (x**2).sum(0) / total
+        self.n = total
+
+
+def collect_stats(block: nn.Module, inps, hessian: bool) -> dict[str, _Stats]:
+    lins = linears_of(block)
+    stats = {n: _Stats(m.in_features, m.weight.device, hessian) for n, m in lins.items()}
+    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: stats[n].add(a[0])) for n, m in lins.items()]
+    try:
+        run_block(block, inps)
+    finally:
+        for h in hooks:
+            h.remove()
+    return stats
+
+
+def _generator(seed: int, *parts: object) -> torch.Generator:
+    h = hashlib.sha256(repr((seed,) + parts).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
+
+
+# -- stages -----------------------------------------------------------------------------------------------------
+def _check_pipeline(lm: LoadedModel, pipeline, settings: BridgeSettings, state: CompressionState) -> None:
+    quantized = bool(state.grids)
+    for i, spec in enumerate(pipeline):
+        if not isinstance(spec, (Prune, Quantize, MixedPrecision)):
+            raise bad(f"pipeline[{i}]", spec, "must be a Prune, Quantize or MixedPrecision spec")
+        if isinstance(spec, Prune):
+            if spec.structure in ("row", "head"):
+                raise bad("structure", spec.structure, "the torch bridge supports unstructured, N:M and block")
+            if spec.structure == "block" and spec.criterion != "loss":
+                raise bad("criterion", spec.criterion, "block removal uses criterion='loss' (RemoveBlocks)")
+            if spec.criterion == "sparsegpt" and quantized and settings.offgrid == "forbid":
+                raise bad("offgrid", "forbid", f"{spec.label} after quantization moves weights off the grid")
+            if spec.nm is not None:
+                for blk in lm.blocks():
+                    for n, m in linears_of(blk).items():
+                        try:
+                            spec.check_shape(tuple(m.weight.shape))
+                        except Exception as exc:
+                            raise bad("structure", spec.structure, f"layer {n}: {exc}") from None
+        else:
+            quantized = True
+            if isinstance(spec, Quantize):
+                for blk in lm.blocks():
+                    for m in linears_of(blk).values():
+                        spec.check_shape(tuple(m.weight.shape))
+            if isinstance(spec, MixedPrecision):
+                n_lin = sum(len(linears_of(b)) for b in lm.blocks())
+                if len(spec.bits) != n_lin:
+                    raise bad("bits", spec.bits, f"mixed precision needs one bit width per linear layer ({n_lin})")
+
+
+def layer_names(lm: LoadedModel) -> list[str]:
+    """Full names of the compressible linear layers, in forward order (the bridge's units for MixedPrecision)."""
+    out = []
+    for i, blk in enumerate(lm.blocks()):
+        out += [f"{lm.block_name(i)}.{n}" for n in linears_of(blk)]
+    return out
+
+
+def apply_stage(lm: LoadedModel, spec, state: CompressionState, calib: torch.Tensor, settings: BridgeSettings,
+                seed: int = 0, stage_index: int = 0, progress: bool = True, layers: set[str] | None = None) -> None:
+    """Apply one spec to ``lm.model`` in place, updating ``state``. ``layers`` restricts it to those layers."""
+    t0 = time.time()
+    entry: dict[str, Any] = {"stage": stage_index, "spec": spec.label}
+    if isinstance(spec, Prune) and spec.structure == "block":
+        _remove_blocks(lm, spec, state, calib, settings, progress, entry)
+    elif isinstance(spec, MixedPrecision) and settings.mp_order != "as_listed":
+        names = layer_names(lm)
+        groups = sorted(set(spec.bits), reverse=settings.mp_order == "progressive")
+        entry["mp_groups"] = groups
+        for bits in groups:
+            sub = {n for n, b in zip(names, spec.bits, strict=True) if b == bits}
+            _layerwise(lm, spec, state, calib, settings, seed, stage_index, progress, entry, sub, bits_override=bits)
+    else:
+        _layerwise(lm, spec, state, calib, settings, seed, stage_index, progress, entry, layers)
+    entry["seconds"] = round(time.time() - t0, 3)
+    state.log.append(entry)
+
+
+def _needs(spec) -> str | None:
+    if isinstance(spec, Prune):
+        return {"wanda": "norm", "sparsegpt": "hessian"}.get(spec.criterion)
+    if spec.update == "gptq":
+        return "hessian"
+    return None
+
+
+def _layerwise(lm, spec, state, calib, settings, seed, stage_index, progress, entry, layers, bits_override=None):
+    need = _needs(spec)
+    names = layer_names(lm)
+    mp_bits = dict(zip(names, spec.bits, strict=True)) if isinstance(spec, MixedPrecision) else None
+    inps = capture_block_inputs(lm, calib, settings.batch_size) if need else None
+    offgrid_moved = offgrid_total = 0
+    blocks = lm.blocks()
+    bar = tqdm(range(len(blocks)), desc=f"{spec.label}", file=sys.stderr, disable=not progress, leave=False)
+    for i in bar:
+        blk = blocks[i]
+        if i in state.removed:
+            continue  # a removed block passes its input through unchanged
+        lins = linears_of(blk)
+        todo = {n: m for n, m in lins.items() if layers is None or f"{lm.block_name(i)}.{n}" in layers}
+        stats = collect_stats(blk, inps, need == "hessian") if (need and todo) else {}
+        dense_out = run_block(blk, inps) if (need and not settings.sequential and i + 1 < len(blocks)) else None
+        for n, mod in todo.items():
+            full = f"{lm.block_name(i)}.{n}"
+            W = mod.weight.data
+            Wf = W.float()
+            gen = _generator(seed, stage_index, spec.label, full)
+            mask = state.masks.get(full)
+            mask = mask.to(W.device) if mask is not None else None
+            if isinstance(spec, Prune):
+                nm = spec.nm
+                if spec.criterion == "magnitude":
+                    mask = magnitude(Wf, spec.ratio, nm, mask, gen)
+                    newW = Wf.masked_fill(mask, 0)
+                elif spec.criterion == "wanda":
+                    mask = wanda(Wf, stats[n].norm2, spec.ratio, nm, mask, gen)
+                    newW = Wf.masked_fill(mask, 0)
+                elif spec.criterion == "sparsegpt":
+                    newW, mask = sparsegpt(Wf, stats[n].H, spec.ratio, nm, settings.blocksize, settings.percdamp,
+                                           mask, gen)
+                    grid = state.grids.get(full)
+                    if grid is not None:
+                        g = grid.to(W.device)
+                        off = ~g.on_grid(newW) & ~mask
+                        offgrid_moved += int(off.sum())
+                        offgrid_total += int((~mask).sum())
+                        if settings.offgrid == "requantize":
+                            newW = g.quantize(newW, mask)
+                else:
+                    raise bad("criterion", spec.criterion, "not a layer-wise pruning criterion in the bridge")
+                state.masks[full] = mask.cpu()
+            else:
+                q = spec if isinstance(spec, Quantize) else spec.quantizer(0)
+                bits = bits_override if bits_override is not None else (mp_bits[full] if mp_bits else q.bits)
+                if q.update == "gptq":
+                    newW, grid = gptq(Wf, stats[n].H, bits, q.group, q.symmetric, q.scale, settings.act_order,
+                                      settings.blocksize, settings.percdamp, mask)
+                else:
+                    newW, grid = rtn(Wf, bits, q.group, q.symmetric, q.scale, mask, q.rounding, gen)
+                state.grids[full] = grid.to("cpu")
+            if mask is not None and bool((newW[mask] != 0).any()):  # pragma: no cover - guarded by construction
+                raise RuntimeError(f"mask of {full} not preserved by {spec.label}")
+            mod.weight.data.copy_(newW.to(W.dtype))
+        if need and i + 1 < len(blocks):
+            inps = run_block(blk, inps) if settings.sequential else dense_out
+    if offgrid_total:
+        entry["offgrid_fraction"] = offgrid_moved / offgrid_total
+        entry["offgrid_policy"] = settings.offgrid
+
+
+def calib_loss(lm: LoadedModel, calib: torch.Tensor, batch_size: int, labels: torch.Tensor | None = None) -> float:
+    """Mean cross-entropy of the model on the calibration set (tokens for LMs, labels for classifiers)."""
+    tot, n = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, calib.shape[0], batch_size):
+            x = calib[s : s + batch_size]
+            if lm.arch == "llama":
+                logits = lm.model(**model_inputs(lm, x)).logits.float()
+                lp = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1).to(logits.device),
+                    reduction="sum")
+                tot += float(lp)
+                n += x[:, 1:].numel()
+            else:
+                logits = lm.model(**model_inputs(lm, x)).logits.float()
+                y = labels[s : s + batch_size].to(logits.device)
+                tot += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+                n += y.numel()
+    return tot / n
+
+
+def _remove_blocks(lm, spec, state, calib, settings, progress, entry):
+    """SLEB-like: repeatedly remove the block whose removal raises the calibration loss least."""
+    n_blocks = len(lm.blocks())
+    target = int(round(spec.ratio * n_blocks))
+    if target >= n_blocks:
+        raise bad("ratio", spec.ratio, f"would remove all {n_blocks} blocks")
+    labels = getattr(lm, "calib_labels", None)
+    losses = []
+    bar = tqdm(total=max(0, target - len(state.removed)), desc=spec.label, file=sys.stderr, disable=not progress,
+               leave=False)
+    while len(state.removed) < target:
+        best, best_loss = None, float("inf")
+        for i in range(n_blocks):
+            if i in state.removed:
+                continue
+            set_removed(lm, state.removed + [i])
+            loss = calib_loss(lm, calib, settings.batch_size, labels)
+            if loss < best_loss:
+                best, best_loss = i, loss
+        state.removed.append(best)
+        losses.append(best_loss)
+        set_removed(lm, state.removed)
+        bar.update(1)
+    bar.close()
+    set_removed(lm, state.removed)
+    for i in state.removed:  # every linear of a removed block counts as pruned
+        for n, m in linears_of(lm.blocks()[i]).items():
+            state.masks[f"{lm.block_name(i)}.{n}"] = torch.ones_like(m.weight, dtype=torch.bool, device="cpu")
+    entry["removed"] = list(state.removed)
+    entry["calib_losses"] = losses
+
+
+def apply_pipeline(lm: LoadedModel, pipeline, calib: torch.Tensor, settings: BridgeSettings | None = None,
+                   state: CompressionState | None = None, seed: int = 0, progress: bool = True,
+                   start_index: int = 0) -> CompressionState:
+    """Apply ``pipeline`` (specs in application order) to ``lm`` in place; returns the compression state."""
+    settings = settings or BridgeSettings()
+    state = state or CompressionState()
+    _check_pipeline(lm, pipeline, settings, state)
+    for k, spec in enumerate(pipeline):
+        apply_stage(lm, spec, state, calib, settings, seed, start_index + k, progress)
+    return state
+
+
+def effective_weights(lm: LoadedModel, state: CompressionState) -> dict[str, torch.Tensor]:
+    """The weight each compressible linear layer contributes (zero for layers of removed blocks), on CPU."""
+    out = {}
+    for i, blk in enumerate(lm.blocks()):
+        for n, m in linears_of(blk).items():
+            w = m.weight.detach().float().cpu()
+            out[f"{lm.block_name(i)}.{n}"] = torch.zeros_like(w) if i in state.removed else w.clone()
+    return out

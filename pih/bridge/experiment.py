@@ -1,0 +1,518 @@
+"""Experiments on real models from a TOML config: a grid of pruning ratios × bit widths, each method alone and both
+orders (plus any explicit pipelines), stored as resumable :class:`pih.Record` s.
+
+Config (every key is checked; unknown keys are an error)::
+
+    [experiment]
+    name = "smoke"
+    model = "tiny-llama:kjv"      # smollm2 | tiny-llama[:corpus] | a local HF folder | a .gguf file
+    seed = 0
+    device = "cpu"                # cpu | cuda | auto
+    dtype = "float32"
+    threads = 1                   # torch CPU threads (0 = leave torch's default)
+    analysis = true               # Theorem 1 / interference per (P, Q) pair
+    unit_arrays = false           # also store the per-weight arrays (small models only)
+    rotate = false                # Hadamard-rotate the residual stream of the dense model first (exact)
+
+    [data]
+    eval = "kjv"                  # perplexity text (test split)
+    calibration = "kjv"           # calibration windows (train split)
+    seqlen = 128
+    eval_tokens = 8192
+    calibration_size = 16
+
+    [settings]                    # pih.bridge.engine.BridgeSettings
+    offgrid = "requantize"
+
+    [prune]                       # pih.Prune fields, with ratios instead of ratio
+    criterion = "wanda"
+    ratios = [0.3, 0.5]
+
+    [quantize]                    # pih.Quantize fields, with bits as a list
+    bits = [3, 4]
+    update = "gptq"
+
+    [grid]
+    orders = ["alone", "PQ", "QP"]    # which pipelines of the grid to run
+
+    [[pipelines]]                 # explicit pipelines (e.g. multi-stage P->Q->P)
+    name = "PQP"
+    stages = [{kind = "prune", ratio = 0.25, criterion = "sparsegpt"}, {kind = "quantize", bits = 4}]
+    settings = {}                 # BridgeSettings overrides for this pipeline (recorded in the point)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import Provenance, Prune, Quantize, Record, Store, Task, pipeline_label, run_sweep, spec_from_dict
+from ..errors import PihError, bad
+from ._common import offline_env, seed_all
+
+offline_env()
+
+_SECTIONS = {
+    "experiment": {"name", "model", "seed", "device", "dtype", "threads", "analysis", "unit_arrays", "rotate",
+                   "cache", "description", "notes"},
+    "data": {"eval", "calibration", "seqlen", "eval_tokens", "calibration_size"},
+    "settings": {f.name for f in dataclasses.fields(__import__("pih.bridge.engine", fromlist=["x"]).BridgeSettings)},
+    "prune": {"criterion", "structure", "ratios"},
+    "quantize": {"bits", "group", "symmetric", "scale", "rotation", "update", "rounding"},
+    "grid": {"orders"},
+    "pipelines": {"name", "stages", "settings"},
+}
+ORDERS = ("dense", "alone", "PQ", "QP")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    model: str
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 1
+    analysis: bool = True
+    unit_arrays: bool = False
+    rotate: bool = False
+    cache: str | None = None
+    eval: str = "kjv"
+    calibration: str = "kjv"
+    seqlen: int = 128
+    eval_tokens: int = 8192
+    calibration_size: int = 16
+    settings: dict[str, Any] = field(default_factory=dict)
+    prune: dict[str, Any] | None = None
+    quantize: dict[str, Any] | None = None
+    orders: tuple[str, ...] = ("dense", "alone", "PQ", "QP")
+    pipelines: list[dict[str, Any]] = field(default_factory=list)
+    source: str = ""
+
+
+def _typed(section: str, key: str, value: Any, kind: type | tuple) -> Any:
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise bad(f"{section}.{key}", value, f"must be {kind}")
+    if not isinstance(value, kind):
+        raise bad(f"{section}.{key}", value, f"must be of type {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
+    """Validate a config dict (as read from TOML); every unknown section or key is an error."""
+    for sec, body in raw.items():
+        if sec not in _SECTIONS:
+            raise bad("config", sec, f"unknown section in {source}; allowed: {sorted(_SECTIONS)}")
+        items = body if isinstance(body, list) else [body]
+        for it in items:
+            if not isinstance(it, dict):
+                raise bad(sec, it, "must be a table")
+            unknown = set(it) - _SECTIONS[sec]
+            if unknown:
+                raise bad(f"{sec}", sorted(unknown), f"unknown keys in {source}; allowed: {sorted(_SECTIONS[sec])}")
+    ex = raw.get("experiment", {})
+    if "model" not in ex or "name" not in ex:
+        raise bad("experiment", ex, f"{source} needs [experiment] name and model")
+    d = raw.get("data", {})
+    cfg = ExperimentConfig(
+        name=_typed("experiment", "name", ex["name"], str),
+        model=_typed("experiment", "model", ex["model"], str),
+        seed=_typed("experiment", "seed", ex.get("seed", 0), int),
+        device=_typed("experiment", "device", ex.get("device", "cpu"), str),
+        dtype=_typed("experiment", "dtype", ex.get("dtype", "float32"), str),
+        threads=_typed("experiment", "threads", ex.get("threads", 1), int),
+        analysis=_typed("experiment", "analysis", ex.get("analysis", True), bool),
+        unit_arrays=_typed("experiment", "unit_arrays", ex.get("unit_arrays", False), bool),
+        rotate=_typed("experiment", "rotate", ex.get("rotate", False), bool),
+        cache=ex.get("cache"),
+        eval=_typed("data", "eval", d.get("eval", "kjv"), str),
+        calibration=_typed("data", "calibration", d.get("calibration", "kjv"), str),
+        seqlen=_typed("data", "seqlen", d.get("seqlen", 128), int),
+        eval_tokens=_typed("data", "eval_tokens", d.get("eval_tokens", 8192), int),
+        calibration_size=_typed("data", "calibration_size", d.get("calibration_size", 16), int),
+        settings=dict(raw.get("settings", {})),
+        prune=dict(raw["prune"]) if "prune" in raw else None,
+        quantize=dict(raw["quantize"]) if "quantize" in raw else None,
+        orders=tuple(raw.get("grid", {}).get("orders", ORDERS)),
+        pipelines=list(raw.get("pipelines", [])),
+        source=source,
+    )
+    from .engine import BridgeSettings
+
+    BridgeSettings(**cfg.settings)  # validates
+    for o in cfg.orders:
+        if o not in ORDERS:
+            raise bad("grid.orders", o, f"must be among {ORDERS}")
+    if cfg.seqlen < 2:
+        raise bad("data.seqlen", cfg.seqlen, "must be >= 2")
+    for p in cfg.pipelines:
+        if "stages" not in p or not isinstance(p["stages"], list) or not p["stages"]:
+            raise bad("pipelines.stages", p.get("stages"), "each [[pipelines]] needs a non-empty list of stages")
+        for s in p["stages"]:
+            spec_from_dict(dict(s))
+        BridgeSettings(**{**cfg.settings, **p.get("settings", {})})
+    prune_specs(cfg)
+    quant_specs(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike) -> ExperimentConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise bad("config", str(path), "no such file")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise bad("config", str(path), f"not valid TOML: {exc}") from None
+    return parse_config(raw, str(path))
+
+
+def prune_specs(cfg: ExperimentConfig) -> list[Prune]:
+    if not cfg.prune:
+        return []
+    p = dict(cfg.prune)
+    ratios = p.pop("ratios", None)
+    if not isinstance(ratios, list) or not ratios:
+        raise bad("prune.ratios", ratios, "must be a non-empty list of ratios")
+    return [Prune(r, **p) for r in ratios]
+
+
+def quant_specs(cfg: ExperimentConfig) -> list[Quantize]:
+    if not cfg.quantize:
+        return []
+    q = dict(cfg.quantize)
+    bits = q.pop("bits", None)
+    if not isinstance(bits, list) or not bits:
+        raise bad("quantize.bits", bits, "must be a non-empty list of bit widths")
+    return [Quantize(b, **q) for b in bits]
+
+
+def grid_tasks(cfg: ExperimentConfig) -> list[tuple[tuple, dict]]:
+    """(pipeline, point) pairs in an order that lets each stage prefix be computed once."""
+    P, Q = prune_specs(cfg), quant_specs(cfg)
+    out: list[tuple[tuple, dict]] = []
+    if "dense" in cfg.orders:
+        out.append(((), {"prune": None, "quant": None, "order": "dense"}))
+    if "alone" in cfg.orders:
+        out += [((p,), {"prune": p.ratio, "quant": None, "order": "P"}) for p in P]
+        out += [((q,), {"prune": None, "quant": q.bits, "order": "Q"}) for q in Q]
+    for p in P:  # both orders of one pair next to each other: the pair analysis needs both models
+        for q in Q:
+            if "PQ" in cfg.orders:
+                out.append(((p, q), {"prune": p.ratio, "quant": q.bits, "order": "P->Q"}))
+            if "QP" in cfg.orders:
+                out.append(((q, p), {"prune": p.ratio, "quant": q.bits, "order": "Q->P"}))
+    for k, pl in enumerate(cfg.pipelines):
+        specs = tuple(spec_from_dict(dict(s)) for s in pl["stages"])
+        point = {"prune": None, "quant": None, "order": pl.get("name", f"pipeline{k}"),
+                 "pipeline": pipeline_label(specs)}
+        if pl.get("settings"):
+            point["settings"] = dict(sorted(pl["settings"].items()))
+        out.append((specs, point))
+    return out
+
+
+class Runner:
+    """Holds the model, the data and the cache of compressed stage prefixes for one experiment."""
+
+    def __init__(self, cfg: ExperimentConfig, progress: bool = True):
+        import torch
+
+        from .data import calibration_windows, eval_windows, load_corpus, tokenize
+        from .engine import BridgeSettings, CompressionState
+        from .models import load_model
+
+        self.cfg, self.progress = cfg, progress
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        seed_all(cfg.seed)
+        self.lm = load_model(cfg.model, cfg.device, cfg.dtype, cache=cfg.cache, seed=cfg.seed, train_if_missing=True)
+        self.settings = BridgeSettings(**cfg.settings)
+        self.metric_key = "ppl" if self.lm.arch == "llama" else "accuracy"
+        if self.lm.arch == "llama":
+            ev = load_corpus(cfg.eval)
+            cal = ev if cfg.calibration == cfg.eval else load_corpus(cfg.calibration)
+            self.eval_windows = eval_windows(tokenize(self.lm.tokenizer, ev.test), cfg.seqlen, cfg.eval_tokens,
+                                             source=f"test split of {ev.name}")
+            self.calib = calibration_windows(tokenize(self.lm.tokenizer, cal.train), cfg.seqlen,
+                                             cfg.calibration_size, cfg.seed, source=f"train split of {cal.name}")
+            data, calibration, metric, seqlen = f"{ev.tag}:test", f"{cal.tag}:train:random-windows", \
+                "neg_perplexity", cfg.seqlen
+            n_eval = int(self.eval_windows.numel())
+        else:
+            from .data import load_images
+
+            ims = load_images(cfg.eval)
+            cal = ims if cfg.calibration == cfg.eval else load_images(cfg.calibration)
+            self.eval_x, self.eval_y = ims.test_x, ims.test_y
+            if cfg.calibration_size > cal.train_x.shape[0]:
+                raise PihError(f"data.calibration_size={cfg.calibration_size}: the train split of {cal.name} "
+                               f"has {cal.train_x.shape[0]} images")
+            idx = torch.randperm(cal.train_x.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
+            idx = idx[: cfg.calibration_size]
+            self.calib = cal.train_x[idx]
+            self.lm.calib_labels = cal.train_y[idx]
+            data, calibration, metric, seqlen = f"{ims.tag}:test", f"{cal.tag}:train:random-images", "top1", None
+            n_eval = int(self.eval_x.shape[0])
+        self.provenance = Provenance(
+            backend="torch", model=self.lm.name, data=data, metric=metric,
+            seqlen=seqlen, calibration=calibration, calibration_size=cfg.calibration_size,
+            seed=cfg.seed,
+            settings={"bridge": self.settings.to_dict(), "eval_tokens" if seqlen else "eval_images": n_eval,
+                      "dtype": cfg.dtype, "rotate": cfg.rotate, "ppl_protocol" if seqlen else "accuracy": (
+                          "gptq-wanda" if seqlen else "top1")},
+        )
+        self._snaps: dict[tuple, tuple[dict, Any]] = {}
+        self._base_key = ("rot",) if cfg.rotate else ()
+        if cfg.rotate:
+            from .rotate import rotate_model
+
+            rotate_model(self.lm, seed=cfg.seed)
+        self._snaps[self._base_key] = (self._state_dict(), CompressionState(rotated=cfg.rotate))
+        self._rot_base: tuple[dict, Any] | None = None
+        self._lam: dict | None = None
+        self._finals: dict[tuple, tuple[dict, dict]] = {}
+        self._last_state = None
+
+    # -- snapshots of compressed prefixes ---------------------------------------------------------------------
+    def _state_dict(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.lm.model.state_dict().items()}
+
+    def _restore(self, snap) -> Any:
+        from .engine import set_removed
+
+        sd, state = snap
+        self.lm.model.load_state_dict(sd)
+        set_removed(self.lm, state.removed)
+        return state.clone()
+
+    def _base(self, pipeline) -> tuple:
+        rot = any(isinstance(s, Quantize) and s.rotation for s in pipeline)
+        if rot and not self.cfg.rotate:
+            key = ("rot",)
+            if key not in self._snaps:
+                from .engine import CompressionState
+                from .rotate import rotate_model
+
+                self._restore(self._snaps[()])
+                rotate_model(self.lm, seed=self.cfg.seed)
+                self._snaps[key] = (self._state_dict(), CompressionState(rotated=True))
+            return key
+        return self._base_key
+
+    def compress(self, pipeline, settings) -> Any:
+        """Leave ``self.lm`` compressed by ``pipeline``; reuse and extend the cache of stage prefixes."""
+        from .engine import _check_pipeline, apply_stage
+
+        base = self._base(pipeline)
+        skey = tuple(sorted(settings.to_dict().items()))
+        keys = [base + (skey,) + tuple(_spec_key(s) for s in pipeline[:k]) for k in range(len(pipeline) + 1)]
+        keys[0] = base
+        k0 = max(k for k in range(len(keys)) if keys[k] in self._snaps)
+        state = self._restore(self._snaps[keys[k0]])
+        _check_pipeline(self.lm, pipeline[k0:], settings, state)
+        for k in range(k0, len(pipeline)):
+            apply_stage(self.lm, pipeline[k], state, self.calib, settings, self.cfg.seed, k, self.progress)
+            if k + 1 < len(pipeline) or len(pipeline) == 1:
+                self._snaps[keys[k + 1]] = (self._state_dict(), state.clone())
+        return state
+
+    def snapshot_weights(self, pipeline, settings) -> tuple[dict, dict]:
+        """Effective weights and masks after ``pipeline`` (from the cache, computing it if needed)."""
+        from .engine import effective_weights
+
+        base = self._base(pipeline)
+        skey = tuple(sorted(settings.to_dict().items()))
+        key = base if not pipeline else base + (skey,) + tuple(_spec_key(s) for s in pipeline)
+        if key not in self._snaps:
+            self.compress(pipeline, settings)
+        state = self._restore(self._snaps[key])
+        return effective_weights(self.lm, state), dict(state.masks)
+
+    def sensitivities(self) -> dict:
+        """λ per input column of each layer: mean squared dense calibration input (computed once)."""
+        if self._lam is None:
+            from .engine import capture_block_inputs, collect_stats, run_block
+            from .models import linears_of
+
+            self._restore(self._snaps[self._base_key])
+            inps = capture_block_inputs(self.lm, self.calib, self.settings.batch_size)
+            lam = {}
+            for i, blk in enumerate(self.lm.blocks()):
+                st = collect_stats(blk, inps, hessian=False)
+                for n in linears_of(blk):
+                    lam[f"{self.lm.block_name(i)}.{n}"] = st[n].norm2.cpu()
+                inps = run_block(blk, inps)
+            self._lam = lam
+        return self._lam
+
+    # -- one grid point ---------------------------------------------------------------------------------------
+    def compute(self, task: Task) -> Record:
+        from .engine import BridgeSettings
+        from .evaluate import perplexity
+
+        t0 = time.time()
+        settings = BridgeSettings(**{**self.cfg.settings, **task.point.get("settings", {})})
+        pipeline = tuple(task.pipeline)
+        state = self.compress(pipeline, settings)
+        t1 = time.time()
+        if self.metric_key == "ppl":
+            ev = perplexity(self.lm, self.eval_windows, settings.batch_size)
+            value = -ev["ppl"]
+        else:
+            from .evaluate import accuracy
+
+            ev = accuracy(self.lm, self.eval_x, self.eval_y)
+            value = ev["accuracy"]
+        sparsity = _sparsity(self.lm, state)
+        extras: dict[str, Any] = {
+            **ev,
+            "stage_log": state.log, "sparsity": sparsity, "removed_blocks": list(state.removed),
+            "notes": list(self.lm.notes), "device": str(self.lm.device), "compress_seconds": round(t1 - t0, 3),
+            "eval_seconds": round(time.time() - t1, 3), "rotated": state.rotated,
+        }
+        arrays = None
+        self._last_state = state
+        if self.cfg.analysis and task.point.get("order") == "P->Q":
+            self._finals[_labels(pipeline, settings)] = self._final_weights(state)
+        if self.cfg.analysis and task.point.get("order") == "Q->P" and len(pipeline) == 2:
+            summary, arrays = self._pair(pipeline, settings)
+            extras["analysis"] = summary
+        if not math.isfinite(value):
+            extras["overflow"] = True
+            value = -1e300
+        return Record(self.provenance, pipeline, value, dict(task.point), extras, arrays)
+
+    def _pair(self, qp_pipeline, settings):
+        from .analysis import pair_analysis
+
+        q, p = qp_pipeline
+        wqp, mqp = self._final_weights(state=self._last_state)
+        fin = self._finals.pop(_labels((p, q), settings), None)
+        dense, _ = self.snapshot_weights((), settings)
+        wp, mp = self.snapshot_weights((p,), settings)
+        wq, _ = self.snapshot_weights((q,), settings)
+        wpq, mpq = fin if fin is not None else self._fresh((p, q), settings)
+        names = list(dense)
+        full = {n: torch_zeros_like_bool(dense[n]) for n in names}
+        mpq = {n: mpq.get(n, full[n]) for n in names}
+        mqp = {n: mqp.get(n, full[n]) for n in names}
+        return pair_analysis(dense, wp, wq, wpq, wqp, mpq, mqp, self.sensitivities(), self.cfg.unit_arrays)
+
+    def _final_weights(self, state):
+        from .engine import effective_weights
+
+        return effective_weights(self.lm, state), dict(state.masks)
+
+    def _fresh(self, pipeline, settings):
+        from .engine import effective_weights
+
+        state = self.compress(pipeline, settings)
+        return effective_weights(self.lm, state), dict(state.masks)
+
+
+def _spec_key(spec) -> str:
+    """Identity of a spec for the prefix cache: every field (labels omit some, e.g. MixedPrecision's update)."""
+    import json
+
+    return json.dumps(spec.to_dict(), sort_keys=True)
+
+
+def _labels(pipeline, settings) -> tuple:
+    return tuple(_spec_key(s) for s in pipeline) + (tuple(sorted(settings.to_dict().items())),)
+
+
+def torch_zeros_like_bool(w):
+    import torch
+
+    return torch.zeros_like(w, dtype=torch.bool)
+
+
+def _sparsity(lm, state) -> float:
+    from .engine import effective_weights
+
+    tot = nz = 0
+    for w in effective_weights(lm, state).values():
+        tot += w.numel()
+        nz += int((w == 0).sum())
+    return nz / tot
+
+
+def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progress: bool = True) -> dict:
+    """Run (or resume) ``cfg`` into the store at ``store_path``; return the JSON summary."""
+    tasks_spec = grid_tasks(cfg)
+    if not tasks_spec:
+        raise bad("grid", cfg.orders, "the experiment has no grid points")
+    runner = Runner(cfg, progress=progress)
+    from .engine import BridgeSettings, CompressionState, _check_pipeline
+
+    for pl, pt in tasks_spec:  # shape errors (N:M, group size) and forbidden orders before anything is stored
+        _check_pipeline(runner.lm, pl, BridgeSettings(**{**cfg.settings, **pt.get("settings", {})}),
+                        CompressionState())
+    store = Store(store_path)
+    tasks = [Task(runner.provenance, pl, pt) for pl, pt in tasks_spec]
+    recs = run_sweep(store, tasks, runner.compute, progress=progress, desc=f"pih run {cfg.name}")
+    return summarize(cfg, runner, recs, store)
+
+
+def summarize(cfg: ExperimentConfig, runner: Runner, recs: list[Record], store: Store) -> dict:
+    from .. import QuantCurve, order_advantage
+
+    points = []
+    for r in recs:
+        row = {"prune": r.point.get("prune"), "quant": r.point.get("quant"), "order": r.point.get("order"),
+               "pipeline": r.order, runner.metric_key: r.extras.get(runner.metric_key),
+               "sparsity": r.extras.get("sparsity")}
+        if r.extras.get("removed_blocks"):
+            row["removed_blocks"] = r.extras["removed_blocks"]
+        points.append(row)
+    by = {(r.point.get("prune"), r.point.get("quant"), r.point.get("order")): r for r in recs}
+    qs = sorted({r.point["quant"] for r in recs if r.point.get("order") == "Q"})
+    curve = None
+    if len(qs) >= 2:
+        curve = QuantCurve(qs, [by[(None, b, "Q")].value for b in qs])
+    pairs = []
+    for (p, b, o), r in by.items():
+        if o != "Q->P" or (p, b, "P->Q") not in by:
+            continue
+        pf, qf = by[(p, b, "P->Q")], r
+        k = runner.metric_key
+        row = {"prune": p, "quant": b, f"{k}_P_first": pf.extras[k], f"{k}_Q_first": qf.extras[k],
+               "A_QP": order_advantage(qf.value, pf.value)}
+        # A(Q->P) = M(P∘Q) − M(Q∘P): Q applied first minus P applied first; with M = −ppl: ppl(P first) − ppl(Q first)
+        if (p, None, "P") in by and curve is not None:
+            c = curve.cer(by[(p, None, "P")].value)
+            row["cer_P"] = c.to_dict()
+            row["C_Q"] = 16 / b
+            if c.value is not None:
+                row["cer_minus_cq"] = c.value - 16 / b
+        if "analysis" in qf.extras:
+            row["analysis"] = qf.extras["analysis"]
+        pairs.append(row)
+    out = {
+        "experiment": cfg.name, "config": cfg.source, "store": str(store.path),
+        "provenance": {k: v for k, v in runner.provenance.to_dict().items() if k != "versions"},
+        "metric": runner.metric_key, "notes": runner.lm.notes, "points": points, "pairs": pairs,
+    }
+    if curve is not None:
+        out["quant_curve"] = {"bits": qs, "monotone": curve.monotone, "violations": curve.violations}
+    return out
+
+
+def main_run(config: str, out: str | None, progress: bool = True) -> dict:
+    cfg = load_config(config)
+    store = out or str(Path("results") / "runs" / cfg.name)
+    try:
+        return run_experiment(cfg, store, progress)
+    except PihError:
+        raise
+    except KeyboardInterrupt:  # pragma: no cover
+        print("interrupted: finished points are stored; rerun to resume", file=sys.stderr)
+        raise

@@ -1,0 +1,146 @@
+"""Block-by-block pipelines on the tiny LLaMA: masks survive, grids, off-grid policy, block removal, calibration."""
+
+import pytest
+import torch
+
+from pih import PihError, Prune, Quantize, RemoveBlocks
+from pih.bridge.engine import (
+    BridgeSettings,
+    apply_pipeline,
+    capture_block_inputs,
+    collect_stats,
+    effective_weights,
+    layer_names,
+)
+from pih.bridge.evaluate import perplexity
+from pih.bridge.models import linears_of
+
+
+def _weights(lm):
+    return {n: w.clone() for n, w in effective_weights(lm, type("S", (), {"removed": []})()).items()}
+
+
+@pytest.mark.parametrize("quant", [Quantize(3, symmetric=False, update="gptq"), Quantize(4, group=32),
+                                   Quantize(2, scale="mse", symmetric=False)])
+@pytest.mark.parametrize("prune", [Prune(0.5, "wanda"), Prune(0.5, "sparsegpt", "2:4"), Prune(0.4, "magnitude")])
+def test_mask_survives_quantization_exactly(tiny, calib, prune, quant):
+    state = apply_pipeline(tiny, (prune,), calib, progress=False)
+    masks = {k: v.clone() for k, v in state.masks.items()}
+    apply_pipeline(tiny, (quant,), calib, state=state, progress=False, start_index=1)
+    w = _weights(tiny)
+    for n, m in masks.items():
+        assert torch.equal(state.masks[n], m)
+        assert torch.all(w[n][m] == 0), n
+        assert torch.all(state.grids[n].on_grid(w[n]))
+    assert set(masks) == set(layer_names(tiny))
+
+
+def test_nm_not_dividing_a_layer_is_an_error(tiny, calib):
+    with pytest.raises(PihError, match="structure.*3:5|M=5"):
+        apply_pipeline(tiny, (Prune(0.4, "magnitude", "3:5"),), calib, progress=False)
+
+
+@pytest.mark.parametrize("policy", ["requantize", "keep", "forbid"])
+def test_offgrid_policy_after_quantization(tiny, calib, policy):
+    st = BridgeSettings(offgrid=policy)
+    pipe = (Quantize(3, symmetric=False), Prune(0.5, "sparsegpt"))
+    if policy == "forbid":
+        with pytest.raises(PihError, match="offgrid"):
+            apply_pipeline(tiny, pipe, calib, st, progress=False)
+        return
+    state = apply_pipeline(tiny, pipe, calib, st, progress=False)
+    w = _weights(tiny)
+    on = [bool(torch.all(state.grids[n].on_grid(w[n]))) for n in w]
+    entry = state.log[-1]
+    assert entry["offgrid_policy"] == policy and entry["offgrid_fraction"] > 0.5
+    assert all(on) if policy == "requantize" else not all(on)
+    for n in w:
+        assert torch.all(w[n][state.masks[n]] == 0)
+
+
+def test_block_removal_and_mild_quantization_commute(tiny, calib, evalw):
+    """RemoveBlocks with RTN: when both orders remove the same blocks the models are identical (A = 0)."""
+    base = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    p, q = RemoveBlocks(0.25), Quantize(8)
+    s_pq = apply_pipeline(tiny, (p, q), calib, progress=False)
+    w_pq, ppl_pq = _weights(tiny), perplexity(tiny, evalw)["ppl"]
+    assert len(s_pq.removed) == 1 and all(torch.all(s_pq.masks[n]) for n in layer_names(tiny)
+                                          if n.startswith(f"{tiny.blocks_path()}.{s_pq.removed[0]}."))
+    from pih.bridge.engine import set_removed
+
+    tiny.model.load_state_dict(base)
+    set_removed(tiny, [])
+    s_qp = apply_pipeline(tiny, (q, p), calib, progress=False)
+    ppl_qp = perplexity(tiny, evalw)["ppl"]
+    if s_qp.removed == s_pq.removed:
+        w_qp = _weights(tiny)
+        for i in s_pq.removed:
+            for n in w_qp:
+                if n.startswith(f"{tiny.blocks_path()}.{i}."):
+                    w_qp[n] = w_pq[n]
+        assert all(torch.equal(w_pq[n], w_qp[n]) for n in w_pq if not any(
+            n.startswith(f"{tiny.blocks_path()}.{i}.") for i in s_pq.removed))
+        assert ppl_pq == ppl_qp
+
+
+def test_removed_block_passes_input_through(tiny, calib):
+    from pih.bridge.engine import run_block, set_removed
+
+    inps = capture_block_inputs(tiny, calib, 4)
+    set_removed(tiny, [0])
+    out = run_block(tiny.blocks()[0], inps)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(inps, out, strict=True))
+    set_removed(tiny, [])
+    assert "forward" not in tiny.blocks()[0].__dict__
+
+
+def test_sequential_calibration_sees_compressed_inputs(tiny, calib):
+    """Block 1's calibration inputs are the outputs of the already-compressed block 0."""
+    from pih.bridge.engine import run_block
+
+    inps = capture_block_inputs(tiny, calib, 8)
+    blk0, blk1 = tiny.blocks()[0], tiny.blocks()[1]
+    dense_h = collect_stats(blk1, run_block(blk0, inps), True)
+    seen = {}
+    orig = collect_stats
+
+    import pih.bridge.engine as eng
+
+    def spy(block, inps_, hessian):
+        st = orig(block, inps_, hessian)
+        seen[id(block)] = st
+        return st
+
+    eng.collect_stats = spy
+    try:
+        apply_pipeline(tiny, (Prune(0.6, "sparsegpt"),), calib, progress=False)
+    finally:
+        eng.collect_stats = orig
+    got = seen[id(blk1)]
+    name = next(iter(linears_of(blk1)))
+    assert not torch.allclose(got[name].H, dense_h[name].H)  # block 0 was pruned before block 1 was calibrated
+
+
+def test_determinism(tiny_folder, cache, calib, tiny_source):
+    from pih.bridge.models import load_model
+
+    outs = []
+    for _ in range(2):
+        lm = load_model(tiny_source, cache=cache)
+        apply_pipeline(lm, (Prune(0.5, "wanda"), Quantize(3, update="gptq")), calib, seed=7, progress=False)
+        outs.append(_weights(lm))
+    assert all(torch.equal(outs[0][n], outs[1][n]) for n in outs[0])
+
+
+def test_export_npz_for_sim(tiny, calib, tmp_path):
+    import numpy as np
+
+    from pih.bridge.export import export_layers
+
+    names = layer_names(tiny)[:2]
+    p = export_layers(tiny, calib, tmp_path / "x.npz", layers=names, max_tokens=100)
+    z = np.load(p)
+    w, x = z[f"W::{names[0]}"], z[f"X::{names[0]}"]
+    assert w.dtype == np.float32 and x.shape == (100, w.shape[1])
+    with pytest.raises(PihError, match="layers"):
+        export_layers(tiny, calib, tmp_path / "y.npz", layers=["nope"])

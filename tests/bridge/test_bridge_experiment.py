@@ -1,0 +1,211 @@
+"""`pih run`: configs, grid records with provenance, resume, JSON output, analysis on real weights."""
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pih import PihError, Store, interference, theorem1
+from pih.bridge.experiment import grid_tasks, parse_config, run_experiment
+
+
+@pytest.fixture
+def _raw(tiny_source, corpus_name):
+    return lambda **over: _make_raw(tiny_source, corpus_name, **over)
+
+
+def _make_raw(TINY, CORPUS, **over):
+    raw = {
+        "experiment": {"name": "t", "model": TINY, "seed": 0, "threads": 1, "unit_arrays": True},
+        "data": {"eval": CORPUS, "calibration": CORPUS, "seqlen": 64, "eval_tokens": 2048, "calibration_size": 8},
+        "prune": {"criterion": "wanda", "ratios": [0.5]},
+        "quantize": {"bits": [2, 4], "symmetric": False},
+    }
+    for k, v in over.items():
+        raw[k] = v
+    return raw
+
+
+def test_config_errors(_raw, tiny_source):
+    TINY = tiny_source
+    with pytest.raises(PihError, match="unknown section"):
+        parse_config({**_raw(), "bogus": {}})
+    with pytest.raises(PihError, match=r"prune=\['ratio'\]: unknown keys"):
+        parse_config(_raw(prune={"criterion": "wanda", "ratio": 0.5}))
+    with pytest.raises(PihError, match="offgrid"):
+        parse_config(_raw(settings={"offgrid": "maybe"}))
+    with pytest.raises(PihError, match="bit width"):
+        parse_config(_raw(quantize={"bits": [0]}))
+    with pytest.raises(PihError, match="experiment.seed"):
+        parse_config(_raw(experiment={"name": "t", "model": TINY, "seed": "0"}))
+    with pytest.raises(PihError, match="grid.orders"):
+        parse_config(_raw(grid={"orders": ["sideways"]}))
+
+
+def test_grid_tasks_order(_raw):
+    cfg = parse_config(_raw())
+    orders = [pt["order"] for _, pt in grid_tasks(cfg)]
+    assert orders == ["dense", "P", "Q", "Q", "P->Q", "Q->P", "P->Q", "Q->P"]
+
+
+def test_run_records_resume_and_analysis(tiny_folder, cache, tmp_path, _raw, corpus_name):
+    CORPUS = corpus_name
+    raw = _raw()
+    raw["experiment"]["cache"] = cache
+    cfg = parse_config(raw)
+    out = run_experiment(cfg, tmp_path / "store", progress=False)
+    assert len(out["points"]) == 8
+    for p in out["points"]:
+        assert set(p) >= {"prune", "quant", "order", "ppl"} and math.isfinite(p["ppl"])
+    prov = out["provenance"]
+    assert prov["seqlen"] == 64 and prov["calibration_size"] == 8 and prov["data"].startswith(CORPUS)
+    assert prov["settings"]["eval_tokens"] == 2048 and prov["model"].startswith("tiny-llama")
+    store = Store(tmp_path / "store")
+    recs = store.records()
+    assert len(recs) == 8 and len({r.protocol for r in recs}) == 1
+    assert all(r.extras["n_tokens"] == 2048 and r.extras["stage_log"] is not None for r in recs)
+    # the pair analysis: Theorem 1 identity to float precision, decomposition A = T1 + ΔQP − ΔPQ
+    for pair in out["pairs"]:
+        an = pair["analysis"]
+        assert an["t1_identity_gap"] <= 1e-9 * max(1.0, abs(an["A_PQ_direct"]))
+        assert an["decomposition_gap"] <= 1e-9 * max(1.0, abs(an["A_PQ_error_actual"]))
+        assert pair["A_QP"] == pytest.approx(pair["ppl_P_first"] - pair["ppl_Q_first"])
+    # the same core functions recompute it from the stored per-weight arrays
+    qp = next(r for r in recs if r.point["order"] == "Q->P" and r.point["quant"] == 2)
+    arr = store.load_arrays(qp)
+    t1 = theorem1(arr["errors"], arr["owners_pq"], arr["owners_qp"], arr["sensitivities"])
+    assert t1.advantage == pytest.approx(qp.extras["analysis"]["A_PQ_t1"], rel=1e-4)
+    d = interference(arr["total_qp"], arr["owners_qp"], arr["errors"], arr["sensitivities"])
+    assert d == pytest.approx(qp.extras["analysis"]["delta_QP"], rel=1e-3)
+    assert np.all(arr["owners_pq"] >= 0)
+    # resume: nothing recomputed
+    import pih.bridge.experiment as ex
+
+    calls = []
+    orig = ex.Runner.compute
+    ex.Runner.compute = lambda self, t: calls.append(t) or orig(self, t)
+    try:
+        again = run_experiment(cfg, tmp_path / "store", progress=False)
+    finally:
+        ex.Runner.compute = orig
+    assert calls == [] and again["points"] == out["points"]
+
+
+def test_crash_leaves_only_complete_points(tiny_folder, cache, tmp_path, _raw):
+    raw = _raw(quantize={"bits": [3], "symmetric": False})
+    raw["experiment"]["cache"] = cache
+    raw["experiment"]["analysis"] = False
+    cfg = parse_config(raw)
+    import pih.bridge.experiment as ex
+
+    orig = ex.Runner.compute
+    n = {"k": 0}
+
+    def flaky(self, task):
+        n["k"] += 1
+        if n["k"] == 3:
+            raise RuntimeError("simulated crash")
+        return orig(self, task)
+
+    ex.Runner.compute = flaky
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_experiment(cfg, tmp_path / "s", progress=False)
+    finally:
+        ex.Runner.compute = orig
+    assert len(Store(tmp_path / "s").records()) == 2
+    out = run_experiment(cfg, tmp_path / "s", progress=False)
+    assert len(out["points"]) == 5 and len(Store(tmp_path / "s").records()) == 5
+
+
+def test_cli_run_json(tiny_folder, cache, tmp_path, capsys, tiny_source, corpus_name):
+    TINY, CORPUS = tiny_source, corpus_name
+    from pih.commands import run as run_cmd
+
+    cfgfile = tmp_path / "c.toml"
+    cfgfile.write_text(f"""
+[experiment]
+name = "cli"
+model = "{TINY}"
+cache = "{cache}"
+analysis = false
+[data]
+eval = "{CORPUS}"
+calibration = "{CORPUS}"
+seqlen = 64
+eval_tokens = 1024
+calibration_size = 4
+[prune]
+criterion = "magnitude"
+ratios = [0.5]
+[quantize]
+bits = [4]
+""")
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers()
+    run_cmd.register(sub)
+    args = ap.parse_args(["run", str(cfgfile), "--out", str(tmp_path / "o"), "--format", "json", "--no-progress"])
+    assert args.func(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [p["order"] for p in doc["points"]] == ["dense", "P", "Q", "P->Q", "Q->P"]
+    # magnitude + per-channel RTN: the pruned and kept sets agree, prune-first is never worse (Harma)
+    assert doc["pairs"][0]["A_QP"] <= 1e-9
+    bad = tmp_path / "bad.toml"
+    bad.write_text(cfgfile.read_text().replace("[prune]", "[prune]\nsparsity = 1"))
+    args = ap.parse_args(["run", str(bad), "--out", str(tmp_path / "o2")])
+    with pytest.raises(PihError, match="sparsity"):
+        args.func(args)
+    assert not (tmp_path / "o2").exists()
+
+
+def test_tiny_deit_grid(cache, tmp_path):
+    pytest.importorskip("sklearn")
+    raw = {
+        "experiment": {"name": "d", "model": "tiny-deit:digits:150", "cache": cache, "threads": 1},
+        "data": {"eval": "digits", "calibration": "digits", "calibration_size": 64},
+        "prune": {"criterion": "wanda", "ratios": [0.5]},
+        "quantize": {"bits": [3], "symmetric": False, "update": "gptq"},
+    }
+    out = run_experiment(parse_config(raw), tmp_path / "d", progress=False)
+    assert out["metric"] == "accuracy" and out["provenance"]["metric"] == "top1"
+    assert [p["order"] for p in out["points"]] == ["dense", "P", "Q", "P->Q", "Q->P"]
+    assert all(0.0 <= p["accuracy"] <= 1.0 for p in out["points"])
+    dense = out["points"][0]["accuracy"]
+    assert dense > 0.3  # a trained classifier, far above chance (0.1)
+    pair = out["pairs"][0]
+    assert pair["A_QP"] == pytest.approx(pair["accuracy_Q_first"] - pair["accuracy_P_first"])
+    assert pair["analysis"]["t1_identity_gap"] < 1e-9 * max(1, abs(pair["analysis"]["A_PQ_direct"]))
+
+
+def test_mixed_precision_orders_and_prefix_cache_keys(tiny_folder, cache, tmp_path, _raw):
+    """RTN has no calibration: progressive and regressive give the same model. Specs that differ only in a field
+    their label omits (MixedPrecision's update) must not share a cached prefix."""
+    bits = [4, 4, 4, 4, 2, 2, 2] * 4
+    pls = []
+    for upd in ("none", "gptq"):
+        for order in ("progressive", "regressive"):
+            pls.append({"name": f"{upd}-{order}", "settings": {"mp_order": order},
+                        "stages": [{"kind": "mixed", "bits": bits, "symmetric": False, "update": upd}]})
+    raw = _raw(grid={"orders": []}, pipelines=pls)
+    raw.pop("prune")
+    raw.pop("quantize")
+    raw["experiment"]["cache"] = cache
+    out = run_experiment(parse_config(raw), tmp_path / "mp", progress=False)
+    ppl = {p["order"]: p["ppl"] for p in out["points"]}
+    assert ppl["none-progressive"] == ppl["none-regressive"]
+    assert ppl["gptq-progressive"] != ppl["none-progressive"]
+
+
+def test_bad_shapes_fail_before_anything_is_stored(tiny_folder, cache, tmp_path, _raw):
+    raw = _raw(prune={"criterion": "wanda", "structure": "3:5", "ratios": [0.4]})
+    raw["experiment"]["cache"] = cache
+    with pytest.raises(PihError, match="3:5"):
+        run_experiment(parse_config(raw), tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()
+    raw = _raw(quantize={"bits": [4], "group": 48})
+    raw["experiment"]["cache"] = cache
+    with pytest.raises(PihError, match="group"):
+        run_experiment(parse_config(raw), tmp_path / "s2", progress=False)
+    assert not (tmp_path / "s2").exists()
