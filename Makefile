@@ -28,7 +28,7 @@ test: $(STAMP)
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check pih sim tests benchmarks
+	$(BIN)/ruff check pih sim tests benchmarks experiments
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run

@@ -60,6 +60,9 @@ def main(argv=None) -> int:
     ap.add_argument("--grid", action="store_true", help="also run the full 3x4x2 grid (long)")
     ap.add_argument("--only", default=None, help="comma-separated compressor names to run")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--skip", default="block removal 10%",
+                    help="comma-separated compressors to skip (default: block removal, ~90 full calibration "
+                    "forward passes on SmolLM2; pass --skip '' to include it)")
     args = ap.parse_args(argv)
 
     import torch
@@ -102,10 +105,11 @@ def main(argv=None) -> int:
         "rotation": None,
     }
     only = set(args.only.split(",")) if args.only else None
+    skip = set(args.skip.split(",")) if args.skip else set()
     rows = []
     stage_s = {}
     for name, spec in comps.items():
-        if only and name not in only:
+        if (only and name not in only) or name in skip:
             continue
         runner._restore(runner._snaps[runner._base_key])
         st = BridgeSettings(act_order="act-order" in name)

@@ -112,7 +112,7 @@ def plot_grids(grids: list[Grid], path: Path, title: str) -> Path:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=6, ncol=2)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / (3.6 * rows)))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -134,6 +134,7 @@ def _pairing_rows(grids):
         st["t1_max_residual"] = float(np.abs(g.t1_residual).max())
         st["max_abs_delta_p_first"] = float(np.abs(g.delta_pf).max())
         st["max_abs_delta_q_first"] = float(np.abs(g.delta_qf).max())
+        st["M_P_by_p"] = {f"{r:g}": float(g.M_P[:, ri].mean()) for ri, r in enumerate(g.ratios)}
         rows.append(st)
     return rows
 
@@ -496,7 +497,16 @@ def _write_t2_report(out: Path, title: str, summary: dict, rows: list[dict], png
                      f"{f(r['concordant_fraction'])} | {r['n_A_positive']} | {r['n_A_negative']} | {r['n_A_zero']} | "
                      f"{f(r.get('mean_A_x_neg'))} | {f(r.get('mean_A_x_pos'))} | {r['n_censored']} | "
                      f"{r['t1_max_residual']:.1e} | {r['mean_free_zeros_q_first']:.1f} |")
-    lines += ["", "PIH predicts rho > 0 with A < 0 for x < 0 and A > 0 for x > 0.", "", f"![A vs CER gap]({png})"]
+    lines += ["", "PIH predicts rho > 0 with A < 0 for x < 0 and A > 0 for x > 0. x = C*_P - C_Q with C_Q = 16/b; "
+              "censored points (C*_P outside the measured curve) are left out of rho. 'T1 residual': A measured "
+              "minus Theorem 1 over row units; it is a check only for disjointly selective pairs (row or block "
+              "removal with per-row quantizers) and measures how far other pairs are from that decomposition.",
+              "",
+              "Pruning alone, mean M over seeds (rotation: the pruner acts on the rotated weights):", "",
+              "| pairing | " + " | ".join(f"p={k}" for k in rows[0]["M_P_by_p"]) + " |",
+              "|---|" + "---|" * len(rows[0]["M_P_by_p"])]
+    lines += [f"| {r['pairing']} | " + " | ".join(f"{v:.4g}" for v in r["M_P_by_p"].values()) + " |" for r in rows]
+    lines += ["", f"![A vs CER gap]({png})"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 

@@ -185,6 +185,7 @@ def run_grid(pairing: Pairing, ratios, bits, seeds, model: ModelSpec = ModelSpec
     free = np.zeros((S, B, R), int)
     extra = {k: np.full((S, B, R), np.nan) for k in ("delta_pf", "delta_qf", "t1_residual")}
     arrays = []
+    stored = {d["key"]: d for d in store.raw()} if store is not None else {}  # read the store once
     n_dev = jax.local_device_count()
     pending: dict[int, tuple] = {}
 
@@ -211,13 +212,13 @@ def run_grid(pairing: Pairing, ratios, bits, seeds, model: ModelSpec = ModelSpec
         recs = None
         if store is not None:
             recs = _seed_records(pairing, assumptions, model, int(seed), ratios, bits)
-            if all(store.has(r.key) for r in recs):
-                vals = {r.key: store.get(r.key) for r in recs}
+            if all(r.key in stored for r in recs):
+                vals = {r.key: Record.from_dict(stored[r.key]) for r in recs}
                 _fill_from_records(out, n_changed, free, si, recs, vals, extra)
                 continue
         if si not in pending:
             chunk = [sj for sj in range(si, min(si + n_dev, S))
-                     if store is None or not all(store.has(r.key) for r in
+                     if store is None or not all(r.key in stored for r in
                                                  _seed_records(pairing, assumptions, model, int(seeds[sj]),
                                                                ratios, bits))]
             compute(chunk or [si])

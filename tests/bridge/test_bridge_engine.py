@@ -144,3 +144,19 @@ def test_export_npz_for_sim(tiny, calib, tmp_path):
     assert w.dtype == np.float32 and x.shape == (100, w.shape[1])
     with pytest.raises(PihError, match="layers"):
         export_layers(tiny, calib, tmp_path / "y.npz", layers=["nope"])
+
+
+@pytest.mark.gpu
+def test_cuda_gives_the_cpu_results(tiny_folder, cache, calib, evalw, tiny_source):
+    """The same pipeline on CUDA (TF32 off) and on the CPU: same masks' sparsity and perplexity within 0.5 %."""
+    from pih.bridge.models import load_model
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    out = {}
+    for dev in ("cpu", "cuda"):
+        lm = load_model(tiny_source, dev, cache=cache)
+        state = apply_pipeline(lm, (Prune(0.5, "sparsegpt"), Quantize(4, symmetric=False, update="gptq")), calib,
+                               progress=False)
+        out[dev] = (perplexity(lm, evalw)["ppl"], sum(int(m.sum()) for m in state.masks.values()))
+    assert out["cuda"][1] == pytest.approx(out["cpu"][1], rel=1e-3)
+    assert out["cuda"][0] == pytest.approx(out["cpu"][0], rel=5e-3)
