@@ -45,7 +45,7 @@ class GridRow:
     m_prune_first: float
     m_quant_first: float
     cer_prune: float | None
-    cer_censored: str | None
+    cer_censored: str | None  # None | "weaker" | "stronger" | "no-curve" (Q alone at < 2 bit widths)
     c_quant: float
 
     @property
@@ -147,10 +147,12 @@ def analyze_grid(records: Iterable[Record], ratio: Callable = ratio_16_over_b, i
             if v_qp is None or p not in singles or q not in singles:
                 continue
             curve = fitted.get(_curve_key(q))
-            if curve is None:
-                raise bad("records", q.label, "no reference curve: Q alone measured at fewer than two bit widths")
-            cer = curve.cer(singles[p])
-            rows.append(GridRow(p, q, s, singles[p], singles[q], v_pq, v_qp, cer.value, cer.censored,
+            if curve is None:  # Q alone measured at fewer than two bit widths: no CER, said so
+                cer_value, cer_censored = None, "no-curve"
+            else:
+                cer = curve.cer(singles[p])
+                cer_value, cer_censored = cer.value, cer.censored
+            rows.append(GridRow(p, q, s, singles[p], singles[q], v_pq, v_qp, cer_value, cer_censored,
                                 float(ratio(q.bits))))
     rows.sort(key=lambda r: (r.prune.ratio, r.prune.label, r.quant.bits, r.quant.label, r.seed))
     ok = [r for r in rows if r.gap is not None]

@@ -46,15 +46,12 @@ def emit(args, payload: dict, human) -> None:
 
 
 def _json_default(o):
-    import numpy as np
+    from .records import _json_default as record_default
 
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, tuple):
-        return list(o)
-    return str(o)
+    try:
+        return record_default(o)
+    except TypeError:
+        return str(o)
 
 
 def add_format(p: argparse.ArgumentParser) -> None:

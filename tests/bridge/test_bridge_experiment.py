@@ -152,6 +152,12 @@ bits = [4]
     assert [p["order"] for p in doc["points"]] == ["dense", "P", "Q", "P->Q", "Q->P"]
     # magnitude + per-channel RTN: the pruned and kept sets agree, prune-first is never worse (Harma)
     assert doc["pairs"][0]["A_QP"] <= 1e-9
+    # the core's grid analysis reads the same store and finds the same advantage
+    from pih.analysis import analyze_grid
+
+    grid = analyze_grid(Store(tmp_path / "o").records(), n_boot=10)
+    assert [r.advantage_qp for r in grid.rows] == pytest.approx([doc["pairs"][0]["A_QP"]], abs=1e-12)
+    assert grid.rows[0].cer_censored == "no-curve"  # Q alone at one bit width: no CER, and it says so
     bad = tmp_path / "bad.toml"
     bad.write_text(cfgfile.read_text().replace("[prune]", "[prune]\nsparsity = 1"))
     args = ap.parse_args(["run", str(bad), "--out", str(tmp_path / "o2")])

@@ -55,3 +55,11 @@ def test_analyze_grid_refuses_mixed_protocols():
     recs = grid() + [Record(prov(calibration="c4"), (Quantize(5),), -0.1)]
     with pytest.raises(ProtocolMismatch):
         analyze_grid(recs)
+
+
+def test_analyze_grid_without_a_curve_says_so():
+    recs = [r for r in grid() if not (len(r.pipeline) == 1 and isinstance(r.pipeline[0], Quantize)
+                                       and r.pipeline[0].bits != 4)]
+    res = analyze_grid(recs, n_boot=10)
+    assert res.rows and all(r.cer_censored == "no-curve" and r.gap is None for r in res.rows)
+    assert res.stats is None and res.n_censored == len(res.rows)

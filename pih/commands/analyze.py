@@ -1,0 +1,87 @@
+"""``pih analyze``: G, CER and A(Q->P) for every grid in a results store, by the same function for any backend."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from ..cli import add_format, emit
+from ..errors import bad
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="G, CER and A(Q->P) of the grids in a results store (simulation or real weights)",
+        description="Read a results store (written by pih simulate, pih run or pih report), split it by "
+        "protocol, and for each protocol compute, per pruning x quantization point and seed: each method alone, "
+        "both orders, the CER of the pruner on the quantizer's own curve (C_Q = BASE/b), A(Q->P), and the "
+        "monotonicity of A(Q->P) in C*_P - C_Q. Records of different protocols are never mixed.",
+    )
+    p.add_argument("store", help="results store folder (holds records.jsonl)")
+    p.add_argument("--base", type=float, default=16.0, help="ratio convention C_Q(b) = BASE/b (default 16)")
+    p.add_argument("--isotonic", action="store_true", help="fit the quantization curve isotonically first")
+    p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the rho interval")
+    p.add_argument("--rows", action="store_true", help="print every grid row in the table")
+    add_format(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..analysis import analyze_grid
+    from ..records import Store
+
+    path = Path(args.store)
+    if not (path / "records.jsonl").exists():
+        raise bad("store", args.store, "no records.jsonl there")
+    if args.base <= 0:
+        raise bad("--base", args.base, "must be positive")
+    groups = defaultdict(list)
+    for r in Store(path).records():
+        groups[r.protocol].append(r)
+    results = []
+    for recs in groups.values():
+        prov = recs[0].provenance
+        res = analyze_grid(recs, ratio=lambda b: args.base / np.asarray(b, float), isotonic=args.isotonic,
+                           n_boot=args.boot)
+        if not res.rows:
+            continue
+        d = res.to_dict()
+        d["provenance"] = {k: v for k, v in prov.to_dict().items() if k not in ("seed", "versions")}
+        d["seeds"] = sorted({r.provenance.seed for r in recs})
+        results.append(d)
+    payload = {"store": str(path), "convention": f"C_Q(b) = {args.base:g}/b", "grids": results}
+
+    def human() -> None:
+        if not results:
+            print(f"{path}: no pruning x quantization grid (need each method alone and both orders)")
+        for d in results:
+            prov = d["provenance"]
+            print(f"== {prov['backend']}/{prov['model']} data={prov['data']} metric={prov['metric']} "
+                  f"protocol={d['protocol']} seeds={d['seeds']}")
+            m = d["monotonicity"]
+            rows = d["rows"]
+            pruners = sorted({r["prune"].rsplit(",", 1)[0] + "]" for r in rows})
+            quants = sorted({"Q[*b," + r["quant"].split(",", 1)[1] for r in rows})
+            print(f"   {' '.join(pruners)} x {' '.join(quants)}")
+            n_pos = sum(r["A_qp"] > 0 for r in rows)
+            n_neg = sum(r["A_qp"] < 0 for r in rows)
+            print(f"   {len(rows)} points, {d['n_censored']} with a censored CER; A(Q->P) > 0 at {n_pos}, < 0 at "
+                  f"{n_neg}, = 0 at {len(rows) - n_pos - n_neg}")
+            if m:
+                print(f"   Spearman rho of A(Q->P) in C*_P - C_Q: {m['spearman_rho']:+.3f} "
+                      f"(95% CI {m['rho_ci'][0]:+.3f}..{m['rho_ci'][1]:+.3f}), concordant pairs "
+                      f"{m['concordant_fraction']:.3f}, n = {m['n_points']}")
+            if args.rows:
+                print(f"   {'prune':<34} {'quant':<34} seed {'C*_P':>8} {'C_Q':>6} {'gap':>8} {'A(Q->P)':>11}")
+                for r in rows:
+                    cer = "cens:" + r["cer_censored"] if r["cer_prune"] is None else f"{r['cer_prune']:.3f}"
+                    gap = "-" if r["gap"] is None or math.isnan(r["gap"]) else f"{r['gap']:+.3f}"
+                    print(f"   {r['prune']:<34} {r['quant']:<34} {r['seed']:>4} {cer:>8} {r['c_quant']:>6.2f} "
+                          f"{gap:>8} {r['A_qp']:>+11.4g}")
+
+    emit(args, payload, human)
+    return 0
