@@ -59,6 +59,19 @@ def add_format(p: argparse.ArgumentParser) -> None:
                    help="table (default) or json: one JSON document on stdout")
 
 
+def add_ratio_base(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", type=float, default=16.0, help="ratio convention C_Q(b) = BASE/b (default 16)")
+
+
+def ratio_from_args(args):
+    """The compression-ratio convention C_Q(b) = BASE/b chosen by ``--base``."""
+    import numpy as np
+
+    if args.base <= 0:
+        raise PihError(f"--base={args.base!r}: must be positive")
+    return lambda b: args.base / np.asarray(b, dtype=float)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -213,6 +213,13 @@ class Store:
         self.file = self.path / "records.jsonl"
         self._keys: set[str] | None = None
 
+    @classmethod
+    def existing(cls, path: str | os.PathLike, name: str = "store") -> Store:
+        """Open a store that must already hold records (for commands that only read)."""
+        if not (Path(path) / "records.jsonl").exists():
+            raise bad(name, str(path), "no records.jsonl there")
+        return cls(path)
+
     # -- reading -------------------------------------------------------------------------------------------
     def _lines(self) -> Iterator[dict]:
         if not self.file.exists():

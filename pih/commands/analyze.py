@@ -6,8 +6,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from ..cli import add_format, emit
-from ..errors import bad
+from ..cli import add_format, add_ratio_base, emit, ratio_from_args
 
 
 def register(sub) -> None:
@@ -20,7 +19,7 @@ def register(sub) -> None:
         "monotonicity of A(Q->P) in C*_P - C_Q. Records of different protocols are never mixed.",
     )
     p.add_argument("store", help="results store folder (holds records.jsonl)")
-    p.add_argument("--base", type=float, default=16.0, help="ratio convention C_Q(b) = BASE/b (default 16)")
+    add_ratio_base(p)
     p.add_argument("--isotonic", action="store_true", help="fit the quantization curve isotonically first")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the rho interval")
     p.add_argument("--rows", action="store_true", help="print every grid row in the table")
@@ -29,24 +28,19 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-
     from ..analysis import analyze_grid
     from ..records import Store
 
     path = Path(args.store)
-    if not (path / "records.jsonl").exists():
-        raise bad("store", args.store, "no records.jsonl there")
-    if args.base <= 0:
-        raise bad("--base", args.base, "must be positive")
+    store = Store.existing(path)
+    ratio = ratio_from_args(args)
     groups = defaultdict(list)
-    for r in Store(path).records():
+    for r in store.records():
         groups[r.protocol].append(r)
     results = []
     for recs in groups.values():
         prov = recs[0].provenance
-        res = analyze_grid(recs, ratio=lambda b: args.base / np.asarray(b, float), isotonic=args.isotonic,
-                           n_boot=args.boot)
+        res = analyze_grid(recs, ratio=ratio, isotonic=args.isotonic, n_boot=args.boot)
         if not res.rows:
             continue
         d = res.to_dict()

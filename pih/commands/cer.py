@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ..cli import add_format, emit
-from ..errors import bad
+from ..cli import add_format, add_ratio_base, emit, ratio_from_args
 from ..metrics import QuantCurve
 
 
@@ -18,17 +17,14 @@ def register(sub) -> None:
     p.add_argument("--bits", type=float, nargs="+", required=True, help="bit widths measured (quantizer alone)")
     p.add_argument("--perf", type=float, nargs="+", required=True, help="metric M at each bit width (higher=better)")
     p.add_argument("--value", type=float, nargs="+", required=True, help="M of each method alone")
-    p.add_argument("--base", type=float, default=16.0, help="ratio convention C_Q(b) = BASE/b (default 16)")
+    add_ratio_base(p)
     p.add_argument("--isotonic", action="store_true", help="fit a non-increasing curve first")
     add_format(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    if args.base <= 0:
-        raise bad("--base", args.base, "must be positive")
-    curve = QuantCurve(args.bits, args.perf, ratio=lambda b: args.base / __import__("numpy").asarray(b),
-                       isotonic=args.isotonic)
+    curve = QuantCurve(args.bits, args.perf, ratio=ratio_from_args(args), isotonic=args.isotonic)
     rows = [{"perf": v, **curve.cer(v).to_dict()} for v in args.value]
     payload = {
         "convention": f"C_Q(b) = {args.base:g}/b",

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..cli import add_format, emit
-from ..errors import bad
-from ..records import Store
+from ..records import Record, Store
 
 
 def register(sub) -> None:
@@ -20,11 +19,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     path = Path(args.store)
-    if not (path / "records.jsonl").exists():
-        raise bad("store", args.store, "no records.jsonl there")
-    store = Store(path)
-    raw = store.raw()
-    protocols = sorted({r.protocol for r in store.records()})
+    raw = Store.existing(path).raw()
+    protocols = sorted({Record.from_dict(d).protocol for d in raw})
     payload = {"store": str(path), "n_records": len(raw), "protocols": protocols, "records": raw}
 
     def human() -> None:
