@@ -47,6 +47,7 @@ class GridRow:
     cer_prune: float | None
     cer_censored: str | None  # None | "weaker" | "stronger" | "no-curve" (Q alone at < 2 bit widths)
     c_quant: float
+    cer_detail: dict | None = field(default=None, compare=False)  # the full CER (bound, crossings, ...)
 
     @property
     def advantage_qp(self) -> float:
@@ -153,7 +154,7 @@ def analyze_grid(records: Iterable[Record], ratio: Callable = ratio_16_over_b, i
                 cer = curve.cer(singles[p])
                 cer_value, cer_censored = cer.value, cer.censored
             rows.append(GridRow(p, q, s, singles[p], singles[q], v_pq, v_qp, cer_value, cer_censored,
-                                float(ratio(q.bits))))
+                                float(ratio(q.bits)), None if curve is None else cer.to_dict()))
     rows.sort(key=lambda r: (r.prune.ratio, r.prune.label, r.quant.bits, r.quant.label, r.seed))
     ok = [r for r in rows if r.gap is not None]
     stats = None

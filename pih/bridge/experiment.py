@@ -6,7 +6,8 @@ Config (every key is checked; unknown keys are an error)::
     [experiment]
     name = "smoke"
     model = "tiny-llama:kjv"      # smollm2 | tiny-llama[:corpus] | a local HF folder | a .gguf file
-    seed = 0
+    seed = 0                      # calibration windows, tie-breaks (and the tiny models' training seed)
+    model_seed = 0                # optional: train/load the tiny model with this seed instead (vary seed alone)
     device = "cpu"                # cpu | cuda | auto
     dtype = "float32"
     threads = 1                   # torch CPU threads (0 = leave torch's default)
@@ -60,7 +61,7 @@ from ._common import offline_env, seed_all
 offline_env()
 
 _SECTIONS = {
-    "experiment": {"name", "model", "seed", "device", "dtype", "threads", "analysis", "unit_arrays", "rotate",
+    "experiment": {"name", "model", "seed", "model_seed", "device", "dtype", "threads", "analysis", "unit_arrays", "rotate",
                    "cache", "description", "notes"},
     "data": {"eval", "calibration", "seqlen", "eval_tokens", "calibration_size"},
     "settings": {f.name for f in dataclasses.fields(__import__("pih.bridge.engine", fromlist=["x"]).BridgeSettings)},
@@ -77,6 +78,7 @@ class ExperimentConfig:
     name: str
     model: str
     seed: int = 0
+    model_seed: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
     threads: int = 1
@@ -125,6 +127,8 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfi
         name=_typed("experiment", "name", ex["name"], str),
         model=_typed("experiment", "model", ex["model"], str),
         seed=_typed("experiment", "seed", ex.get("seed", 0), int),
+        model_seed=(None if ex.get("model_seed") is None
+                    else _typed("experiment", "model_seed", ex["model_seed"], int)),
         device=_typed("experiment", "device", ex.get("device", "cpu"), str),
         dtype=_typed("experiment", "dtype", ex.get("dtype", "float32"), str),
         threads=_typed("experiment", "threads", ex.get("threads", 1), int),
@@ -233,7 +237,8 @@ class Runner:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         seed_all(cfg.seed)
-        self.lm = load_model(cfg.model, cfg.device, cfg.dtype, cache=cfg.cache, seed=cfg.seed, train_if_missing=True)
+        mseed = cfg.seed if cfg.model_seed is None else cfg.model_seed
+        self.lm = load_model(cfg.model, cfg.device, cfg.dtype, cache=cfg.cache, seed=mseed, train_if_missing=True)
         self.settings = BridgeSettings(**cfg.settings)
         self.metric_key = "ppl" if self.lm.arch == "llama" else "accuracy"
         if self.lm.arch == "llama":
@@ -463,7 +468,10 @@ def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progres
 
 
 def summarize(cfg: ExperimentConfig, runner: Runner, recs: list[Record], store: Store) -> dict:
-    from .. import QuantCurve, order_advantage
+    """The JSON summary of a run: every point, and per (P, Q) pair A(Q→P), the CER of P and C_Q from the core's
+    grid analysis (:func:`pih.analysis.analyze_grid`, the same function ``pih analyze`` uses on any store)."""
+    from .. import order_advantage
+    from ..analysis import analyze_grid
 
     points = []
     for r in recs:
@@ -473,26 +481,26 @@ def summarize(cfg: ExperimentConfig, runner: Runner, recs: list[Record], store: 
         if r.extras.get("removed_blocks"):
             row["removed_blocks"] = r.extras["removed_blocks"]
         points.append(row)
-    by = {(r.point.get("prune"), r.point.get("quant"), r.point.get("order")): r for r in recs}
-    qs = sorted({r.point["quant"] for r in recs if r.point.get("order") == "Q"})
-    curve = None
-    if len(qs) >= 2:
-        curve = QuantCurve(qs, [by[(None, b, "Q")].value for b in qs])
+    # the p x b grid proper (explicit [[pipelines]] and per-point settings are not part of it)
+    grid = [r for r in recs if r.point.get("order") in ("P", "Q", "P->Q", "Q->P") and "settings" not in r.point]
+    by = {(r.point.get("prune"), r.point.get("quant"), r.point.get("order")): r for r in grid}
+    analysis = analyze_grid(grid) if grid else None
+    rows = {(row.prune.ratio, row.quant.bits): row for row in analysis.rows} if analysis else {}
+    k = runner.metric_key
     pairs = []
-    for (p, b, o), r in by.items():
+    for (p, b, o), qf in by.items():
         if o != "Q->P" or (p, b, "P->Q") not in by:
             continue
-        pf, qf = by[(p, b, "P->Q")], r
-        k = runner.metric_key
+        pf = by[(p, b, "P->Q")]
+        # A(Q->P) = M(P∘Q) − M(Q∘P): Q applied first minus P applied first; with M = −ppl: ppl(P first) − ppl(Q first)
         row = {"prune": p, "quant": b, f"{k}_P_first": pf.extras[k], f"{k}_Q_first": qf.extras[k],
                "A_QP": order_advantage(qf.value, pf.value)}
-        # A(Q->P) = M(P∘Q) − M(Q∘P): Q applied first minus P applied first; with M = −ppl: ppl(P first) − ppl(Q first)
-        if (p, None, "P") in by and curve is not None:
-            c = curve.cer(by[(p, None, "P")].value)
-            row["cer_P"] = c.to_dict()
-            row["C_Q"] = 16 / b
-            if c.value is not None:
-                row["cer_minus_cq"] = c.value - 16 / b
+        g = rows.get((p, b))
+        if g is not None and g.cer_detail is not None:
+            row["cer_P"] = g.cer_detail
+            row["C_Q"] = g.c_quant
+            if g.gap is not None:
+                row["cer_minus_cq"] = g.gap
         if "analysis" in qf.extras:
             row["analysis"] = qf.extras["analysis"]
         pairs.append(row)
@@ -501,8 +509,13 @@ def summarize(cfg: ExperimentConfig, runner: Runner, recs: list[Record], store: 
         "provenance": {k: v for k, v in runner.provenance.to_dict().items() if k != "versions"},
         "metric": runner.metric_key, "notes": runner.lm.notes, "points": points, "pairs": pairs,
     }
-    if curve is not None:
-        out["quant_curve"] = {"bits": qs, "monotone": curve.monotone, "violations": curve.violations}
+    if analysis is not None:
+        curves = list(analysis.curves.values())
+        if curves:
+            c = curves[0]
+            out["quant_curve"] = {"bits": c["bits"], "monotone": c["monotone"], "violations": c["violations"]}
+        out["monotonicity"] = analysis.stats.to_dict() if analysis.stats else None
+        out["n_censored"] = analysis.n_censored
     return out
 
 
