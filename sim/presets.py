@@ -579,6 +579,116 @@ def preset_multistage(out: Path, quick: bool, seeds, assumptions, progress, **_)
     return summary
 
 
+def chain_specs(quick: bool) -> dict[str, object]:
+    """The chains of the ``chain`` preset: one layer (the single-layer view), a deep residual chain (as LLM
+    blocks) and a deep plain chain whose gain amplifies errors layer after layer (T2.4's route to PIH)."""
+    from .chain import ChainSpec
+
+    w, n, d = (32, 128, 3) if quick else (64, 256, 6)
+    return {"1 layer": ChainSpec(1, w, n, n, "gelu", True),
+            f"{d} layers, residual gelu": ChainSpec(d, w, n, n, "gelu", True),
+            f"{d} layers, plain tanh, gain 1.5": ChainSpec(d, w, n, n, "tanh", False, gain=1.5)}
+
+
+def chain_pairings() -> dict[str, tuple[Prune, Quantize]]:
+    return {"SparseGPT x GPTQ asym": (Prune(0.5, "sparsegpt"), Quantize(4, symmetric=False, update="gptq")),
+            "Wanda x RTN asym": (Prune(0.5, "wanda"), Quantize(4, symmetric=False)),
+            "magnitude x RTN sym": (Prune(0.5, "magnitude"), Quantize(4))}
+
+
+def preset_chain(out: Path, quick: bool, seeds, assumptions, progress, **_) -> dict:
+    """Multi-layer chains, sequential vs dense calibration: does an error reaching later stages give PIH's trend?
+
+    The assumption set is not used: the metric is the chain's own output error (and, for comparison, the
+    layer-wise additive error of the same compressed weights)."""
+    from pih.analysis import analyze_grid
+
+    from .chain import run_chain_grid
+
+    size = _size(quick, seeds)
+    ratios, bits = (0.2, 0.4, 0.6, 0.8), (2, 3, 4, 8)
+    if quick:
+        ratios, bits = (0.3, 0.6), (2, 4, 8)
+    store = Store(out / "store")
+    rows, plots = [], {}
+    for cname, spec in chain_specs(quick).items():
+        for pname, (P, Q) in chain_pairings().items():
+            for calib in ("sequential", "dense"):
+                recs = run_chain_grid(spec, P, Q, ratios, bits, range(size.seeds), calib, store, progress)
+                for view in ("output", "layerwise"):
+                    g = analyze_grid([r for r in recs if r.provenance.settings["view"] == view], n_boot=500)
+                    pts = [(r.gap, r.advantage_qp) for r in g.rows]
+                    A = np.array([a for _, a in pts])
+                    xs = np.array([np.nan if x is None else x for x, _ in pts])
+                    row = {"chain": cname, "pairing": pname, "calibration": calib, "view": view,
+                           "n_points": len(pts), "n_censored": g.n_censored,
+                           "n_A_positive": int((A > 1e-12).sum()), "n_A_negative": int((A < -1e-12).sum()),
+                           "A_min": float(A.min()), "A_max": float(A.max()),
+                           "spearman_rho": g.stats.rho if g.stats else None,
+                           "rho_ci": list(g.stats.rho_ci) if g.stats else None,
+                           "mean_A_x_neg": float(A[xs < 0].mean()) if (xs < 0).any() else None,
+                           "mean_A_x_pos": float(A[xs > 0].mean()) if (xs > 0).any() else None}
+                    row["pih_pattern"] = bool(row["spearman_rho"] is not None and row["spearman_rho"] > 0
+                                              and row["mean_A_x_neg"] is not None and row["mean_A_x_neg"] < 0
+                                              and row["mean_A_x_pos"] is not None and row["mean_A_x_pos"] > 0)
+                    rows.append(row)
+                    if view == "output":
+                        plots[(cname, pname, calib)] = [(x, a) for x, a in pts if x is not None]
+    png = _plot_chain(plots, out / "chain.png")
+    n_pih = sum(r["pih_pattern"] for r in rows if r["view"] == "output")
+    lines = ["# Multi-layer chains: sequential vs dense calibration", "",
+             f"Chains of square layers ({', '.join(chain_specs(quick))}); seeds 0..{size.seeds - 1}; ratios "
+             f"{list(ratios)}, bits {list(bits)}. M = -relative error at the chain output on held-out inputs "
+             "('output'), or the layer-wise additive error of the same weights on dense inputs ('layerwise'). "
+             "'sequential': each layer calibrated on the outputs of the layers before it as already compressed "
+             "(what GPTQ/SparseGPT/Wanda do); 'dense': on the dense chain's inputs.", "",
+             f"PIH's pattern (rho > 0, mean A < 0 where C*_P < C_Q and > 0 where C*_P > C_Q) at the output: "
+             f"{n_pih} of {sum(r['view'] == 'output' for r in rows)} grids.", "",
+             "| chain | pairing | calibration | view | rho | 95% CI | A>0 | A<0 | mean A (x<0) | mean A (x>0) | "
+             "censored | PIH pattern |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(v):
+        return "-" if v is None else f"{v:.3g}"
+
+    for r in rows:
+        ci = "-" if r["rho_ci"] is None else f"{r['rho_ci'][0]:.2f}..{r['rho_ci'][1]:.2f}"
+        lines.append(f"| {r['chain']} | {r['pairing']} | {r['calibration']} | {r['view']} | {f(r['spearman_rho'])} "
+                     f"| {ci} | {r['n_A_positive']} | {r['n_A_negative']} | {f(r['mean_A_x_neg'])} | "
+                     f"{f(r['mean_A_x_pos'])} | {r['n_censored']} | {'yes' if r['pih_pattern'] else 'no'} |")
+    lines += ["", f"![A vs CER gap at the chain output]({png.name})"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return {"preset": "chain", "rows": rows, "n_pih_pattern_output": n_pih, "ratios": list(ratios),
+            "bits": list(bits), "seeds": size.seeds}
+
+
+def _plot_chain(plots: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chains = list(dict.fromkeys(c for c, _, _ in plots))
+    pairs = list(dict.fromkeys(p for _, p, _ in plots))
+    fig, axes = plt.subplots(len(chains), len(pairs), figsize=(4.4 * len(pairs), 3.2 * len(chains)), squeeze=False)
+    for i, c in enumerate(chains):
+        for j, p in enumerate(pairs):
+            ax = axes[i, j]
+            for calib, mk in (("sequential", "o"), ("dense", "x")):
+                pts = plots.get((c, p, calib), [])
+                if pts:
+                    ax.scatter(*zip(*pts, strict=True), marker=mk, s=14, label=calib)
+            ax.axhline(0, color="k", lw=0.6)
+            ax.axvline(0, color="k", lw=0.4, ls=":")
+            ax.set_title(f"{c}: {p}", fontsize=8)
+            ax.set_xlabel("C*_P − C_Q", fontsize=8)
+            ax.set_ylabel("A(Q→P)", fontsize=8)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 PRESETS: dict[str, Callable] = {
     "kuzmin": preset_kuzmin,
     "harma": preset_harma,
@@ -587,6 +697,7 @@ PRESETS: dict[str, Callable] = {
     "mixed-precision": preset_mixed,
     "survey": preset_survey,
     "multistage": preset_multistage,
+    "chain": preset_chain,
 }
 
 

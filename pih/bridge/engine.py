@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..methods import MixedPrecision, Prune, Quantize
 from ._common import bad
+from .conv import input_rows, matrix_shape, n_cols, set_weight_matrix, weight_matrix
 from .models import LoadedModel, linears_of
 from .prune import magnitude, sparsegpt, wanda
 from .quant import Grid, gptq, rtn
@@ -145,10 +146,9 @@ class _Stats:
         self.norm2 = torch.zeros(cols, device=device, dtype=torch.float32)
         self.n = 0
 
-    def add(self, x: torch.Tensor) -> None:
-        x = x.detach()
-        tmp = x.shape[0] if x.dim() > 2 else 1
-        x = x.reshape(-1, x.shape[-1]).float()
+    def add(self, x: torch.Tensor, module: nn.Module | None = None) -> None:
+        x, tmp = input_rows(module, x.detach())  # a conv's input: its unfolded receptive fields (pih.bridge.conv)
+        x = x.float()
         total = self.n + tmp
         if self.H is not None:
             self.H *= self.n / total
@@ -159,16 +159,22 @@ class _Stats:
         self.n = total
 
 
-def collect_stats(block: nn.Module, inps, hessian: bool) -> dict[str, _Stats]:
-    lins = linears_of(block)
-    stats = {n: _Stats(m.in_features, m.weight.device, hessian) for n, m in lins.items()}
-    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: stats[n].add(a[0])) for n, m in lins.items()]
+def stats_and_outputs(block: nn.Module, inps, hessian: bool, only: set[str] | None = None):
+    """One forward pass of ``block`` over ``inps``: the calibration statistics of its compressible layers (those
+    named in ``only``, default all) and the block's outputs."""
+    lins = {n: m for n, m in linears_of(block).items() if only is None or n in only}
+    stats = {n: _Stats(n_cols(m), m.weight.device, hessian) for n, m in lins.items()}
+    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: stats[n].add(a[0], mod)) for n, m in lins.items()]
     try:
-        run_block(block, inps)
+        outs = run_block(block, inps)
     finally:
         for h in hooks:
             h.remove()
-    return stats
+    return stats, outs
+
+
+def collect_stats(block: nn.Module, inps, hessian: bool) -> dict[str, _Stats]:
+    return stats_and_outputs(block, inps, hessian)[0]
 
 
 def _generator(seed: int, *parts: object) -> torch.Generator:
@@ -179,6 +185,8 @@ def _generator(seed: int, *parts: object) -> torch.Generator:
 # -- stages -----------------------------------------------------------------------------------------------------
 def _check_pipeline(lm: LoadedModel, pipeline, settings: BridgeSettings, state: CompressionState) -> None:
     quantized = bool(state.grids)
+    for blk in lm.blocks():  # refuses layers the bridge cannot compress (grouped convs) before anything runs
+        linears_of(blk)
     for i, spec in enumerate(pipeline):
         if not isinstance(spec, (Prune, Quantize, MixedPrecision)):
             raise bad(f"pipeline[{i}]", spec, "must be a Prune, Quantize or MixedPrecision spec")
@@ -193,15 +201,17 @@ def _check_pipeline(lm: LoadedModel, pipeline, settings: BridgeSettings, state: 
                 for blk in lm.blocks():
                     for n, m in linears_of(blk).items():
                         try:
-                            spec.check_shape(tuple(m.weight.shape))
+                            spec.check_shape(matrix_shape(m))
                         except Exception as exc:
                             raise bad("structure", spec.structure, f"layer {n}: {exc}") from None
         else:
             quantized = True
+            if isinstance(spec, Quantize) and spec.rotation and lm.arch != "llama":
+                raise bad("rotation", spec.rotation, f"rotation is implemented for LLaMA, not {lm.arch}")
             if isinstance(spec, Quantize):
                 for blk in lm.blocks():
                     for m in linears_of(blk).values():
-                        spec.check_shape(tuple(m.weight.shape))
+                        spec.check_shape(matrix_shape(m))
             if isinstance(spec, MixedPrecision):
                 n_lin = sum(len(linears_of(b)) for b in lm.blocks())
                 if len(spec.bits) != n_lin:
@@ -244,6 +254,45 @@ def _needs(spec) -> str | None:
     return None
 
 
+def compress_matrix(spec, W: torch.Tensor, H: torch.Tensor | None, norm2: torch.Tensor | None,
+                    mask: torch.Tensor | None, grid: Grid | None, settings: BridgeSettings, gen: torch.Generator,
+                    bits: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, Grid | None, int, int]:
+    """One spec on one float weight matrix, given its layer's calibration statistics (``H``: Hessian, ``norm2``:
+    mean squared input per column) and what earlier stages left (``mask``: True = pruned, kept exactly; ``grid``:
+    an earlier quantizer's grid, for the off-grid policy). ``bits`` overrides a quantizer's bit width (mixed
+    precision). Returns (new weight, mask, grid, weights moved off ``grid``, weights kept) — the last two count
+    only for SparseGPT after a quantizer. The engine and ``pih advise`` both compress through this function."""
+    moved = kept = 0
+    if isinstance(spec, Prune):
+        nm = spec.nm
+        if spec.criterion == "magnitude":
+            mask = magnitude(W, spec.ratio, nm, mask, gen)
+            newW = W.masked_fill(mask, 0)
+        elif spec.criterion == "wanda":
+            mask = wanda(W, norm2, spec.ratio, nm, mask, gen)
+            newW = W.masked_fill(mask, 0)
+        elif spec.criterion == "sparsegpt":
+            newW, mask = sparsegpt(W, H, spec.ratio, nm, settings.blocksize, settings.percdamp, mask, gen)
+            if grid is not None:
+                if settings.offgrid == "forbid":
+                    raise bad("offgrid", "forbid", f"{spec.label} after quantization moves weights off the grid")
+                moved = int((~grid.on_grid(newW) & ~mask).sum())
+                kept = int((~mask).sum())
+                if settings.offgrid == "requantize":
+                    newW = grid.quantize(newW, mask)
+        else:
+            raise bad("criterion", spec.criterion, "not a layer-wise pruning criterion in the bridge")
+        return newW, mask, grid, moved, kept
+    q = spec if isinstance(spec, Quantize) else spec.quantizer(0)
+    bits = q.bits if bits is None else bits
+    if q.update == "gptq":
+        newW, grid = gptq(W, H, bits, q.group, q.symmetric, q.scale, settings.act_order, settings.blocksize,
+                          settings.percdamp, mask)
+    else:
+        newW, grid = rtn(W, bits, q.group, q.symmetric, q.scale, mask, q.rounding, gen)
+    return newW, mask, grid, 0, 0
+
+
 def _layerwise(lm, spec, state, calib, settings, seed, stage_index, progress, entry, layers, bits_override=None):
     need = _needs(spec)
     names = layer_names(lm)
@@ -262,45 +311,30 @@ def _layerwise(lm, spec, state, calib, settings, seed, stage_index, progress, en
         dense_out = run_block(blk, inps) if (need and not settings.sequential and i + 1 < len(blocks)) else None
         for n, mod in todo.items():
             full = f"{lm.block_name(i)}.{n}"
-            W = mod.weight.data
+            W = weight_matrix(mod)  # (out, in) or a conv's (out, in·kh·kw) view
             Wf = W.float()
             gen = _generator(seed, stage_index, spec.label, full)
             mask = state.masks.get(full)
             mask = mask.to(W.device) if mask is not None else None
-            if isinstance(spec, Prune):
-                nm = spec.nm
-                if spec.criterion == "magnitude":
-                    mask = magnitude(Wf, spec.ratio, nm, mask, gen)
-                    newW = Wf.masked_fill(mask, 0)
-                elif spec.criterion == "wanda":
-                    mask = wanda(Wf, stats[n].norm2, spec.ratio, nm, mask, gen)
-                    newW = Wf.masked_fill(mask, 0)
-                elif spec.criterion == "sparsegpt":
-                    newW, mask = sparsegpt(Wf, stats[n].H, spec.ratio, nm, settings.blocksize, settings.percdamp,
-                                           mask, gen)
-                    grid = state.grids.get(full)
-                    if grid is not None:
-                        g = grid.to(W.device)
-                        off = ~g.on_grid(newW) & ~mask
-                        offgrid_moved += int(off.sum())
-                        offgrid_total += int((~mask).sum())
-                        if settings.offgrid == "requantize":
-                            newW = g.quantize(newW, mask)
-                else:
-                    raise bad("criterion", spec.criterion, "not a layer-wise pruning criterion in the bridge")
-                state.masks[full] = mask.cpu()
-            else:
+            grid = state.grids.get(full)
+            bits = None
+            if not isinstance(spec, Prune):
                 q = spec if isinstance(spec, Quantize) else spec.quantizer(0)
                 bits = bits_override if bits_override is not None else (mp_bits[full] if mp_bits else q.bits)
-                if q.update == "gptq":
-                    newW, grid = gptq(Wf, stats[n].H, bits, q.group, q.symmetric, q.scale, settings.act_order,
-                                      settings.blocksize, settings.percdamp, mask)
-                else:
-                    newW, grid = rtn(Wf, bits, q.group, q.symmetric, q.scale, mask, q.rounding, gen)
+            st = stats.get(n)
+            newW, mask, grid, moved, kept = compress_matrix(spec, Wf, None if st is None else st.H,
+                                                            None if st is None else st.norm2, mask,
+                                                            None if grid is None else grid.to(W.device), settings,
+                                                            gen, bits)
+            offgrid_moved += moved
+            offgrid_total += kept
+            if isinstance(spec, Prune):
+                state.masks[full] = mask.cpu()
+            else:
                 state.grids[full] = grid.to("cpu")
             if mask is not None and bool((newW[mask] != 0).any()):  # pragma: no cover - guarded by construction
                 raise RuntimeError(f"mask of {full} not preserved by {spec.label}")
-            mod.weight.data.copy_(newW.to(W.dtype))
+            set_weight_matrix(mod, newW)
         if need and i + 1 < len(blocks):
             inps = run_block(blk, inps) if settings.sequential else dense_out
     if offgrid_total:
@@ -315,11 +349,9 @@ def calib_loss(lm: LoadedModel, calib: torch.Tensor, batch_size: int, labels: to
         for s in range(0, calib.shape[0], batch_size):
             x = calib[s : s + batch_size]
             if lm.arch == "llama":
-                logits = lm.model(**model_inputs(lm, x)).logits.float()
-                lp = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1).to(logits.device),
-                    reduction="sum")
-                tot += float(lp)
+                from .evaluate import token_losses
+
+                tot += float(token_losses(lm, x).sum())
                 n += x[:, 1:].numel()
             else:
                 logits = lm.model(**model_inputs(lm, x)).logits.float()
@@ -329,25 +361,59 @@ def calib_loss(lm: LoadedModel, calib: torch.Tensor, batch_size: int, labels: to
     return tot / n
 
 
+def _loss_without(lm, i, inps, removed, calib, batch_size, labels) -> float:
+    """:func:`calib_loss` of the model without blocks ``removed`` and ``i``, given ``inps``, the inputs of block ``i``
+    (per calibration batch) in the model without ``removed``: blocks ``<= i`` are skipped and block ``i`` passes on
+    its cached input, so only the blocks after ``i`` and the head run. The same operations on the same inputs as
+    the full forward pass: the same loss."""
+    feed = iter(inps)
+
+    def hook(module, args, kwargs):
+        hs = next(feed)[0]
+        if args:
+            return (hs, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hs}
+
+    set_removed(lm, sorted(set(removed) | set(range(i + 1))))
+    h = lm.blocks()[i].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        return calib_loss(lm, calib, batch_size, labels)
+    finally:
+        h.remove()
+        set_removed(lm, removed)
+
+
 def _remove_blocks(lm, spec, state, calib, settings, progress, entry):
-    """SLEB-like: repeatedly remove the block whose removal raises the calibration loss least."""
+    """SLEB-like: repeatedly remove the block whose removal raises the calibration loss least.
+
+    Each round caches the input of block 0 and advances it block by block through the current model, so the loss
+    without candidate ``i`` runs only the blocks after ``i`` (:func:`_loss_without`): about half the block passes
+    of a full forward per candidate, with the same losses and so the same choice."""
     n_blocks = len(lm.blocks())
     target = int(round(spec.ratio * n_blocks))
     if target >= n_blocks:
         raise bad("ratio", spec.ratio, f"would remove all {n_blocks} blocks")
+    n_removable = sum(lm.removable(i) for i in range(n_blocks))  # ResNet: only blocks with an identity shortcut
+    if target > n_removable:
+        raise bad("ratio", spec.ratio, f"would remove {target} blocks; only {n_removable} of {n_blocks} keep their "
+                  "input's shape and can be removed")
     labels = getattr(lm, "calib_labels", None)
     losses = []
     bar = tqdm(total=max(0, target - len(state.removed)), desc=spec.label, file=sys.stderr, disable=not progress,
                leave=False)
+    blocks = lm.blocks()
     while len(state.removed) < target:
         best, best_loss = None, float("inf")
-        for i in range(n_blocks):
-            if i in state.removed:
-                continue
-            set_removed(lm, state.removed + [i])
-            loss = calib_loss(lm, calib, settings.batch_size, labels)
-            if loss < best_loss:
-                best, best_loss = i, loss
+        cand = [i for i in range(n_blocks) if i not in state.removed and lm.removable(i)]
+        set_removed(lm, state.removed)
+        inps = capture_block_inputs(lm, calib, settings.batch_size)  # the input of block i, i = 0, 1, ...
+        for i in range(cand[-1] + 1):
+            if i in cand:
+                loss = _loss_without(lm, i, inps, state.removed, calib, settings.batch_size, labels)
+                if loss < best_loss:
+                    best, best_loss = i, loss
+            if i not in state.removed and i < cand[-1]:
+                inps = run_block(blocks[i], inps)
         state.removed.append(best)
         losses.append(best_loss)
         set_removed(lm, state.removed)
@@ -356,7 +422,7 @@ def _remove_blocks(lm, spec, state, calib, settings, progress, entry):
     set_removed(lm, state.removed)
     for i in state.removed:  # every linear of a removed block counts as pruned
         for n, m in linears_of(lm.blocks()[i]).items():
-            state.masks[f"{lm.block_name(i)}.{n}"] = torch.ones_like(m.weight, dtype=torch.bool, device="cpu")
+            state.masks[f"{lm.block_name(i)}.{n}"] = torch.ones(matrix_shape(m), dtype=torch.bool)
     entry["removed"] = list(state.removed)
     entry["calib_losses"] = losses
 
@@ -378,6 +444,6 @@ def effective_weights(lm: LoadedModel, state: CompressionState) -> dict[str, tor
     out = {}
     for i, blk in enumerate(lm.blocks()):
         for n, m in linears_of(blk).items():
-            w = m.weight.detach().float().cpu()
+            w = weight_matrix(m).detach().float().cpu()
             out[f"{lm.block_name(i)}.{n}"] = torch.zeros_like(w) if i in state.removed else w.clone()
     return out

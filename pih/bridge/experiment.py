@@ -61,8 +61,8 @@ from ._common import offline_env, seed_all
 offline_env()
 
 _SECTIONS = {
-    "experiment": {"name", "model", "seed", "model_seed", "device", "dtype", "threads", "analysis", "unit_arrays", "rotate",
-                   "cache", "description", "notes"},
+    "experiment": {"name", "model", "seed", "model_seed", "device", "dtype", "threads", "analysis", "unit_arrays",
+                   "rotate", "cache", "description", "notes"},
     "data": {"eval", "calibration", "seqlen", "eval_tokens", "calibration_size"},
     "settings": {f.name for f in dataclasses.fields(__import__("pih.bridge.engine", fromlist=["x"]).BridgeSettings)},
     "prune": {"criterion", "structure", "ratios"},

@@ -3,7 +3,9 @@
 Format (one ``.npz``, float32): ``W::<layer>`` = weight (out_features, in_features) and ``X::<layer>`` = the
 layer's calibration inputs (n_tokens, in_features), captured on the dense model block by block, at most
 ``max_tokens`` rows (the first ones). ``<layer>`` is the module's full name, e.g.
-``model.layers.0.self_attn.q_proj``. A ``meta`` entry holds a JSON string (model, data, seqlen, seed).
+``model.layers.0.self_attn.q_proj``. A ``meta`` entry holds a JSON string (model, data, seqlen, seed). A
+convolution is exported as its 2-D view: ``W`` (out, in·kh·kw) and ``X`` its unfolded receptive fields
+(n_positions, in·kh·kw), so ``X @ W.T`` is the conv's output at each position (:mod:`pih.bridge.conv`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import numpy as np
 import torch
 
 from ._common import bad
+from .conv import input_rows, weight_matrix
 from .engine import capture_block_inputs, run_block
 from .models import LoadedModel, linears_of
 
 
 def _grabber(bucket: list):
-    def hook(mod, args, out):
-        bucket.append(args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu())
+    def hook(mod, args, out):  # a conv's rows are its unfolded receptive fields (pih.bridge.conv)
+        bucket.append(input_rows(mod, args[0].detach())[0].float().cpu())
 
     return hook
 
@@ -45,7 +48,7 @@ def export_layers(lm: LoadedModel, calib: torch.Tensor, path: str | Path, layers
                 for h in hooks:
                     h.remove()
             for n, m in todo.items():
-                out[f"W::{names[n]}"] = m.weight.detach().float().cpu().numpy()
+                out[f"W::{names[n]}"] = weight_matrix(m).detach().float().cpu().numpy()
                 out[f"X::{names[n]}"] = torch.cat(got[n])[:max_tokens].numpy()
         else:
             outs = run_block(blk, inps)

@@ -6,7 +6,11 @@ Sources accepted by :func:`load_model`:
   transformers' GGUF loader and cached as a Hugging Face folder. Caveat carried in every record: its linear
   weights already lie on a 4-bit block-32 grid (Q4_1), so quantization at 4 bits or more is nearly free on it.
 - ``tiny-llama`` (``tiny-llama:<corpus>``): the project's tiny LLaMA trained by :mod:`pih.bridge.train`.
-- a local Hugging Face folder (``config.json``) of a LlamaForCausalLM, DeiT or ViT image classifier.
+- ``tiny-deit`` / ``tiny-resnet`` (``tiny-deit:<images>``): the project's tiny image classifiers (digits,
+  fashion-mnist), trained by :mod:`pih.bridge.train`.
+- a local Hugging Face folder (``config.json``) of a LlamaForCausalLM, DeiT or ViT image classifier, or a
+  ResNetForImageClassification (its compressible layers are the convolutions of the stages' layers, as 2-D
+  (out, in·kh·kw) matrices, see :mod:`pih.bridge.conv`; the stem and the classifier stay dense).
 - a ``.gguf`` file (LLaMA architecture), loaded through transformers' GGUF loader.
 
 Nothing is downloaded and no code from a model folder is run (``trust_remote_code`` is never set).
@@ -29,6 +33,12 @@ from torch import nn  # noqa: E402
 
 LLAMA_TYPES = ("llama",)
 VIT_TYPES = ("deit", "vit")
+RESNET_TYPES = ("resnet",)
+RESNET_NOTE = (
+    "ResNet: the convolutions of the stages' layers (shortcut projections included) are compressed as (out, "
+    "in*kh*kw) matrices calibrated on unfolded inputs; the stem conv and the classifier stay dense; BatchNorm layers "
+    "are kept as they are (the dense model's running statistics, not re-estimated after compression)"
+)
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CAVEAT = (
     "SmolLM2-135M-Instruct comes as a Q4_1 GGUF: its linear weights already lie on a 4-bit grid with one scale "
@@ -43,7 +53,7 @@ class LoadedModel:
 
     model: nn.Module
     tokenizer: Any
-    arch: str  # "llama" | "vit"
+    arch: str  # "llama" | "vit" | "resnet"
     name: str  # provenance name
     source: str
     notes: list[str] = field(default_factory=list)
@@ -58,7 +68,16 @@ class LoadedModel:
         return blocks_of(self.model, self.arch)
 
     def block_name(self, i: int) -> str:
+        if self.arch == "resnet":  # blocks span several stages: name each block by its own module path
+            blk = self.blocks()[i]
+            return next(n for n, m in self.model.named_modules() if m is blk)
         return f"{self.blocks_path()}.{i}"
+
+    def removable(self, i: int) -> bool:
+        """Whether block ``i`` maps its input to an output of the same shape (so it can be skipped)."""
+        if self.arch == "resnet":
+            return isinstance(self.blocks()[i].shortcut, nn.Identity)
+        return True
 
     def blocks_path(self) -> str:
         for name, mod in self.model.named_modules():
@@ -75,12 +94,22 @@ def blocks_of(model: nn.Module, arch: str) -> nn.ModuleList:
         if hasattr(base, "layers"):  # transformers 5
             return base.layers
         return base.encoder.layer
+    if arch == "resnet":  # every layer of every stage, in forward order (the stem stays outside the blocks)
+        return nn.ModuleList([layer for stage in model.resnet.encoder.stages for layer in stage.layers])
     raise bad("arch", arch, "unknown architecture")
 
 
-def linears_of(block: nn.Module) -> OrderedDict[str, nn.Linear]:
-    """The linear layers of a block, in forward order (names relative to the block)."""
-    return OrderedDict((n, m) for n, m in block.named_modules() if isinstance(m, nn.Linear))
+def linears_of(block: nn.Module) -> OrderedDict[str, nn.Module]:
+    """The compressible layers of a block (``nn.Linear`` and ``nn.Conv2d``, the latter as its 2-D (out, in·kh·kw)
+    view, see :mod:`pih.bridge.conv`), in forward order (names relative to the block). Grouped convs are refused."""
+    from .conv import COMPRESSIBLE, check_layer
+
+    out: OrderedDict[str, nn.Module] = OrderedDict()
+    for n, m in block.named_modules():
+        if isinstance(m, COMPRESSIBLE):
+            check_layer(m, n)
+            out[n] = m
+    return out
 
 
 def smollm2_gguf() -> Path:
@@ -111,7 +140,10 @@ def _arch_of(config: dict, where: str) -> str:
         return "llama"
     if mt in VIT_TYPES:
         return "vit"
-    raise bad("model", where, f"unknown architecture model_type={mt!r}; the bridge knows {LLAMA_TYPES + VIT_TYPES}")
+    if mt in RESNET_TYPES:
+        return "resnet"
+    raise bad("model", where, f"unknown architecture model_type={mt!r}; the bridge knows "
+              f"{LLAMA_TYPES + VIT_TYPES + RESNET_TYPES}")
 
 
 def _load_llama_folder(folder: Path, dtype, gguf_file: str | None = None):
@@ -145,11 +177,32 @@ def _load_vit_folder(folder: Path, config: dict, dtype):
     return model, proc
 
 
+def _load_resnet_folder(folder: Path, config: dict, dtype):
+    """A local ResNetForImageClassification folder (transformers' own ResNet; torchvision is not used)."""
+    from transformers import AutoImageProcessor, ResNetForImageClassification
+
+    archs = config.get("architectures") or ["ResNetForImageClassification"]
+    if "ResNetForImageClassification" not in archs:
+        raise bad("model", str(folder), f"a ResNet folder must hold a ResNetForImageClassification, not {archs}")
+    model = ResNetForImageClassification.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+    size = getattr(model.config, "pih_input_size", None)
+    if size:
+        from .conv import resize_hook
+
+        resize_hook(model, int(size))
+    try:
+        proc = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+    except Exception:  # noqa: BLE001 - a folder without a processor: the caller feeds tensors
+        proc = None
+    return model, proc
+
+
 def load_model(source: str, device: str | None = "cpu", dtype: str | None = "float32",
                cache: str | None = None, train_if_missing: bool = False, seed: int = 0) -> LoadedModel:
     """Load ``source`` (see module doc) on ``device`` in ``dtype``, in eval mode, gradients off."""
     if not isinstance(source, str) or not source:
-        raise bad("model", source, "must be 'smollm2', 'tiny-llama[:corpus]', a model folder or a .gguf file")
+        raise bad("model", source, "must be 'smollm2', 'tiny-llama[:corpus]', 'tiny-deit[:images]', "
+                  "'tiny-resnet[:images]', a model folder or a .gguf file")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
     notes: list[str] = []
@@ -202,6 +255,17 @@ def load_model(source: str, device: str | None = "cpu", dtype: str | None = "flo
         folder = tiny_deit_folder(data, seed=seed, cache=cache, steps=steps, train_if_missing=train_if_missing)
         model, tok = _load_vit_folder(folder, _read_config(folder), dt)
         arch, name = "vit", f"{folder.name}@{_fingerprint(folder)}"
+    elif source.startswith("tiny-resnet"):
+        from .train import tiny_resnet_folder
+
+        parts = source.split(":")
+        data = parts[1] if len(parts) > 1 and parts[1] else "digits"
+        steps = int(parts[2]) if len(parts) == 3 and parts[2].isdigit() and int(parts[2]) > 0 else None
+        if parts[0] != "tiny-resnet" or len(parts) > 3 or (len(parts) == 3 and steps is None):
+            raise bad("model", source, "tiny ResNets are named tiny-resnet[:data[:steps]]")
+        folder = tiny_resnet_folder(data, seed=seed, cache=cache, steps=steps, train_if_missing=train_if_missing)
+        model, tok = _load_resnet_folder(folder, _read_config(folder), dt)
+        arch, name = "resnet", f"{folder.name}@{_fingerprint(folder)}"
     else:
         path = Path(source).expanduser()
         if not path.exists():
@@ -224,6 +288,8 @@ def load_model(source: str, device: str | None = "cpu", dtype: str | None = "flo
             arch = _arch_of(config, source)
             if arch == "llama":
                 model, tok = _load_llama_folder(path, dt)
+            elif arch == "resnet":
+                model, tok = _load_resnet_folder(path, config, dt)
             else:
                 model, tok = _load_vit_folder(path, config, dt)
             name = f"{config.get('model_type')}:{path.resolve().name}@{_fingerprint(path)}"
@@ -232,6 +298,12 @@ def load_model(source: str, device: str | None = "cpu", dtype: str | None = "flo
     model.requires_grad_(False)
     if arch == "llama":
         model.config.use_cache = False
+    if arch == "resnet":
+        notes.append(RESNET_NOTE)
+        size = getattr(model.config, "pih_input_size", None)
+        if size:
+            notes.append(f"inputs of another size are resized (nearest) to {size}x{size} by a forward pre-hook "
+                         "(config pih_input_size), as in training")
     return LoadedModel(model, tok, arch, name, source, notes, info)
 
 

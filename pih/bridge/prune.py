@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ._common import bad
-from .quant import prepare_hessian
+from .quant import obs_sweep, prepare_hessian
 
 
 def _rand_like(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
@@ -22,19 +22,38 @@ def _rand_like(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
 
 def smallest_mask(metric: torch.Tensor, k: int, dim: int | None, gen: torch.Generator | None) -> torch.Tensor:
     """Boolean mask of the ``k`` smallest entries of ``metric`` (over all entries if ``dim`` is None, else per
-    slice along the last dim), ties broken at random."""
+    slice along the last dim), ties broken at random.
+
+    The order is lexicographic in (metric, r) with r uniform random numbers drawn from ``gen`` (one per entry):
+    everything below the k-th smallest value is taken, and of the entries equal to it those with the smallest r.
+    """
     if k <= 0:
         return torch.zeros_like(metric, dtype=torch.bool)
     shape = metric.shape
-    m = metric.reshape(-1) if dim is None else metric.reshape(-1, shape[-1])
-    r = _rand_like(m, gen)
-    # lexicographic (metric, random): sort by random first, then stable sort by metric
-    o1 = torch.argsort(r, dim=-1)
-    m1 = torch.gather(m, -1, o1)
-    o2 = torch.argsort(m1, dim=-1, stable=True)
-    idx = torch.gather(o1, -1, o2)[..., :k]
-    out = torch.zeros_like(m, dtype=torch.bool)
-    out.scatter_(-1, idx, True)
+    m = metric.reshape(1, -1) if dim is None else metric.reshape(-1, shape[-1])
+    r = _rand_like(m.reshape(-1) if dim is None else m, gen).reshape(m.shape)
+    if k >= m.shape[-1]:
+        return torch.ones(shape, dtype=torch.bool, device=metric.device)
+    if bool(torch.isnan(m).any()):  # NaN sorts last: rank by (metric, r) with two sorts
+        o1 = torch.argsort(r, dim=-1)
+        o2 = torch.argsort(torch.gather(m, -1, o1), dim=-1, stable=True)
+        out = torch.zeros_like(m, dtype=torch.bool)
+        return out.scatter_(-1, torch.gather(o1, -1, o2)[..., :k], True).reshape(shape)
+    thr = m.kthvalue(k, dim=-1, keepdim=True).values
+    out = m < thr
+    eq = m == thr
+    need = k - out.sum(-1)  # entries still to take among those equal to the threshold (>= 1)
+    tie = need < eq.sum(-1)
+    out |= eq & ~tie[:, None]
+    if bool(tie.any()):  # take the ``need`` tied entries with the smallest r
+        if m.shape[0] == 1:
+            ie = eq[0].nonzero().squeeze(1)
+            out[0, ie[torch.topk(r[0, ie], int(need[0]), largest=False).indices]] = True
+        else:
+            rows = tie.nonzero().squeeze(1)
+            o = torch.argsort(torch.where(eq[rows], r[rows], 2.0), dim=-1)
+            take = torch.arange(m.shape[-1], device=m.device)[None, :] < need[rows][:, None]
+            out[rows] |= torch.zeros_like(take).scatter_(-1, o, take)
     return out.reshape(shape)
 
 
@@ -88,30 +107,25 @@ def sparsegpt(w: torch.Tensor, H: torch.Tensor, ratio: float, nm: tuple[int, int
     Hinv, _ = prepare_hessian(H.float(), W, percdamp)
     E = existing if existing is not None else torch.zeros_like(W, dtype=torch.bool)
     M = torch.zeros_like(W, dtype=torch.bool)
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        d1 = torch.diag(Hinv1)
-        if nm is None:
-            tmp = _prep_metric(W1**2 / d1[None, :] ** 2, E[:, i1:i2])
+    d = torch.diag(Hinv)
+    mb = M  # the current block's mask, columns as rows
+
+    def start_block(i1: int, i2: int, Wb: torch.Tensor) -> None:
+        nonlocal mb
+        if nm is None:  # one mask for the whole block, from w²/[H⁻¹]_jj² at the block's start
+            tmp = _prep_metric(Wb.t() ** 2 / d[None, i1:i2] ** 2, E[:, i1:i2])
             mask1 = smallest_mask(tmp, int(tmp.numel() * ratio), None, gen) | E[:, i1:i2]
         else:
             mask1 = E[:, i1:i2].clone()
-        for i in range(i2 - i1):
-            if nm is not None and i % nm[1] == 0:
-                tmp = _prep_metric(W1[:, i : i + nm[1]] ** 2 / d1[i : i + nm[1]][None, :] ** 2,
-                                   E[:, i1 + i : i1 + i + nm[1]])
-                mask1[:, i : i + nm[1]] |= smallest_mask(tmp, nm[1] - nm[0], -1, gen)
-            wc = W1[:, i]
-            q = wc.masked_fill(mask1[:, i], 0)
-            Q1[:, i] = q
-            err = (wc - q) / Hinv1[i, i]
-            W1[:, i:] -= err[:, None] @ Hinv1[i, i:][None, :]
-            Err1[:, i] = err
-        W[:, i1:i2] = Q1
         M[:, i1:i2] = mask1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        mb = M[:, i1:i2].t()
+
+    def column(c: int, i: int, Wb: torch.Tensor) -> torch.Tensor:
+        if nm is not None and i % nm[1] == 0:  # N:M: the group's mask from its current weights
+            j = slice(c, c + nm[1])
+            tmp = _prep_metric(Wb[i : i + nm[1]].t() ** 2 / d[None, j] ** 2, E[:, j])
+            M[:, j] |= smallest_mask(tmp, nm[1] - nm[0], -1, gen)
+        return Wb[i].masked_fill(mb[i], 0)
+
+    W = obs_sweep(W, Hinv, blocksize, column, start_block)
     return W.to(w.dtype), M

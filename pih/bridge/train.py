@@ -2,12 +2,17 @@
 
 ``tiny-llama``: a 4-block LLaMA (hidden 128, MLP 384, 4 heads, byte-level BPE vocabulary of 512 trained on the
 same corpus) trained on the train split of an offline corpus (default: the King James Bible). A few minutes on
-2 CPU cores. Cached as a Hugging Face folder under ``<cache>/models/tiny-llama-<corpus>-s<seed>-<steps>``; a
-folder is published only once complete (written to a temporary name, then renamed).
+2 CPU cores. ``tiny-deit``: a 4-block DeiT on an offline image set (digits; fashion-mnist with 4x4 patches).
+``tiny-resnet``: a 6-layer basic-block ResNet (transformers' ``ResNetForImageClassification``; stem 16 channels,
+stages 16/32/64 wide, 2 layers each) on the same image sets; 8x8 digits are upsampled to 32x32 (see
+:func:`pih.bridge.conv.resize_hook`). Cached as Hugging Face folders under
+``<cache>/models/tiny-<model>-<data>-s<seed>-<steps>``; a folder is published only once complete (written to a
+temporary name, then renamed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -154,6 +159,8 @@ def tiny_deit_folder(data: str = "digits", seed: int = 0, cache: str | None = No
     ims = load_images(data)
     seed_all(seed)
     h = ims.train_x.shape[-1]
+    if h >= 16 and cfg.patch_size < 4:  # 28x28 (fashion-mnist): 4x4 patches (49 tokens) keep training short
+        cfg = dataclasses.replace(cfg, patch_size=4)
     dcfg = DeiTConfig(image_size=h, patch_size=cfg.patch_size, num_channels=ims.train_x.shape[1],
                       hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
                       num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
@@ -183,6 +190,81 @@ def tiny_deit_folder(data: str = "digits", seed: int = 0, cache: str | None = No
     info = {"data": ims.tag, "seed": seed, "config": asdict(cfg), "final_loss": sum(losses[-20:]) / 20,
             "test_accuracy": acc, "seconds": time.time() - t0, "torch": torch.__version__,
             "n_params": sum(p.numel() for p in model.parameters())}
+    (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+@dataclass(frozen=True)
+class TinyResNetConfig:
+    embedding_size: int = 16
+    hidden_sizes: tuple[int, ...] = (16, 32, 64)
+    depths: tuple[int, ...] = (2, 2, 2)
+    batch_size: int = 64
+    steps: int = 600
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    min_input_size: int = 28  # smaller images (8x8 digits) are upsampled (nearest) to 32x32
+
+
+def tiny_resnet_folder(data: str = "digits", seed: int = 0, cache: str | None = None, steps: int | None = None,
+                       train_if_missing: bool = False, progress: bool = True) -> Path:
+    """A small ResNet (basic blocks, no torchvision) trained on ``data`` (digits | fashion-mnist), cached."""
+    cfg = TinyResNetConfig() if steps is None else TinyResNetConfig(steps=steps)
+    folder = cache_dir(cache) / "models" / f"tiny-resnet-{data}-s{seed}-{cfg.steps}"
+    if (folder / "config.json").is_file() and (folder / "train_info.json").is_file():
+        return folder
+    if not train_if_missing:
+        raise bad("model", f"tiny-resnet:{data}",
+                  f"not trained yet in {folder}; run `pih train tiny-resnet --data {data} --seed {seed}`")
+    from tqdm.auto import tqdm
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    from .conv import resize_hook
+    from .data import load_images
+
+    t0 = time.time()
+    ims = load_images(data)
+    seed_all(seed)
+    h = ims.train_x.shape[-1]
+    size = 32 if h < cfg.min_input_size else None
+    extra = {"pih_input_size": size} if size else {}
+    rcfg = ResNetConfig(num_channels=ims.train_x.shape[1], embedding_size=cfg.embedding_size,
+                        hidden_sizes=list(cfg.hidden_sizes), depths=list(cfg.depths), layer_type="basic",
+                        hidden_act="relu", downsample_in_first_stage=False, num_labels=ims.num_labels, **extra)
+    model = ResNetForImageClassification(rcfg)
+    if size:
+        resize_hook(model, size)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in tqdm(range(cfg.steps), desc=f"train tiny-resnet[{data}]", file=sys.stderr, disable=not progress):
+        idx = torch.randint(0, ims.train_x.shape[0], (cfg.batch_size,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=ims.train_x[idx]).logits, ims.train_y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        correct = sum(int((model(pixel_values=ims.test_x[s : s + 500]).logits.argmax(-1)
+                           == ims.test_y[s : s + 500]).sum()) for s in range(0, ims.test_x.shape[0], 500))
+    acc = correct / ims.test_x.shape[0]
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(str(tmp))
+    n_seen = cfg.steps * cfg.batch_size
+    info = {"data": ims.tag, "seed": seed, "config": asdict(cfg), "final_loss": sum(losses[-20:]) / 20,
+            "test_accuracy": acc, "seconds": time.time() - t0, "torch": torch.__version__,
+            "n_params": sum(p.numel() for p in model.parameters()), "input_size": size or h,
+            "train_images": int(ims.train_x.shape[0]), "train_samples_drawn": n_seen,
+            "batchnorm": "trained in train mode, evaluated with running statistics"}
     (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)

@@ -1,3 +1,3 @@
 """Subcommands of ``pih``: each module has ``register(subparsers)``; heavy imports happen inside ``func``."""
 
-COMMANDS = ["simulate", "run", "train", "analyze", "cer", "records", "report"]
+COMMANDS = ["simulate", "run", "train", "analyze", "cer", "records", "report", "compare", "advise"]

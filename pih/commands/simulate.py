@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..cli import add_format, emit
 
-PRESET_NAMES = ("kuzmin", "harma", "disjoint", "interference", "mixed-precision", "survey", "multistage")
+PRESET_NAMES = ("kuzmin", "harma", "disjoint", "interference", "mixed-precision", "survey", "multistage", "chain")
 
 
 def register(sub) -> None:

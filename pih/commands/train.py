@@ -10,9 +10,11 @@ import sys
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train the project's tiny offline models (seeded, cached)",
                               description="Train a tiny model on an offline data set; skipped when cached.")
-    p.add_argument("model", choices=("tiny-llama", "tiny-deit"), help="which model")
+    p.add_argument("model", help="which model: tiny-llama | tiny-deit | tiny-resnet, optionally with its data and "
+                   "steps as in model sources (tiny-resnet:fashion-mnist, tiny-deit:digits:300)")
     p.add_argument("--data", default=None,
-                   help="tiny-llama: kjv (default) | pydoc | a local text file; tiny-deit: digits (default)")
+                   help="tiny-llama: kjv (default) | pydoc | a local text file; tiny-deit, tiny-resnet: digits "
+                   "(default) | fashion-mnist (Debian package dataset-fashion-mnist)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the model's default)")
     p.add_argument("--cache", default=None, help="cache folder (default $PIH_CACHE or ~/.cache/pih)")
@@ -27,18 +29,32 @@ def _train(args: argparse.Namespace) -> int:
 
     import torch
 
-    from pih.bridge.train import tiny_deit_folder, tiny_llama_folder
+    from pih.bridge.train import tiny_deit_folder, tiny_llama_folder, tiny_resnet_folder
+    from pih.errors import bad
 
+    fns = {"tiny-llama": tiny_llama_folder, "tiny-deit": tiny_deit_folder, "tiny-resnet": tiny_resnet_folder}
+    name, *rest = args.model.split(":")
+    if name not in fns or len(rest) > 2:
+        raise bad("model", args.model, f"must be one of {tuple(fns)}, optionally followed by :data[:steps]")
+    data, steps = (rest[0] or None) if rest else None, args.steps
+    if len(rest) == 2:
+        if not rest[1].isdigit() or int(rest[1]) < 1:
+            raise bad("model", args.model, "the steps in model:data:steps must be a positive integer")
+        if args.steps is not None and args.steps != int(rest[1]):
+            raise bad("steps", args.steps, f"conflicts with the steps in {args.model}")
+        steps = int(rest[1])
+    if data and args.data and data != args.data:
+        raise bad("data", args.data, f"conflicts with the data in {args.model}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    fn = tiny_llama_folder if args.model == "tiny-llama" else tiny_deit_folder
-    data = args.data or ("kjv" if args.model == "tiny-llama" else "digits")
+    fn = fns[name]
+    data = data or args.data or ("kjv" if name == "tiny-llama" else "digits")
     if args.force:
         try:
-            shutil.rmtree(fn(data, args.seed, args.cache, args.steps))
+            shutil.rmtree(fn(data, args.seed, args.cache, steps))
         except Exception:  # noqa: BLE001 - nothing cached yet
             pass
-    folder = fn(data, args.seed, args.cache, args.steps, train_if_missing=True)
+    folder = fn(data, args.seed, args.cache, steps, train_if_missing=True)
     info = json.loads((folder / "train_info.json").read_text())
     info["folder"] = str(folder)
     if args.format == "json":

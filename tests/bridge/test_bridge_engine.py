@@ -83,6 +83,26 @@ def test_block_removal_and_mild_quantization_commute(tiny, calib, evalw):
         assert ppl_pq == ppl_qp
 
 
+def test_block_removal_from_cached_inputs_matches_full_forward_passes(tiny, calib):
+    """The greedy search scores each candidate from the cached input of its block (only the later blocks run): the
+    same losses as full forward passes of the model without it, so the same blocks are removed."""
+    from pih.bridge.engine import CompressionState, apply_stage, calib_loss, set_removed
+
+    n = len(tiny.blocks())
+    removed, losses = [], []
+    for _ in range(2):  # the brute-force reference: one full forward pass per candidate
+        cand = {i: (set_removed(tiny, removed + [i]), calib_loss(tiny, calib, 8))[1] for i in range(n)
+                if i not in removed}
+        best = min(cand, key=cand.get)
+        removed.append(best)
+        losses.append(cand[best])
+    set_removed(tiny, [])
+    state = CompressionState()
+    apply_stage(tiny, RemoveBlocks(0.5), state, calib, BridgeSettings(), progress=False)
+    assert state.removed == removed
+    assert state.log[-1]["calib_losses"] == pytest.approx(losses, rel=1e-6)
+
+
 def test_removed_block_passes_input_through(tiny, calib):
     from pih.bridge.engine import run_block, set_removed
 

@@ -124,3 +124,19 @@ def test_sparsegpt_mask_and_beats_magnitude(nm):
     assert _out_err(W, Ws, X) < _out_err(W, W.masked_fill(magnitude(W, 0.5, nm=nm), 0), X)
     with pytest.raises(PihError, match="M=3"):
         sparsegpt(W, H, 2 / 3, nm=(1, 3))
+
+
+def test_gptq_group_grids_are_fitted_as_the_reference_fits_them():
+    """Groups smaller than the lazy block: the reference GPTQ fits each group's grid on W as of the block's start
+    (the in-block updates live on a copy), so every group of the first block gets the grid of the original
+    weights, and a later block's group the grid of W after the earlier blocks' updates only. A grid fitted on the
+    in-block updated weights (our earlier variant) fails this."""
+    W, X, H = _layer()
+    g, block = 8, 32
+    _, grid = gptq(W, H, 3, g, False, blocksize=block)
+    for k in range(block // g):  # the groups of the first block: the original weights
+        s, z = find_params(W[:, k * g : (k + 1) * g], 3, False)
+        assert torch.equal(grid.scale[:, k], s) and torch.equal(grid.zero[:, k], z)
+    assert W.shape[1] > block  # and a group of the second block differs from the original weights' grid
+    s2, _ = find_params(W[:, block : block + g], 3, False)
+    assert not torch.equal(grid.scale[:, block // g], s2)

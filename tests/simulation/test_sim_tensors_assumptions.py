@@ -93,3 +93,15 @@ def test_assumption_sets_adapt_mechanisms():
         AS.AssumptionSet("x", error="bits")
     with pytest.raises(PihError, match="assumptions="):
         AS.get("nope")
+
+
+def test_the_real_sim_package_is_imported_and_runs_in_float64():
+    """A test folder named like the package once shadowed it (a namespace package): sim/__init__ never ran and
+    every simulation test silently ran in float32. Guard against that coming back."""
+    import jax
+    import jax.numpy as jnp
+
+    import sim
+
+    assert sim.__file__ is not None and sim.__file__.endswith("sim/__init__.py")
+    assert jax.config.jax_enable_x64 and jnp.asarray(1.0).dtype == jnp.float64

@@ -1,0 +1,296 @@
+"""``pih compare``: does the simulation predict the order measured on real weights?
+
+Reads the records a bridge run stored (both orders of a pruning x quantization grid, one protocol, one or more
+calibration seeds), compresses the same model's actual layer tensors in the simulation under each assumption set
+(:func:`sim.predict.predict_grid`), and compares the predicted A(Q->P) with the measured one: sign agreement over
+the points above the noise floor (from the spread over seeds, :mod:`pih.compare`), Spearman rho, the points where
+each assumption set fails, and a scatter plot.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from ..cli import add_format, emit
+from ..errors import PihError, bad
+
+DEFAULT_MAX_TOKENS = 2048
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="compare the simulation's predicted A(Q->P) with the A measured on real weights",
+        description="For a bridge store (pih run) holding both orders of a grid, predict A(Q->P) at every grid "
+        "point by compressing the model's own layer tensors in the simulation under each assumption set, and "
+        "report sign agreement above the noise floor (2 x std of A over calibration seeds), Spearman rho, and "
+        "the failing points. The predictor 'measured-layers' uses the bridge's own per-layer errors instead.")
+    p.add_argument("stores", nargs="+", metavar="STORE", help="results store folder(s) of one protocol")
+    p.add_argument("--assumptions", nargs="+", metavar="NAME", default=None,
+                   help="assumption sets (default: every registered one, and measured-layers)")
+    p.add_argument("--tensors", default=None,
+                   help="exported layer tensors (.npz, pih.bridge.export format); default: exported from the "
+                   "model and calibration of the records and cached in the first store")
+    p.add_argument("--model", default=None, help="model source to export from when the provenance's model "
+                   "name is not a tiny model (e.g. a folder); it must give the records' model name")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                   help=f"calibration rows per layer for the simulation (default {DEFAULT_MAX_TOKENS})")
+    p.add_argument("--seed", type=int, nargs="+", default=None,
+                   help="simulation seeds: each one's calibration windows are exported and compressed (tie-breaks, "
+                   "stochastic rounding keyed by it too) and the predicted A is the mean over them; default: every "
+                   "seed of the records (with --tensors: the records' lowest seed)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="write the scatter plot here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_format(p)
+    p.set_defaults(func=run)
+
+
+def _records(stores: list[str]):
+    from ..records import Store
+
+    recs, arrays = [], {}
+    for s in stores:
+        st = Store.existing(s)
+        for r in st.records():
+            recs.append(r)
+            arrays[r.key] = st
+    return recs, (lambda r: arrays[r.key].load_arrays(r))
+
+
+def _assumption_names(names: list[str] | None) -> list[str]:
+    from sim.assumptions import ASSUMPTION_SETS
+
+    from ..compare import MEASURED_LAYERS
+
+    allowed = [*ASSUMPTION_SETS, MEASURED_LAYERS]
+    if names is None:
+        return allowed
+    for n in names:
+        if n not in allowed:
+            raise bad("--assumptions", n, f"unknown assumption set; allowed: {allowed}")
+    return list(dict.fromkeys(names))
+
+
+def _model_source(model_name: str, override: str | None) -> tuple[str, int]:
+    """(load_model source, model seed) for a provenance model name such as tiny-llama-kjv-s0-500@<fingerprint>."""
+    if override:
+        return override, 0
+    m = re.fullmatch(r"tiny-([a-z]+)-(.+)-s(\d+)-(\d+)@[0-9a-f]+", model_name)
+    if not m:
+        raise bad("--model", None, f"the records' model {model_name!r} is not a tiny model: give --model SOURCE "
+                  "or --tensors FILE")
+    return f"tiny-{m.group(1)}:{m.group(2)}:{m.group(4)}", int(m.group(3))
+
+
+def export_for(grid, seed: int, path: Path, max_tokens: int, model: str | None = None) -> Path:
+    """Export the dense model's layer tensors with the records' calibration windows of ``seed``."""
+    from pih.bridge.data import calibration_windows, load_corpus, tokenize
+    from pih.bridge.export import export_layers
+    from pih.bridge.models import load_model
+
+    prov = grid.provenance
+    if prov.get("backend") != "torch" or prov.get("metric") != "neg_perplexity":
+        raise bad("records", prov.get("model"), "pih compare exports language models of the torch bridge only "
+                  "(give --tensors for anything else)")
+    if (prov.get("settings") or {}).get("rotate"):
+        raise bad("records", "rotate", "rotated models are not exported for the simulation; give --tensors")
+    source, mseed = _model_source(prov["model"], model)
+    lm = load_model(source, "cpu", "float32", seed=mseed)
+    if lm.name != prov["model"]:
+        raise bad("--model", source, f"gives model {lm.name!r}, the records were measured on {prov['model']!r}")
+    cal_name = prov["calibration"].split("@", 1)[0].split(":", 1)[0]
+    corpus = load_corpus(cal_name)
+    if not prov["calibration"].startswith(corpus.tag):
+        raise bad("records", prov["calibration"], f"calibration text differs from this machine's {corpus.tag}")
+    calib = calibration_windows(tokenize(lm.tokenizer, corpus.train), int(prov["seqlen"]),
+                                int(prov["calibration_size"]), int(seed), source=f"train split of {corpus.name}")
+    meta = {"calibration": prov["calibration"], "calibration_size": prov["calibration_size"], "seed": int(seed),
+            "seqlen": prov["seqlen"], "protocol": grid.protocol, "max_tokens": max_tokens}
+    return export_layers(lm, calib, path, max_tokens=max_tokens, meta=meta)
+
+
+def _options(grid) -> dict:
+    """The simulation's stage options matching the bridge settings of the records."""
+    bridge = ((grid.provenance.get("settings") or {}).get("bridge") or {})
+    offgrid = bridge.get("offgrid", "requantize")
+    return {"after_quant": "requantize" if offgrid == "requantize" else "keep"}
+
+
+def compare(args) -> dict:
+    from ..compare import MEASURED_LAYERS, layer_predictions, measured_grid, score
+
+    for s in args.stores:
+        if not Path(s).is_dir():
+            raise bad("STORE", s, "no such results store folder")
+    names = _assumption_names(args.assumptions)
+    recs, arrays = _records(args.stores)
+    grid = measured_grid(recs, arrays)
+    sim_names = [n for n in names if n != MEASURED_LAYERS]
+    if args.seed is not None:
+        sim_seeds = list(dict.fromkeys(args.seed))
+    else:  # each calibration seed of the records, with its own export; one seed with given tensors
+        sim_seeds = [min(grid.seeds)] if args.tensors else list(grid.seeds)
+    results, predictions, tensor_files, timing = [], [], [], {}
+    if sim_names:
+        import time
+
+        import numpy as np
+
+        from sim.predict import predict_grid
+        from sim.tensors import load_tensors
+
+        if args.max_tokens < 1:
+            raise bad("--max-tokens", args.max_tokens, "must be positive")
+        if args.tensors and not Path(args.tensors).is_file():
+            raise bad("--tensors", args.tensors, "no such file")
+        P = sorted({p.prune_spec for p in grid.points}, key=lambda s: s.ratio)
+        Q = sorted({p.quant_spec for p in grid.points}, key=lambda s: s.bits)
+        timing = {"export_seconds": 0.0, "predict_seconds": 0.0}
+        for seed in sim_seeds:
+            if args.tensors:
+                path = Path(args.tensors)
+            else:
+                path = Path(args.stores[0]) / f"compare_tensors_{grid.protocol}_s{seed}_{args.max_tokens}.npz"
+                if not path.is_file():
+                    t0 = time.time()
+                    export_for(grid, seed, path, args.max_tokens, args.model)
+                    timing["export_seconds"] += round(time.time() - t0, 1)
+            tensor_files.append(str(path))
+            t0 = time.time()
+            rows = predict_grid(load_tensors(path), P, Q, sim_names, seed=seed, progress=not args.no_progress,
+                                options=_options(grid), max_samples=args.max_tokens)
+            timing["predict_seconds"] += round(time.time() - t0, 1)
+            predictions += [{**r, "seed": seed} for r in rows]
+        for n in sim_names:
+            per: dict[tuple, list[float]] = {}
+            for r in predictions:
+                if r["assumption_set"] == n:
+                    per.setdefault((r["prune"], r["quant"]), []).append(r["A_pred"])
+            res = score(n, {k: float(np.mean(v)) for k, v in per.items()}, grid)
+            for row in res["points"]:
+                row["A_pred_seeds"] = per[(row["prune"], row["quant"])]
+            res["n_prediction_sign_stable"] = sum(len({np.sign(x) for x in v}) == 1 for v in per.values())
+            results.append(res)
+    if MEASURED_LAYERS in names:
+        lp = layer_predictions(grid)
+        if lp:
+            results.append(score(MEASURED_LAYERS, lp, grid))
+        elif args.assumptions is not None:
+            raise bad("--assumptions", MEASURED_LAYERS, "the records carry no per-layer errors (run with analysis = "
+                      "true)")
+    ranked = sorted(results, key=lambda r: (-(r["sign_agreement"] if r["sign_agreement"] is not None else -1),
+                                            -(r["spearman_rho"] if r["spearman_rho"] is not None else -2)))
+    best = ranked[0] if ranked else None
+    out = {
+        "stores": [str(s) for s in args.stores], "protocol": grid.protocol, "provenance": grid.provenance,
+        "seeds": grid.seeds, "simulation_seeds": sim_seeds if sim_names else None,
+        "tensors": tensor_files,
+        "max_tokens_per_layer": args.max_tokens if sim_names else None,
+        "noise_floor": grid.noise_floor(), "incomplete": grid.incomplete, "timing": timing,
+        "best": {k: best[k] for k in ("assumption_set", "sign_agreement", "spearman_rho", "n_above_floor")}
+        if best else None,
+        "results": results, "predictions": predictions,
+        "measured": [{"prune": p.prune, "quant": p.quant, "A_mean": p.mean, "A_seeds": [p.A[s] for s in p.seeds],
+                      "noise": p.noise, "above_floor": p.above()} for p in grid.points],
+    }
+    if args.plot:
+        out["plot"] = str(plot(results, args.plot, grid))
+    return out
+
+
+def plot(results: list[dict], path: str, grid) -> Path:
+    import math
+
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(results))
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows), squeeze=False)
+    quants = sorted({p.quant for p in grid.points})
+    colors = {b: plt.cm.viridis(i / max(1, len(quants) - 1)) for i, b in enumerate(quants)}
+    for ax, res in zip(axes.flat, results, strict=False):
+        for r in res["points"]:
+            c = colors[r["quant"]]
+            filled = r["above_floor"] is not False
+            ax.scatter(r["A_pred"], r["A_measured"], s=14 + 40 * r["prune"], marker="o",
+                       facecolors=c if filled else "none", edgecolors=c, linewidths=1.0)
+        ax.margins(0.12)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.axvline(0, color="grey", lw=0.6)
+        for axis, key in (("x", "A_pred"), ("y", "A_measured")):  # signs matter, magnitudes span decades
+            v = np.abs([r[key] for r in res["points"]])
+            v = v[v > 0]
+            if len(v):
+                lt = float(np.quantile(v, 0.2))
+                (ax.set_xscale if axis == "x" else ax.set_yscale)("symlog", linthresh=lt)
+        sa = res["sign_agreement"]
+        rho = res["spearman_rho"]
+        ax.set_title(f"{res['assumption_set']}: sign {'-' if sa is None else f'{sa:.0%}'} "
+                     f"(n={res['n_above_floor']}), rho {'-' if rho is None else f'{rho:+.2f}'}", fontsize=8)
+        ax.set_xlabel("predicted A(Q->P)", fontsize=7)
+        ax.set_ylabel("measured A(Q->P)", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(results):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], ls="", marker="o", color=colors[b], label=f"{b} bits") for b in quants]
+    handles.append(plt.Line2D([], [], ls="", marker="o", mfc="none", color="k", label="below noise floor"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
+    prov = grid.provenance
+    fig.suptitle(f"{prov.get('model')}: predicted vs measured A(Q->P), seeds {grid.seeds} "
+                 "(marker size: pruning ratio; symlog axes)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def run(args) -> int:
+    try:
+        out = compare(args)
+    except ImportError as exc:  # pragma: no cover - jax or torch missing
+        raise PihError(f"pih compare needs the simulation (jax) and, without --tensors, the bridge (torch): "
+                       f"{exc}") from exc
+
+    def human() -> None:
+        w = sys.stdout.write
+        prov = out["provenance"]
+        nf = out["noise_floor"]
+        w(f"{prov.get('model')}  data {prov.get('data')}  seeds {out['seeds']}  protocol {out['protocol']}\n")
+        pooled = nf["pooled"]
+        w(f"noise floor: {nf['rule']}; pooled {'-' if pooled is None else f'{pooled:.4g}'}; "
+          f"{nf['n_above']} points above, {nf['n_below']} below\n")
+        if out["tensors"]:
+            w(f"simulation on {', '.join(out['tensors'])} ({out['max_tokens_per_layer']} tokens per layer, "
+              f"seeds {out['simulation_seeds']}; predicted A = mean over them)\n")
+        w(f"\n{'assumption set':<18}{'points':>7}{'above':>7}{'below':>7}{'sign agr.':>11}{'rho':>8}"
+          f"{'rho above':>11}{'sign (all)':>12}{'majority':>10}\n")
+        for r in out["results"]:
+            def f(x, fmt):
+                return "-" if x is None else format(x, fmt)
+            w(f"{r['assumption_set']:<18}{r['n_points']:>7}{r['n_above_floor']:>7}{r['n_below_floor']:>7}"
+              f"{f(r['sign_agreement'], '.1%'):>11}{f(r['spearman_rho'], '+.3f'):>8}"
+              f"{f(r['spearman_rho_above_floor'], '+.3f'):>11}{f(r['sign_agreement_all_points'], '.1%'):>12}"
+              f"{f(r['majority_sign_baseline'], '.1%'):>10}\n")
+        for r in out["results"]:
+            if r["failures"]:
+                fails = ", ".join(f"p={x['prune']:g}/{x['quant']}b (pred {x['A_pred']:+.3g}, meas "
+                                  f"{x['A_measured']:+.3g})" for x in r["failures"])
+                w(f"  {r['assumption_set']} fails at: {fails}\n")
+        if out["best"]:
+            b = out["best"]
+            w(f"\nbest: {b['assumption_set']}  (majority: the score of always predicting the more frequent measured "
+              "sign above the floor)\n")
+        if out.get("plot"):
+            w(f"plot: {out['plot']}\n")
+
+    emit(args, out, human)
+    return 0

@@ -1,0 +1,206 @@
+"""pih compare: the measured grid with its noise floor, the scores, the command, bad input, the real export."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pih import PihError, Provenance, Prune, Quantize, Record, Store
+from pih.cli import main
+from pih.compare import layer_predictions, measured_grid, score
+
+RATIOS, BITS = (0.25, 0.5), (2, 4)
+P = [Prune(r, criterion="wanda") for r in RATIOS]
+Q = [Quantize(b, symmetric=False) for b in BITS]
+
+
+def _prov(seed, model="synthetic"):
+    return Provenance(backend="torch", model=model, data="text:test", metric="neg_perplexity", seqlen=16,
+                      calibration="text:train:random-windows", calibration_size=4, seed=seed,
+                      settings={"bridge": {"offgrid": "requantize"}})
+
+
+def _write(store, A, model="synthetic", orders=("P->Q", "Q->P"), layer_sign=None):
+    """Records of both orders with A(Q->P) = A[(p, b)][seed]; M(P first) = -10."""
+    st = Store(store)
+    for (p, b), per_seed in A.items():
+        ps, qs = P[RATIOS.index(p)], Q[BITS.index(b)]
+        for seed, a in enumerate(per_seed):
+            prov = _prov(seed, model)
+            if "P->Q" in orders:
+                st.append(Record(prov, (ps, qs), -10.0, {"prune": p, "quant": b, "order": "P->Q"}))
+            if "Q->P" in orders:
+                arrays = None
+                if layer_sign is not None:  # the bridge's per-layer errors: err(P first) - err(Q first) ~ sign
+                    arrays = {"layer_err_pq": np.array([2.0, 1.0]),
+                              "layer_err_qp": np.array([2.0, 1.0 - layer_sign * a])}
+                st.append(Record(prov, (qs, ps), -10.0 + a, {"prune": p, "quant": b, "order": "Q->P"}, {}, arrays))
+    return st
+
+
+def test_noise_floor_classification_on_hand_made_records(tmp_path):
+    A = {(0.25, 2): [1.0, 1.2, 0.8], (0.5, 2): [0.1, -0.3, 0.5], (0.25, 4): [-2.0, -2.0, -2.0],
+         (0.5, 4): [-0.5, -0.7, -0.6]}
+    st = _write(tmp_path / "s", A)
+    g = measured_grid(st.records())
+    assert g.seeds == [0, 1, 2] and len(g.points) == 4
+    by = {(p.prune, p.quant): p for p in g.points}
+    assert by[(0.25, 2)].mean == pytest.approx(1.0) and by[(0.25, 2)].noise == pytest.approx(0.4)
+    assert by[(0.25, 2)].above()
+    assert by[(0.5, 2)].noise == pytest.approx(0.8) and not by[(0.5, 2)].above()  # |0.1| < 2 x 0.4
+    assert by[(0.25, 4)].noise == 0 and by[(0.25, 4)].above()
+    assert by[(0.5, 4)].noise == pytest.approx(0.2) and by[(0.5, 4)].above()
+    pooled = 2 * np.sqrt(np.mean([0.04, 0.16, 0.0, 0.01]))
+    assert g.pooled_noise == pytest.approx(pooled)
+    nf = g.noise_floor()
+    assert (nf["n_above"], nf["n_below"]) == (3, 1)
+    # a predictor right everywhere, and one wrong only at the point below the floor: both 100 %
+    right = {k: float(np.mean(v)) for k, v in A.items()}
+    s = score("right", right, g)
+    assert s["sign_agreement"] == 1.0 and (s["n_above_floor"], s["n_below_floor"]) == (3, 1)
+    assert s["majority_sign_baseline"] == pytest.approx(2 / 3)  # always "P first": right at 2 of the 3
+    wrong_below = {**right, (0.5, 2): -1.0}
+    s = score("wrong-below", wrong_below, g)
+    assert s["sign_agreement"] == 1.0 and s["failures"] == [] and s["below_floor"][0]["sign_agrees"] is False
+    # a wrong sign above the floor is a failure; a prediction of exactly 0 never agrees
+    s = score("wrong", {**right, (0.25, 4): 3.0, (0.5, 4): 0.0}, g)
+    assert s["sign_agreement"] == pytest.approx(1 / 3)
+    assert {(f["prune"], f["quant"]) for f in s["failures"]} == {(0.25, 4), (0.5, 4)}
+    # one seed: no floor, every point counts
+    g1 = measured_grid([r for r in st.records() if r.provenance.seed == 0])
+    assert g1.pooled_noise is None and g1.points[0].noise is None
+    s1 = score("right", {k: v[0] for k, v in A.items()}, g1)
+    assert s1["n_above_floor"] == 4 and s1["n_below_floor"] == 0
+
+
+def _tensors(tmp_path):
+    rng = np.random.default_rng(1)
+    out = {"meta": np.array(json.dumps({"model": "synthetic"}))}
+    for name, (o, i) in {"b0.q": (8, 16), "b1.q": (8, 16), "b0.up": (12, 16)}.items():
+        out[f"W::{name}"] = rng.standard_normal((o, i)).astype(np.float32)
+        X = rng.standard_normal((48, i)) * np.exp(rng.standard_normal(i))  # LLM-like channel scales
+        out[f"X::{name}"] = X.astype(np.float32)
+    path = tmp_path / "tensors.npz"
+    np.savez(path, **out)
+    return path
+
+
+def _store_from_simulation(tmp_path, tensors):
+    """A constructed store whose measured A is the simulation's own A1 prediction (x 100) plus seed noise, and one
+    point drowned in noise (below its floor)."""
+    from sim.predict import predict_grid
+    from sim.tensors import load_tensors
+
+    rows = predict_grid(load_tensors(tensors), P, Q, ["A1"], progress=False, options={"after_quant": "requantize"})
+    A = {}
+    for k, r in enumerate(rows):
+        a = 100 * r["A_pred"]
+        jitter = [0.0, 0.01 * abs(a), -0.01 * abs(a)]
+        if k == 0:
+            jitter = [0.0, 50 * abs(a) + 1, -50 * abs(a) - 1]
+        A[(r["prune"], r["quant"])] = [a + j for j in jitter]
+    assert all(abs(v[0]) > 0 for v in A.values())
+    return _write(tmp_path / "store", A, layer_sign=1.0), rows
+
+
+def _compare(capsys, *argv):
+    rc = main(["compare", *map(str, argv), "--no-progress", "--format", "json"])
+    cap = capsys.readouterr()
+    return rc, (json.loads(cap.out) if rc == 0 else None), cap.err
+
+
+def test_cli_json_fields_and_a_broken_predictor_is_caught(tmp_path, capsys, monkeypatch):
+    tensors = _tensors(tmp_path)
+    st, _ = _store_from_simulation(tmp_path, tensors)
+    png = tmp_path / "cmp.png"
+    rc, out, err = _compare(capsys, st.path, "--tensors", tensors, "--assumptions", "A1", "measured-layers",
+                            "--plot", png, "--seed", 0, 1)
+    assert rc == 0, err
+    assert png.is_file() and png.stat().st_size > 1000
+    assert out["seeds"] == [0, 1, 2] and out["noise_floor"]["n_below"] == 1
+    res = {r["assumption_set"]: r for r in out["results"]}
+    for r in res.values():
+        for k in ("assumption_set", "n_points", "sign_agreement", "spearman_rho", "noise_floor"):
+            assert k in r
+        assert r["n_points"] == 4 and r["n_above_floor"] == 3 and r["n_below_floor"] == 1
+    assert res["A1"]["sign_agreement"] == 1.0 and res["A1"]["failures"] == []
+    assert out["simulation_seeds"] == [0, 1] and len(out["predictions"]) == 2 * 4
+    assert all(len(p["A_pred_seeds"]) == 2 for p in res["A1"]["points"])
+    assert res["A1"]["n_prediction_sign_stable"] == 4
+    assert res["measured-layers"]["sign_agreement"] == 1.0
+    assert out["best"]["assumption_set"] in res
+
+    # a predictor with the orders swapped (P first <-> Q first) is caught by the sign check
+    import sim.predict
+
+    real = sim.predict.predict_grid
+
+    def swapped(*a, **k):
+        return [{**r, "M_pf": r["M_qf"], "M_qf": r["M_pf"], "A_pred": -r["A_pred"]} for r in real(*a, **k)]
+
+    monkeypatch.setattr(sim.predict, "predict_grid", swapped)
+    rc, out, err = _compare(capsys, st.path, "--tensors", tensors, "--assumptions", "A1")
+    assert rc == 0, err
+    bad = out["results"][0]
+    assert bad["sign_agreement"] == 0.0 and len(bad["failures"]) == 3 and bad["spearman_rho"] < 0
+
+
+def test_bad_input_is_a_clear_error(tmp_path, capsys):
+    tensors = _tensors(tmp_path)
+    A = {(0.25, 2): [1.0, 1.1], (0.5, 4): [-1.0, -1.2]}
+    rc, _, err = _compare(capsys, tmp_path / "nowhere", "--tensors", tensors)
+    assert rc == 2 and "no such results store" in err
+    half = _write(tmp_path / "half", A, orders=("P->Q",))
+    rc, _, err = _compare(capsys, half.path, "--tensors", tensors)
+    assert rc == 2 and "both orders" in err
+    a = _write(tmp_path / "a", A)
+    b = _write(tmp_path / "b", A, model="another")
+    rc, _, err = _compare(capsys, a.path, b.path, "--tensors", tensors)
+    assert rc == 2 and "different protocols" in err and "another" in err
+    rc, _, err = _compare(capsys, a.path, "--tensors", tensors, "--assumptions", "A1", "A9")
+    assert rc == 2 and "A9" in err and "unknown assumption set" in err
+    rc, _, err = _compare(capsys, a.path, "--tensors", tmp_path / "none.npz", "--assumptions", "A1")
+    assert rc == 2 and "--tensors" in err
+    rc, _, err = _compare(capsys, a.path, "--assumptions", "measured-layers")
+    assert rc == 2 and "per-layer errors" in err
+    rc, _, err = _compare(capsys, a.path, "--assumptions", "A1")  # no tensors, and not a tiny model to export
+    assert rc == 2 and "--model" in err
+    with pytest.raises(PihError, match="both orders"):
+        measured_grid([])
+    assert layer_predictions(measured_grid(a.records())) == {}
+
+
+def test_the_bridge_export_feeds_the_simulation(tiny, calib, corpus_name, tmp_path):
+    """export_layers' W::/X:: format is what sim reads: every linear layer, its dense inputs, stacked by shape."""
+    from pih.bridge.export import export_layers
+    from pih.commands.compare import _model_source
+    from sim.predict import layer_groups
+    from sim.tensors import load_tensors, models_from_tensors
+
+    path = export_layers(tiny, calib, tmp_path / "x.npz", max_tokens=96, meta={"seed": 0})
+    t = load_tensors(path)
+    models = models_from_tensors(t)
+    n_lin = 7 * len(list(tiny.blocks()))
+    assert len(models) == n_lin
+    for m in models.values():
+        assert m.X.shape[1] == m.W.shape[2] and m.X.shape[2] == 96
+    groups = layer_groups(t, max_samples=64)
+    assert sum(len(n) for n, _ in groups) == n_lin and all(m.X.shape[2] == 64 for _, m in groups)
+    assert _model_source(tiny.name, None) == (f"tiny-llama:{corpus_name}:150", 0)
+
+
+def test_model_seed_lets_the_calibration_seed_vary_alone():
+    """[experiment] model_seed: the noise floor's repeated seeds keep the seed-0 model (same protocol)."""
+    from pih.bridge.experiment import load_config, parse_config
+
+    raw = {"experiment": {"name": "x", "model": "tiny-llama:kjv", "seed": 2, "model_seed": 0},
+           "prune": {"ratios": [0.5]}, "quantize": {"bits": [4]}}
+    cfg = parse_config(raw)
+    assert (cfg.seed, cfg.model_seed) == (2, 0)
+    assert parse_config({**raw, "experiment": {"name": "x", "model": "m"}}).model_seed is None
+    with pytest.raises(PihError, match="model_seed"):
+        parse_config({**raw, "experiment": {**raw["experiment"], "model_seed": "0"}})
+    for name in ("compare_sparsegpt_gptq", "compare_wanda_rtn"):
+        cfg = load_config(Path(__file__).parents[2] / "experiments" / f"{name}.toml")
+        assert cfg.model_seed == 0 and cfg.seed == 0 and cfg.name == name
