@@ -44,6 +44,45 @@ class TinyLlamaConfig:
     weight_decay: float = 0.1
 
 
+def _save_atomically(folder: Path, info: dict, *savables) -> None:
+    """Write each ``savable`` (``save_pretrained``) and ``train_info.json`` to ``folder`` via a temporary folder
+    renamed at the end, so an interrupted run never leaves a folder that looks trained."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for obj in savables:
+        obj.save_pretrained(str(tmp))
+    (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def _fit_classifier(model, ims, cfg, desc: str, seed: int, progress: bool) -> tuple[list[float], float]:
+    """AdamW with warm-up and cosine decay on random batches of ``ims``' train split (seeded); returns the losses
+    and the test accuracy (evaluated in chunks of 500 images, eval mode)."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in tqdm(range(cfg.steps), desc=desc, file=sys.stderr, disable=not progress):
+        idx = torch.randint(0, ims.train_x.shape[0], (cfg.batch_size,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=ims.train_x[idx]).logits, ims.train_y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        correct = sum(int((model(pixel_values=ims.test_x[s : s + 500]).logits.argmax(-1)
+                           == ims.test_y[s : s + 500]).sum()) for s in range(0, ims.test_x.shape[0], 500))
+    return losses, correct / ims.test_x.shape[0]
+
+
 def tiny_llama_folder(corpus: str = "kjv", seed: int = 0, cache: str | None = None, steps: int | None = None,
                       train_if_missing: bool = False, progress: bool = True) -> Path:
     cfg = TinyLlamaConfig() if steps is None else TinyLlamaConfig(steps=steps)
@@ -115,17 +154,10 @@ def train_tiny_llama(folder: Path, corpus_name: str, seed: int, cfg: TinyLlamaCo
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
     info = {"corpus": corpus.tag, "seed": seed, "config": asdict(cfg), "train_tokens": int(ids.numel()),
             "final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": time.time() - t0,
             "torch": torch.__version__, "n_params": sum(p.numel() for p in model.parameters())}
-    (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    _save_atomically(folder, info, model, tok)
     return folder
 
 
@@ -150,7 +182,6 @@ def tiny_deit_folder(data: str = "digits", seed: int = 0, cache: str | None = No
         return folder
     if not train_if_missing:
         raise bad("model", f"tiny-deit:{data}", f"not trained yet in {folder}; run `pih train tiny-deit --seed {seed}`")
-    from tqdm.auto import tqdm
     from transformers import DeiTConfig, DeiTForImageClassification
 
     from .data import load_images
@@ -166,33 +197,11 @@ def tiny_deit_folder(data: str = "digits", seed: int = 0, cache: str | None = No
                       num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
                       num_labels=ims.num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = DeiTForImageClassification(dcfg)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
-    gen = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in tqdm(range(cfg.steps), desc=f"train tiny-deit[{data}]", file=sys.stderr, disable=not progress):
-        idx = torch.randint(0, ims.train_x.shape[0], (cfg.batch_size,), generator=gen)
-        loss = torch.nn.functional.cross_entropy(model(pixel_values=ims.train_x[idx]).logits, ims.train_y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    model.eval()
-    with torch.no_grad():
-        acc = float((model(pixel_values=ims.test_x).logits.argmax(-1) == ims.test_y).float().mean())
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp))
+    losses, acc = _fit_classifier(model, ims, cfg, f"train tiny-deit[{data}]", seed, progress)
     info = {"data": ims.tag, "seed": seed, "config": asdict(cfg), "final_loss": sum(losses[-20:]) / 20,
             "test_accuracy": acc, "seconds": time.time() - t0, "torch": torch.__version__,
             "n_params": sum(p.numel() for p in model.parameters())}
-    (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    _save_atomically(folder, info, model)
     return folder
 
 
@@ -218,7 +227,6 @@ def tiny_resnet_folder(data: str = "digits", seed: int = 0, cache: str | None = 
     if not train_if_missing:
         raise bad("model", f"tiny-resnet:{data}",
                   f"not trained yet in {folder}; run `pih train tiny-resnet --data {data} --seed {seed}`")
-    from tqdm.auto import tqdm
     from transformers import ResNetConfig, ResNetForImageClassification
 
     from .conv import resize_hook
@@ -236,36 +244,11 @@ def tiny_resnet_folder(data: str = "digits", seed: int = 0, cache: str | None = 
     model = ResNetForImageClassification(rcfg)
     if size:
         resize_hook(model, size)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
-    gen = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in tqdm(range(cfg.steps), desc=f"train tiny-resnet[{data}]", file=sys.stderr, disable=not progress):
-        idx = torch.randint(0, ims.train_x.shape[0], (cfg.batch_size,), generator=gen)
-        loss = torch.nn.functional.cross_entropy(model(pixel_values=ims.train_x[idx]).logits, ims.train_y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    model.eval()
-    with torch.no_grad():
-        correct = sum(int((model(pixel_values=ims.test_x[s : s + 500]).logits.argmax(-1)
-                           == ims.test_y[s : s + 500]).sum()) for s in range(0, ims.test_x.shape[0], 500))
-    acc = correct / ims.test_x.shape[0]
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp))
-    n_seen = cfg.steps * cfg.batch_size
+    losses, acc = _fit_classifier(model, ims, cfg, f"train tiny-resnet[{data}]", seed, progress)
     info = {"data": ims.tag, "seed": seed, "config": asdict(cfg), "final_loss": sum(losses[-20:]) / 20,
             "test_accuracy": acc, "seconds": time.time() - t0, "torch": torch.__version__,
             "n_params": sum(p.numel() for p in model.parameters()), "input_size": size or h,
-            "train_images": int(ims.train_x.shape[0]), "train_samples_drawn": n_seen,
+            "train_images": int(ims.train_x.shape[0]), "train_samples_drawn": cfg.steps * cfg.batch_size,
             "batchnorm": "trained in train mode, evaluated with running statistics"}
-    (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    _save_atomically(folder, info, model)
     return folder
