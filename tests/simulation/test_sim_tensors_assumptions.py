@@ -96,8 +96,9 @@ def test_assumption_sets_adapt_mechanisms():
 
 
 def test_the_real_sim_package_is_imported_and_runs_in_float64():
-    """A test folder named like the package once shadowed it (a namespace package): sim/__init__ never ran and
-    every simulation test silently ran in float32. Guard against that coming back."""
+    """A test folder named like the package (tests/sim) once shadowed it as a namespace package when pytest ran
+    without the repository on sys.path (``.venv/bin/pytest``; ``python -m pytest`` was unaffected): sim/__init__
+    never ran and the simulation tests ran in float32. Guard against that coming back."""
     import jax
     import jax.numpy as jnp
 
