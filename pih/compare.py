@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .analysis import order_advantage_of
 from .errors import bad
 from .records import Record, require_same_protocol
 
@@ -98,9 +99,7 @@ def measured_grid(records: Iterable[Record], layer_arrays: Callable[[Record], Ma
             if pf is None or qf is None:
                 incomplete.append({"prune": p, "quant": b, "seed": s, "missing": "Q->P" if qf is None else "P->Q"})
                 continue
-            if tuple(reversed(pf.pipeline)) != qf.pipeline:
-                raise bad("records", qf.order, f"is not the reverse of {pf.order}")
-            A[s] = float(qf.value - pf.value)  # A(Q->P) = M(P∘Q) − M(Q∘P)
+            A[s] = order_advantage_of(qf, pf)  # A(Q->P) = M(P∘Q) − M(Q∘P); checks seed, protocol, reversal
             arr = layer_arrays(qf) if layer_arrays else {}
             if arr and "layer_err_pq" in arr and "layer_err_qp" in arr:
                 lp[s] = float(np.sum(arr["layer_err_pq"]) - np.sum(arr["layer_err_qp"]))

@@ -168,17 +168,21 @@ def _grid_one(spec, stages, calibration, W0, Xc, Xe, keys, params):
 
 
 def _grid(spec, pstage, qstage, calibration, W0, Xc, Xe, key, ratios, bits):
-    """Per (bits, ratio): M of P alone, Q alone, P→Q, Q→P, at the output and layer-wise. Shared keys: a method
+    """M of P alone per ratio (1, R), Q alone per bit width (B, 1), P→Q and Q→P per (bits, ratio) (B, R), at the
+    output and layer-wise. Shared keys: a method
     uses the same randomness in every order. One jitted program per pipeline: a single program holding the four
     independent pipelines was seen to hang XLA's CPU runtime (all threads idle, the result never ready)."""
     kp, kq = jax.random.split(key)
-    r, b = jnp.meshgrid(jnp.asarray(ratios, jnp.float64), jnp.asarray(bits, jnp.float64), indexing="xy")
+    R, B = jnp.asarray(ratios, jnp.float64), jnp.asarray(bits, jnp.float64)
+    r, b = jnp.meshgrid(R, B, indexing="xy")
     r, b = r.ravel(), b.ravel()  # bits-major: index = bi * R + ri
-    shape = (len(bits), len(ratios))
     out = {}
-    for name, stages, params, keys in (("P", (pstage,), r[:, None], (kp,)), ("Q", (qstage,), b[:, None], (kq,)),
-                                       ("PQ", (pstage, qstage), jnp.stack([r, b], 1), (kp, kq)),
-                                       ("QP", (qstage, pstage), jnp.stack([b, r], 1), (kq, kp))):
+    # each method alone once per setting of its own: P as (1, R), Q as (B, 1)
+    for name, stages, params, keys, shape in (
+            ("P", (pstage,), R[:, None], (kp,), (1, len(ratios))),
+            ("Q", (qstage,), B[:, None], (kq,), (len(bits), 1)),
+            ("PQ", (pstage, qstage), jnp.stack([r, b], 1), (kp, kq), (len(bits), len(ratios))),
+            ("QP", (qstage, pstage), jnp.stack([b, r], 1), (kq, kp), (len(bits), len(ratios)))):
         m_out, m_lw = jax.device_get(_grid_one(spec, stages, calibration, W0, Xc, Xe, jnp.stack(keys), params))
         out[name] = (np.asarray(m_out).reshape(shape), np.asarray(m_lw).reshape(shape))
     return out
