@@ -19,12 +19,17 @@ from .metrics import (
 from .order import OrderSearch, all_orders, predicted_order, search_orders
 from .ownership import (
     Granularity,
+    PairDecomposition,
     T1Decomposition,
     direct_advantage,
     disjoint_selectivity,
     interference,
     owned_errors,
+    owner_errors,
     owners_from_mask,
+    pair_decomposition,
+    quantization_errors,
+    removal_errors,
     theorem1,
 )
 from .records import Provenance, Record, Store, Task, record_key, require_same_protocol, run_sweep
@@ -57,6 +62,11 @@ __all__ = [
     "monotonicity",
     "order_advantage",
     "owned_errors",
+    "owner_errors",
+    "pair_decomposition",
+    "PairDecomposition",
+    "quantization_errors",
+    "removal_errors",
     "owners_from_mask",
     "performance_gap",
     "pipeline_label",

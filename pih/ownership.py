@@ -139,3 +139,91 @@ def owners_from_mask(pruned: np.ndarray, prune_index: int = 0, quant_index: int 
     m = np.asarray(pruned, dtype=bool).ravel()
     kept = -1 if quant_index is None else quant_index
     return np.where(m, prune_index, kept).astype(np.int64)
+
+
+# -- owner errors of a (pruning, quantization) pair on weight units: the one definition every backend uses ------
+def removal_errors(w0, sensitivities=None) -> np.ndarray:
+    """The pruner's error of every weight unit: its removal error on φ, r_u = λ_u w0_u², defined for every unit,
+    pruned or not in any particular run (what pruning u costs)."""
+    w = check_tensor("w0", w0).astype(float).ravel()
+    lam = np.ones_like(w) if sensitivities is None else np.asarray(sensitivities, dtype=float).ravel()
+    return lam * w * w
+
+
+def quantization_errors(w0, wq, sensitivities=None) -> np.ndarray:
+    """The quantizer's error of every weight unit: q_u = λ_u (w0_u − Q(φ)_u)², Q applied alone to φ."""
+    w = check_tensor("w0", w0).astype(float).ravel()
+    q = check_tensor("wq", wq).astype(float).ravel()
+    if q.shape != w.shape:
+        raise bad("wq", f"{q.size} weights", f"needs one per weight of w0 ({w.size})")
+    lam = np.ones_like(w) if sensitivities is None else np.asarray(sensitivities, dtype=float).ravel()
+    d = w - q
+    return lam * d * d
+
+
+def owner_errors(w0, wq, sensitivities=None, prune_index: int = 0, quant_index: int = 1) -> np.ndarray:
+    """errors[m, u] of a pruning / quantization pair on weight units (rows ``prune_index`` / ``quant_index``):
+    removal error r_u for the pruner, quantization error on φ q_u for the quantizer. A pruner that also moves the
+    weights it keeps (SparseGPT's update) owns no error on those: what its update changes on a kept unit is not
+    an owner's error and shows up in the interference Δ (see proofs/t1_ownership.md, "Owner errors on real
+    weights")."""
+    r = removal_errors(w0, sensitivities)
+    q = quantization_errors(w0, wq, sensitivities)
+    e = np.zeros((max(prune_index, quant_index) + 1, r.size))
+    e[prune_index], e[quant_index] = r, q
+    return e
+
+
+@dataclass(frozen=True)
+class PairDecomposition:
+    """Theorem 1 and the interference of both orders of a (P, Q) pair, on weight units, in λ-weighted squared
+    weight error (performance M = −error). ``a_pq_*`` are A(P→Q) = err(Q first) − err(P first) = −A(Q→P)."""
+
+    a_pq_t1: float  # Theorem 1's sum over the units whose owner differs
+    a_pq_direct: float  # the same from the full owner sums (an identity: equal to a_pq_t1 up to rounding)
+    n_changed: int
+    delta_pq: float  # Δ of P first: err(P first) − Σ owners' errors; only kept units contribute
+    delta_qp: float  # Δ of Q first
+    err_pq: float  # λ-weighted error of the composed models
+    err_qp: float
+    n_units: int
+
+    @property
+    def a_pq_actual(self) -> float:
+        """err(Q first) − err(P first) = a_pq_t1 + delta_qp − delta_pq (I.1)."""
+        return self.err_qp - self.err_pq
+
+
+def pair_decomposition(w0, wq_alone, w_pq, pruned_pq, w_qp, pruned_qp, sensitivities=None,
+                       keep_units: bool = False):
+    """The ownership analysis of one weight matrix for both orders of a (P, Q) pair.
+
+    ``w0``: the dense weights; ``wq_alone``: Q applied alone to φ; ``w_pq`` / ``pruned_pq``: the weights and
+    pruned mask after P then Q; ``w_qp`` / ``pruned_qp``: after Q then P. Owners: a pruned weight belongs to P
+    (error r_u = λ w0²), a kept one to Q (error q_u). Returns a :class:`PairDecomposition` and, with
+    ``keep_units``, the per-unit arrays (errors, owners, totals)."""
+    e = owner_errors(w0, wq_alone)  # unweighted; λ enters the sums below
+    w = check_tensor("w0", w0).astype(float).ravel()
+    lam = (np.ones_like(w) if sensitivities is None
+           else check_tensor("sensitivities", sensitivities).astype(float).ravel())
+    oa = owners_from_mask(pruned_pq)
+    ob = owners_from_mask(pruned_qp)
+    for name, o in (("pruned_pq", oa), ("pruned_qp", ob)):
+        if o.size != w.size:
+            raise bad(name, f"{o.size} entries", f"needs one per weight of w0 ({w.size})")
+    ta = (w - check_tensor("w_pq", w_pq).astype(float).ravel()) ** 2
+    tb = (w - check_tensor("w_qp", w_qp).astype(float).ravel()) ** 2
+    t1 = theorem1(e, oa, ob, lam)
+    dec = PairDecomposition(
+        a_pq_t1=t1.advantage,
+        a_pq_direct=direct_advantage(e, oa, ob, lam),
+        n_changed=t1.n_changed,
+        delta_pq=interference(ta, oa, e, lam),
+        delta_qp=interference(tb, ob, e, lam),
+        err_pq=float(lam @ ta),
+        err_qp=float(lam @ tb),
+        n_units=int(w.size),
+    )
+    if not keep_units:
+        return dec, None
+    return dec, {"errors": e, "owners_pq": oa, "owners_qp": ob, "total_pq": ta, "total_qp": tb, "sensitivities": lam}

@@ -402,14 +402,13 @@ class Runner:
         wqp, mqp = self._final_weights(state=self._last_state)
         fin = self._finals.pop(_labels((p, q), settings), None)
         dense, _ = self.snapshot_weights((), settings)
-        wp, mp = self.snapshot_weights((p,), settings)
         wq, _ = self.snapshot_weights((q,), settings)
         wpq, mpq = fin if fin is not None else self._fresh((p, q), settings)
         names = list(dense)
         full = {n: torch_zeros_like_bool(dense[n]) for n in names}
         mpq = {n: mpq.get(n, full[n]) for n in names}
         mqp = {n: mqp.get(n, full[n]) for n in names}
-        return pair_analysis(dense, wp, wq, wpq, wqp, mpq, mqp, self.sensitivities(), self.cfg.unit_arrays)
+        return pair_analysis(dense, wq, wpq, wqp, mpq, mqp, self.sensitivities(), self.cfg.unit_arrays)
 
     def _final_weights(self, state):
         from .engine import effective_weights
