@@ -18,6 +18,17 @@ from .errors import bad
 from .methods import Prune, Quantize
 from .metrics import Monotonicity, QuantCurve, monotonicity, order_advantage, performance_gap, ratio_16_over_b
 from .records import Record, require_same_protocol
+from .stats import (
+    NOISE_RULE,
+    ONE_SEED,
+    ClusterBootstrap,
+    PermutationTest,
+    SeedStat,
+    cluster_bootstrap,
+    permutation_test,
+    seed_stat,
+    spearman,
+)
 
 
 def order_advantage_of(f1_first: Record, f2_first: Record) -> float:
@@ -85,12 +96,80 @@ class GridRow:
 
 
 @dataclass(frozen=True)
+class GridPoint:
+    """One (P, Q) point over the calibration seeds of a grid."""
+
+    prune: Prune
+    quant: Quantize
+    A: SeedStat  # A(Q→P) per seed
+    m_prune_first: SeedStat
+    m_quant_first: SeedStat
+    gap: float | None  # mean C*_P − C_Q over seeds; None unless the CER is uncensored at every seed
+    censored: str | None  # None, or why the gap is missing ("weaker", "stronger", "no-curve", "mixed")
+
+    def to_dict(self) -> dict:
+        return {"prune": self.prune.label, "quant": self.quant.label, "ratio": self.prune.ratio,
+                "bits": self.quant.bits, "A_qp": self.A.to_dict(), "m_prune_first": self.m_prune_first.to_dict(),
+                "m_quant_first": self.m_quant_first.to_dict(), "gap": self.gap, "censored": self.censored}
+
+
+@dataclass(frozen=True)
+class LineTest:
+    """Monotonicity of mean A(Q→P) in C*_P − C_Q along one line of the grid (uncensored points only)."""
+
+    along: str  # "bits" (the pruning setting fixed) or "prune" (the bit width fixed)
+    fixed: str  # label of the fixed method
+    gaps: tuple[float, ...]
+    means: tuple[float, ...]
+    n_above: int | None  # points of the line above their noise floor (None with one seed)
+    test: PermutationTest | None  # None with fewer than 3 uncensored points
+
+    def to_dict(self) -> dict:
+        return {"along": self.along, "fixed": self.fixed, "gaps": list(self.gaps), "A_means": list(self.means),
+                "n_points": len(self.gaps), "n_above_floor": self.n_above,
+                "test": self.test.to_dict() if self.test else None}
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """A grid over its calibration seeds: per-point mean, spread and noise floor of A(Q→P), the sign counts above
+    the floor, per-line permutation tests and the pooled ρ with a cluster bootstrap over the fixed-p lines."""
+
+    seeds: tuple[int, ...]
+    points: list[GridPoint]
+    lines: list[LineTest]
+    pooled: ClusterBootstrap | None  # ρ over the uncensored point means; resampled: whole fixed-p lines
+    pooled_by_seed: dict[int, float]  # the same ρ computed on each seed's own A values
+
+    @property
+    def has_floor(self) -> bool:
+        return len(self.seeds) > 1
+
+    def counts(self) -> dict:
+        above = [p for p in self.points if p.A.above]
+        return {"n_points": len(self.points),
+                "n_above_floor": len(above) if self.has_floor else None,
+                "n_below_floor": (len(self.points) - len(above)) if self.has_floor else None,
+                "n_quantize_first_wins_above_floor": sum(p.A.mean > 0 for p in above) if self.has_floor else None,
+                "n_prune_first_wins_above_floor": sum(p.A.mean < 0 for p in above) if self.has_floor else None,
+                "n_censored": sum(p.gap is None for p in self.points)}
+
+    def to_dict(self) -> dict:
+        return {"seeds": list(self.seeds), "noise_rule": NOISE_RULE if self.has_floor else ONE_SEED,
+                **self.counts(), "points": [p.to_dict() for p in self.points],
+                "lines": [ln.to_dict() for ln in self.lines],
+                "pooled": self.pooled.to_dict() if self.pooled else None,
+                "pooled_by_seed": {str(k): v for k, v in self.pooled_by_seed.items()}}
+
+
+@dataclass(frozen=True)
 class GridAnalysis:
     protocol: str
     rows: list[GridRow]
     stats: Monotonicity | None
     n_censored: int
     curves: dict[str, dict] = field(default_factory=dict)
+    seeds: SeedSummary | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -98,9 +177,54 @@ class GridAnalysis:
             "n_rows": len(self.rows),
             "n_censored": self.n_censored,
             "monotonicity": self.stats.to_dict() if self.stats else None,
+            "seed_summary": self.seeds.to_dict() if self.seeds else None,
             "curves": self.curves,
             "rows": [r.to_dict() for r in self.rows],
         }
+
+
+def seed_summary(rows: list[GridRow], n_boot: int = 2000, seed: int = 0) -> SeedSummary:
+    """Aggregate the rows of a grid (one per point and seed) over seeds (see :class:`SeedSummary`)."""
+    by: dict[tuple[Prune, Quantize], list[GridRow]] = defaultdict(list)
+    for r in rows:
+        by[(r.prune, r.quant)].append(r)
+    seeds = tuple(sorted({r.seed for r in rows}))
+    points = []
+    for (p, q), rs in by.items():
+        rs = sorted(rs, key=lambda r: r.seed)
+        cens = {r.cer_censored for r in rs if r.gap is None}
+        gap = None if cens else float(np.mean([r.gap for r in rs]))
+        points.append(GridPoint(p, q, seed_stat([r.advantage_qp for r in rs]),
+                                seed_stat([r.m_prune_first for r in rs]), seed_stat([r.m_quant_first for r in rs]),
+                                gap, None if not cens else (cens.pop() if len(cens) == 1 else "mixed")))
+    points.sort(key=lambda g: (g.prune.ratio, g.prune.label, g.quant.bits, g.quant.label))
+    has_floor = len(seeds) > 1
+    lines: list[LineTest] = []
+    for along, key, fixed_of in (("bits", lambda g: g.prune, lambda g: g.prune.label),
+                                 ("prune", lambda g: g.quant, lambda g: g.quant.label)):
+        groups: dict = defaultdict(list)
+        for g in points:
+            groups[key(g)].append(g)
+        for members in groups.values():
+            ok = sorted((g for g in members if g.gap is not None), key=lambda g: g.gap)
+            if len(ok) < 2:
+                continue
+            gaps = tuple(g.gap for g in ok)
+            means = tuple(g.A.mean for g in ok)
+            test = permutation_test(gaps, means) if len(ok) >= 3 else None
+            lines.append(LineTest(along, fixed_of(ok[0]), gaps, means,
+                                  sum(bool(g.A.above) for g in ok) if has_floor else None, test))
+    ok = [g for g in points if g.gap is not None]
+    pooled = None
+    by_seed: dict[int, float] = {}
+    if len(ok) >= 3:
+        pooled = cluster_bootstrap([g.gap for g in ok], [g.A.mean for g in ok], [g.prune.label for g in ok],
+                                   n_boot=n_boot, seed=seed, cluster="fixed-p line")
+        for s in seeds:
+            pts = [(r.gap, r.advantage_qp) for r in rows if r.seed == s and r.gap is not None]
+            if len(pts) >= 3:
+                by_seed[s] = spearman(*zip(*pts, strict=True))
+    return SeedSummary(seeds, points, lines, pooled, by_seed)
 
 
 def _curve_key(q: Quantize) -> Quantize:
@@ -159,5 +283,9 @@ def analyze_grid(records: Iterable[Record], ratio: Callable = ratio_16_over_b, i
     ok = [r for r in rows if r.gap is not None]
     stats = None
     if len(ok) >= 3 and np.ptp([r.gap for r in ok]) > 0:
-        stats = monotonicity([r.gap for r in ok], [r.advantage_qp for r in ok], n_boot=n_boot, seed=seed)
-    return GridAnalysis(protocol, rows, stats, len(rows) - len(ok), curves)
+        # rows of one seed share the model and the calibration, rows of one pruning setting share the pruner:
+        # the interval resamples whole fixed-p lines (all their seeds), never single rows
+        stats = monotonicity([r.gap for r in ok], [r.advantage_qp for r in ok], n_boot=n_boot, seed=seed,
+                             clusters=[r.prune.label for r in ok], cluster="fixed-p line")
+    return GridAnalysis(protocol, rows, stats, len(rows) - len(ok), curves,
+                        seed_summary(rows, n_boot=n_boot, seed=seed) if rows else None)

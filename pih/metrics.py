@@ -157,11 +157,15 @@ class Monotonicity:
     n_violations: int
     violating_pairs: list[tuple[int, int]]
     exact_pairs: bool
+    cluster: str = "point"  # what the bootstrap resampled (point: i.i.d.; seed, line: a cluster bootstrap)
+    n_clusters: int = 0
 
     def to_dict(self) -> dict:
         return {
             "spearman_rho": self.rho,
             "rho_ci": list(self.rho_ci),
+            "ci_resamples": self.cluster,
+            "n_clusters": self.n_clusters,
             "concordant_fraction": self.concordant_fraction,
             "n_points": self.n_points,
             "n_pairs": self.n_pairs,
@@ -178,12 +182,14 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def monotonicity(x, y, n_boot: int = 1000, seed: int = 0, max_pairs: int = 4_000_000,
-                 max_listed: int = 1000) -> Monotonicity:
+                 max_listed: int = 1000, clusters=None, cluster: str = "point") -> Monotonicity:
     """Spearman ρ with a percentile bootstrap interval, the fraction of concordant pairs and the violating pairs.
 
     Pairs with equal x are skipped. A pair (i, j) with x_i < x_j is concordant when y_i < y_j and violating when
     y_i > y_j (ties in y are neither). Above ``max_pairs`` pairs, a seeded random sample of pairs is used
-    (``exact_pairs`` False).
+    (``exact_pairs`` False). ``clusters`` (one label per point: the seed, the line...) makes the interval a cluster
+    bootstrap (whole clusters resampled, :func:`pih.stats.cluster_bootstrap`): use it whenever points share a model,
+    a seed or a setting. Without it the points are resampled one by one, which is right only for independent points.
     """
     xa = check_tensor("x", x).astype(float).ravel()
     ya = check_tensor("y", y).astype(float).ravel()
@@ -194,13 +200,20 @@ def monotonicity(x, y, n_boot: int = 1000, seed: int = 0, max_pairs: int = 4_000
         raise bad("x", f"{n} points", "monotonicity statistics need at least 3 points")
     rng = np.random.default_rng(seed)
     rho = _spearman(xa, ya)
-    boots = []
-    for _ in range(int(n_boot)):
-        idx = rng.integers(0, n, n)
-        r = _spearman(xa[idx], ya[idx])
-        if np.isfinite(r):
-            boots.append(r)
-    ci = (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))) if boots else (np.nan, np.nan)
+    if clusters is not None:
+        from .stats import cluster_bootstrap
+
+        cb = cluster_bootstrap(xa, ya, clusters, statistic=_spearman, n_boot=int(n_boot), seed=seed, cluster=cluster)
+        ci, n_clusters = cb.ci, cb.n_clusters
+    else:
+        boots = []
+        for _ in range(int(n_boot)):
+            idx = rng.integers(0, n, n)
+            r = _spearman(xa[idx], ya[idx])
+            if np.isfinite(r):
+                boots.append(r)
+        ci = (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))) if boots else (np.nan, np.nan)
+        n_clusters = n
 
     total = n * (n - 1) // 2
     exact = total <= max_pairs
@@ -230,4 +243,6 @@ def monotonicity(x, y, n_boot: int = 1000, seed: int = 0, max_pairs: int = 4_000
         n_violations=int(viol.sum()),
         violating_pairs=listed,
         exact_pairs=exact,
+        cluster=cluster if clusters is not None else "point",
+        n_clusters=n_clusters,
     )

@@ -6,8 +6,10 @@ Config (every key is checked; unknown keys are an error)::
     [experiment]
     name = "smoke"
     model = "tiny-llama:kjv"      # smollm2 | tiny-llama[:corpus] | a local HF folder | a .gguf file
-    seed = 0                      # calibration windows, tie-breaks (and the tiny models' training seed)
-    model_seed = 0                # optional: train/load the tiny model with this seed instead (vary seed alone)
+    seed = 0                      # calibration windows and tie-breaks
+    model_seed = 0                # the tiny models' training seed (default 0, whatever the calibration seed)
+    seeds = [0, 1, 2]             # optional, instead of seed: one run per calibration seed, into one store
+    model_seeds = [0, 1]          # optional, instead of model_seed: the tiny model trained with each seed
     device = "cpu"                # cpu | cuda | auto
     dtype = "float32"
     threads = 1                   # torch CPU threads (0 = leave torch's default)
@@ -61,7 +63,8 @@ from ._common import offline_env, seed_all
 offline_env()
 
 _SECTIONS = {
-    "experiment": {"name", "model", "seed", "model_seed", "device", "dtype", "threads", "analysis", "unit_arrays",
+    "experiment": {"name", "model", "seed", "model_seed", "seeds", "model_seeds", "device", "dtype", "threads",
+                   "analysis", "unit_arrays",
                    "rotate", "cache", "description", "notes"},
     "data": {"eval", "calibration", "seqlen", "eval_tokens", "calibration_size"},
     "settings": {f.name for f in dataclasses.fields(__import__("pih.bridge.engine", fromlist=["x"]).BridgeSettings)},
@@ -79,6 +82,8 @@ class ExperimentConfig:
     model: str
     seed: int = 0
     model_seed: int | None = None
+    seeds: tuple[int, ...] | None = None
+    model_seeds: tuple[int, ...] | None = None
     device: str = "cpu"
     dtype: str = "float32"
     threads: int = 1
@@ -107,6 +112,19 @@ def _typed(section: str, key: str, value: Any, kind: type | tuple) -> Any:
     return value
 
 
+def _seed_list(key: str, value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise bad(f"experiment.{key}", value, "must be a non-empty list of integer seeds")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise bad(f"experiment.{key}", value, "seeds are non-negative integers")
+    if len(set(value)) != len(value):
+        raise bad(f"experiment.{key}", value, "a seed is listed twice")
+    return tuple(value)
+
+
 def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
     """Validate a config dict (as read from TOML); every unknown section or key is an error."""
     for sec, body in raw.items():
@@ -129,6 +147,8 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfi
         seed=_typed("experiment", "seed", ex.get("seed", 0), int),
         model_seed=(None if ex.get("model_seed") is None
                     else _typed("experiment", "model_seed", ex["model_seed"], int)),
+        seeds=_seed_list("seeds", ex.get("seeds")),
+        model_seeds=_seed_list("model_seeds", ex.get("model_seeds")),
         device=_typed("experiment", "device", ex.get("device", "cpu"), str),
         dtype=_typed("experiment", "dtype", ex.get("dtype", "float32"), str),
         threads=_typed("experiment", "threads", ex.get("threads", 1), int),
@@ -150,6 +170,9 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfi
     )
     from .engine import BridgeSettings
 
+    for one, many in (("seed", "seeds"), ("model_seed", "model_seeds")):
+        if one in ex and many in ex:
+            raise bad(f"experiment.{many}", ex[many], f"give either {one} or {many}, not both")
     BridgeSettings(**cfg.settings)  # validates
     for o in cfg.orders:
         if o not in ORDERS:
@@ -237,8 +260,9 @@ class Runner:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         seed_all(cfg.seed)
-        mseed = cfg.seed if cfg.model_seed is None else cfg.model_seed
+        mseed = 0 if cfg.model_seed is None else cfg.model_seed
         self.lm = load_model(cfg.model, cfg.device, cfg.dtype, cache=cfg.cache, seed=mseed, train_if_missing=True)
+        self._notes = list(self.lm.notes)
         self.settings = BridgeSettings(**cfg.settings)
         self.metric_key = "ppl" if self.lm.arch == "llama" else "accuracy"
         if self.lm.arch == "llama":
@@ -285,6 +309,17 @@ class Runner:
         self._lam: dict | None = None
         self._finals: dict[tuple, tuple[dict, dict]] = {}
         self._last_state = None
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self._notes)
+
+    def release(self) -> None:
+        """Free the model and the cached compressed prefixes (the next seed's runner loads its own)."""
+        self._snaps.clear()
+        self._finals.clear()
+        self._rot_base = None
+        self.lm = None
 
     # -- snapshots of compressed prefixes ---------------------------------------------------------------------
     def _state_dict(self) -> dict:
@@ -449,52 +484,79 @@ def _sparsity(lm, state) -> float:
     return nz / tot
 
 
+def expand_seeds(cfg: ExperimentConfig) -> list[ExperimentConfig]:
+    """One config per (model seed, calibration seed) the config asks for, model seeds outermost."""
+    seeds = cfg.seeds or (cfg.seed,)
+    mseeds = cfg.model_seeds or (cfg.model_seed,)
+    return [dataclasses.replace(cfg, seed=s, model_seed=m, seeds=None, model_seeds=None)
+            for m in mseeds for s in seeds]
+
+
 def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progress: bool = True) -> dict:
-    """Run (or resume) ``cfg`` into the store at ``store_path``; return the JSON summary."""
+    """Run (or resume) ``cfg`` into the store at ``store_path``, once per (model seed, calibration seed); return
+    the JSON summary."""
     tasks_spec = grid_tasks(cfg)
     if not tasks_spec:
         raise bad("grid", cfg.orders, "the experiment has no grid points")
-    runner = Runner(cfg, progress=progress)
     from .engine import BridgeSettings, CompressionState, _check_pipeline
 
-    for pl, pt in tasks_spec:  # shape errors (N:M, group size) and forbidden orders before anything is stored
-        _check_pipeline(runner.lm, pl, BridgeSettings(**{**cfg.settings, **pt.get("settings", {})}),
-                        CompressionState())
-    store = Store(store_path)
-    tasks = [Task(runner.provenance, pl, pt) for pl, pt in tasks_spec]
-    recs = run_sweep(store, tasks, runner.compute, progress=progress, desc=f"pih run {cfg.name}")
-    return summarize(cfg, runner, recs, store)
+    store = None
+    recs: list[Record] = []
+    runners = []
+    runs = expand_seeds(cfg)
+    for k, one in enumerate(runs):
+        runner = Runner(one, progress=progress)
+        for pl, pt in tasks_spec:  # shape errors (N:M, group size) and forbidden orders before anything is stored
+            _check_pipeline(runner.lm, pl, BridgeSettings(**{**cfg.settings, **pt.get("settings", {})}),
+                            CompressionState())
+        store = store or Store(store_path)
+        tasks = [Task(runner.provenance, pl, pt) for pl, pt in tasks_spec]
+        desc = f"pih run {cfg.name}" + (f" [{k + 1}/{len(runs)}: seed {one.seed}"
+                                        + (f", model seed {one.model_seed}" if one.model_seed is not None else "")
+                                        + "]" if len(runs) > 1 else "")
+        recs += run_sweep(store, tasks, runner.compute, progress=progress, desc=desc)
+        runners.append(runner)
+        if len(runs) > 1:
+            runner.release()
+    return summarize(cfg, runners, recs, store)
 
 
-def summarize(cfg: ExperimentConfig, runner: Runner, recs: list[Record], store: Store) -> dict:
-    """The JSON summary of a run: every point, and per (P, Q) pair A(Q→P), the CER of P and C_Q from the core's
-    grid analysis (:func:`pih.analysis.analyze_grid`, the same function ``pih analyze`` uses on any store)."""
+def summarize(cfg: ExperimentConfig, runners, recs: list[Record], store: Store) -> dict:
+    """The JSON summary of a run: every point, and per (P, Q) pair and seed A(Q→P), the CER of P and C_Q from the
+    core's grid analysis (:func:`pih.analysis.analyze_grid`, the same function ``pih analyze`` uses on any store);
+    per model, the grid over its calibration seeds (mean, spread and noise floor of A per point, line tests, the
+    pooled ρ with a cluster bootstrap)."""
     from .. import order_advantage
     from ..analysis import analyze_grid
 
+    runners = runners if isinstance(runners, list) else [runners]
+    runner = runners[0]
     points = []
     for r in recs:
         row = {"prune": r.point.get("prune"), "quant": r.point.get("quant"), "order": r.point.get("order"),
                "pipeline": r.order, runner.metric_key: r.extras.get(runner.metric_key),
-               "sparsity": r.extras.get("sparsity")}
+               "sparsity": r.extras.get("sparsity"), "seed": r.provenance.seed, "model": r.provenance.model}
         if r.extras.get("removed_blocks"):
             row["removed_blocks"] = r.extras["removed_blocks"]
         points.append(row)
     # the p x b grid proper (explicit [[pipelines]] and per-point settings are not part of it)
     grid = [r for r in recs if r.point.get("order") in ("P", "Q", "P->Q", "Q->P") and "settings" not in r.point]
-    by = {(r.point.get("prune"), r.point.get("quant"), r.point.get("order")): r for r in grid}
-    analysis = analyze_grid(grid) if grid else None
-    rows = {(row.prune.ratio, row.quant.bits): row for row in analysis.rows} if analysis else {}
+    by = {(r.protocol, r.provenance.seed, r.point.get("prune"), r.point.get("quant"), r.point.get("order")): r
+          for r in grid}
+    protocols = list(dict.fromkeys(r.protocol for r in grid))
+    analyses = {pr: analyze_grid([r for r in grid if r.protocol == pr]) for pr in protocols}
+    analysis = analyses[protocols[0]] if protocols else None
+    rows = {(pr, row.seed, row.prune.ratio, row.quant.bits): row for pr, a in analyses.items() for row in a.rows}
     k = runner.metric_key
     pairs = []
-    for (p, b, o), qf in by.items():
-        if o != "Q->P" or (p, b, "P->Q") not in by:
+    for (pr, sd, p, b, o), qf in by.items():
+        if o != "Q->P" or (pr, sd, p, b, "P->Q") not in by:
             continue
-        pf = by[(p, b, "P->Q")]
+        pf = by[(pr, sd, p, b, "P->Q")]
         # A(Q->P) = M(P∘Q) − M(Q∘P): Q applied first minus P applied first; with M = −ppl: ppl(P first) − ppl(Q first)
-        row = {"prune": p, "quant": b, f"{k}_P_first": pf.extras[k], f"{k}_Q_first": qf.extras[k],
-               "A_QP": order_advantage(qf.value, pf.value)}
-        g = rows.get((p, b))
+        row = {"prune": p, "quant": b, "seed": sd, "model": qf.provenance.model, f"{k}_P_first": pf.extras[k],
+               f"{k}_Q_first": qf.extras[k], "A_QP": order_advantage(qf.value, pf.value)}
+        g = rows.get((pr, sd, p, b))
         if g is not None and g.cer_detail is not None:
             row["cer_P"] = g.cer_detail
             row["C_Q"] = g.c_quant
@@ -506,7 +568,13 @@ def summarize(cfg: ExperimentConfig, runner: Runner, recs: list[Record], store: 
     out = {
         "experiment": cfg.name, "config": cfg.source, "store": str(store.path),
         "provenance": {k: v for k, v in runner.provenance.to_dict().items() if k != "versions"},
-        "metric": runner.metric_key, "notes": runner.lm.notes, "points": points, "pairs": pairs,
+        "seeds": sorted({r.provenance.seed for r in recs}),
+        "models": list(dict.fromkeys(r.provenance.model for r in recs)),
+        "metric": runner.metric_key, "notes": runner.notes, "points": points, "pairs": pairs,
+        "grids": [{"model": next(r.provenance.model for r in grid if r.protocol == pr),
+                   "protocol": pr, "seed_summary": analyses[pr].seeds.to_dict() if analyses[pr].seeds else None,
+                   "monotonicity": analyses[pr].stats.to_dict() if analyses[pr].stats else None}
+                  for pr in protocols if analyses[pr].rows],
     }
     if analysis is not None:
         curves = list(analysis.curves.values())
@@ -518,8 +586,13 @@ def summarize(cfg: ExperimentConfig, runner: Runner, recs: list[Record], store: 
     return out
 
 
-def main_run(config: str, out: str | None, progress: bool = True) -> dict:
+def main_run(config: str, out: str | None, progress: bool = True, seeds: list[int] | None = None,
+             model_seeds: list[int] | None = None) -> dict:
     cfg = load_config(config)
+    if seeds is not None:
+        cfg = dataclasses.replace(cfg, seeds=_seed_list("seeds", list(seeds)))
+    if model_seeds is not None:
+        cfg = dataclasses.replace(cfg, model_seeds=_seed_list("model_seeds", list(model_seeds)))
     store = out or str(Path("results") / "runs" / cfg.name)
     try:
         return run_experiment(cfg, store, progress)

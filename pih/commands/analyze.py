@@ -66,9 +66,15 @@ def run(args) -> int:
             print(f"   {len(rows)} points, {d['n_censored']} with a censored CER; A(Q->P) > 0 at {n_pos}, < 0 at "
                   f"{n_neg}, = 0 at {len(rows) - n_pos - n_neg}")
             if m:
-                print(f"   Spearman rho of A(Q->P) in C*_P - C_Q: {m['spearman_rho']:+.3f} "
-                      f"(95% CI {m['rho_ci'][0]:+.3f}..{m['rho_ci'][1]:+.3f}), concordant pairs "
-                      f"{m['concordant_fraction']:.3f}, n = {m['n_points']}")
+                print(f"   Spearman rho of A(Q->P) in C*_P - C_Q over all rows: {m['spearman_rho']:+.3f} "
+                      f"(95% CI {m['rho_ci'][0]:+.3f}..{m['rho_ci'][1]:+.3f}, resampling whole "
+                      f"{m['ci_resamples']}s), concordant pairs {m['concordant_fraction']:.3f}, n = {m['n_points']}")
+            ss = d.get("seed_summary")
+            if ss:
+                from ..render import seed_summary_lines
+
+                for line in seed_summary_lines(ss):
+                    print(line)
             if args.rows:
                 print(f"   {'prune':<34} {'quant':<34} seed {'C*_P':>8} {'C_Q':>6} {'gap':>8} {'A(Q->P)':>11}")
                 for r in rows:

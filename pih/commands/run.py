@@ -16,6 +16,10 @@ def register(subparsers) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="table (default) or json: one JSON document on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                   help="calibration seeds: one run per seed into the same store (overrides the config's seed/seeds)")
+    p.add_argument("--model-seeds", type=int, nargs="+", default=None, metavar="S",
+                   help="model seeds of the tiny models (overrides model_seed/model_seeds)")
     p.set_defaults(func=_run)
 
 
@@ -23,7 +27,8 @@ def _run(args: argparse.Namespace) -> int:
     from pih.bridge.experiment import main_run
     from pih.cli import emit
 
-    out = main_run(args.config, args.out, progress=not args.no_progress)
+    out = main_run(args.config, args.out, progress=not args.no_progress, seeds=args.seeds,
+                   model_seeds=args.model_seeds)
     emit(args, out, lambda: _table(out))
     return 0
 
@@ -41,20 +46,30 @@ def _table(out: dict) -> None:
     prov = out["provenance"]
     w(f"experiment {out['experiment']}  model {prov['model']}\n")
     w(f"data {prov['data']}  seqlen {prov['seqlen']}  eval tokens {prov['settings'].get('eval_tokens')}  "
-      f"calibration {prov['calibration']} x{prov['calibration_size']}  seed {prov['seed']}\n")
+      f"calibration {prov['calibration']} x{prov['calibration_size']}  "
+      f"seeds {out.get('seeds', [prov['seed']])}\n")
     for n in out.get("notes", []):
         w(f"note: {n}\n")
     k = out.get("metric", "ppl")
-    w(f"{'order':<10}{'prune':>8}{'quant':>7}{k:>12}{'sparsity':>10}  pipeline\n")
+    w(f"{'order':<10}{'prune':>8}{'quant':>7}{'seed':>6}{k:>12}{'sparsity':>10}  pipeline\n")
     for r in out["points"]:
-        w(f"{r['order']:<10}{_fmt(r['prune']):>8}{_fmt(r['quant']):>7}{_fmt(r[k]):>12}"
+        w(f"{r['order']:<10}{_fmt(r['prune']):>8}{_fmt(r['quant']):>7}{_fmt(r.get('seed')):>6}{_fmt(r[k]):>12}"
           f"{_fmt(r.get('sparsity')):>10}  {r['pipeline']}\n")
     if out.get("pairs"):
-        w(f"\n{'prune':>6}{'bits':>6}{k + ' P first':>13}{k + ' Q first':>13}{'A(Q->P)':>11}{'CER_P-C_Q':>11}"
+        w(f"\n{'prune':>6}{'bits':>6}{'seed':>6}{k + ' P first':>13}{k + ' Q first':>13}{'A(Q->P)':>11}"
+          f"{'CER_P-C_Q':>11}"
           f"{'T1 A(P->Q)':>12}{'dPQ':>10}{'dQP':>10}\n")
         for r in out["pairs"]:
             an = r.get("analysis", {})
-            w(f"{_fmt(r['prune']):>6}{_fmt(r['quant']):>6}{_fmt(r[k + '_P_first']):>13}{_fmt(r[k + '_Q_first']):>13}"
+            w(f"{_fmt(r['prune']):>6}{_fmt(r['quant']):>6}{_fmt(r.get('seed')):>6}{_fmt(r[k + '_P_first']):>13}"
+              f"{_fmt(r[k + '_Q_first']):>13}"
               f"{_fmt(r['A_QP']):>11}{_fmt(r.get('cer_minus_cq')):>11}{_fmt(an.get('A_PQ_t1')):>12}"
               f"{_fmt(an.get('delta_PQ')):>10}{_fmt(an.get('delta_QP')):>10}\n")
+    from pih.render import seed_summary_lines
+
+    for g in out.get("grids", []):
+        if g.get("seed_summary") and len(g["seed_summary"]["seeds"]) > 1:
+            w(f"\n{g['model']}: A(Q->P) over calibration seeds\n")
+            for line in seed_summary_lines(g["seed_summary"]):
+                w(line + "\n")
     w(f"\nstore: {out['store']}\n")

@@ -215,3 +215,28 @@ def test_bad_shapes_fail_before_anything_is_stored(tiny_folder, cache, tmp_path,
     with pytest.raises(PihError, match="group"):
         run_experiment(parse_config(raw), tmp_path / "s2", progress=False)
     assert not (tmp_path / "s2").exists()
+
+
+def test_seeds_run_into_one_store_with_a_noise_floor(tiny_folder, cache, tmp_path, _raw):
+    """[experiment] seeds = [0, 1, 2]: one run per calibration seed, same model (one protocol), and the summary gives
+    per point the mean, spread and noise floor of A(Q→P) over the seeds (the same figures pih analyze prints)."""
+    raw = _raw(quantize={"bits": [2, 4], "symmetric": False})
+    raw["experiment"] = {k: v for k, v in raw["experiment"].items() if k != "seed"}
+    raw["experiment"].update({"seeds": [0, 1, 2], "cache": cache, "unit_arrays": False})
+    raw["data"]["eval_tokens"] = 1024
+    cfg = parse_config(raw)
+    out = run_experiment(cfg, tmp_path / "store", progress=False)
+    assert out["seeds"] == [0, 1, 2] and len(out["models"]) == 1 and len(out["grids"]) == 1
+    ss = out["grids"][0]["seed_summary"]
+    assert ss["seeds"] == [0, 1, 2] and ss["n_points"] == 2
+    by_seed = {(p["seed"], p["quant"]): p["A_QP"] for p in out["pairs"]}
+    for pt in ss["points"]:
+        vals = [by_seed[(s, pt["bits"])] for s in (0, 1, 2)]
+        assert pt["A_qp"]["values"] == pytest.approx(vals)
+        assert pt["A_qp"]["floor"] == pytest.approx(2 * np.std(vals, ddof=1))
+    recs = Store(tmp_path / "store").records()
+    assert {r.provenance.seed for r in recs} == {0, 1, 2} and len({r.protocol for r in recs}) == 1
+    with pytest.raises(PihError, match="either seed or seeds"):
+        parse_config({**raw, "experiment": {**raw["experiment"], "seed": 0}})
+    with pytest.raises(PihError, match="seeds"):
+        parse_config({**raw, "experiment": {**raw["experiment"], "seeds": [1, 1]}})
