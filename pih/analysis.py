@@ -106,11 +106,23 @@ class GridPoint:
     m_quant_first: SeedStat
     gap: float | None  # mean C*_P − C_Q over seeds; None unless the CER is uncensored at every seed
     censored: str | None  # None, or why the gap is missing ("weaker", "stronger", "no-curve", "mixed")
+    t20_bound: SeedStat | None = None  # M(P alone) − M(Q∘P): T2.0's bound on A(Q→P) in A1 + DS models
+
+    @property
+    def exceeds_t20_bound(self) -> bool:
+        """A(Q→P) above T2.0's bound by more than the noise floor of their difference: the measured model is
+        not an A1 + DS model at this point (proofs/t2_monotonicity.md, T2.0)."""
+        if self.t20_bound is None:
+            return False
+        d = seed_stat([a - b for a, b in zip(self.A.values, self.t20_bound.values, strict=True)])
+        return d.mean > (d.floor if d.floor is not None else 0.0)
 
     def to_dict(self) -> dict:
         return {"prune": self.prune.label, "quant": self.quant.label, "ratio": self.prune.ratio,
                 "bits": self.quant.bits, "A_qp": self.A.to_dict(), "m_prune_first": self.m_prune_first.to_dict(),
-                "m_quant_first": self.m_quant_first.to_dict(), "gap": self.gap, "censored": self.censored}
+                "m_quant_first": self.m_quant_first.to_dict(), "gap": self.gap, "censored": self.censored,
+                "t20_bound": self.t20_bound.to_dict() if self.t20_bound else None,
+                "exceeds_t20_bound": self.exceeds_t20_bound}
 
 
 @dataclass(frozen=True)
@@ -152,7 +164,8 @@ class SeedSummary:
                 "n_below_floor": (len(self.points) - len(above)) if self.has_floor else None,
                 "n_quantize_first_wins_above_floor": sum(p.A.mean > 0 for p in above) if self.has_floor else None,
                 "n_prune_first_wins_above_floor": sum(p.A.mean < 0 for p in above) if self.has_floor else None,
-                "n_censored": sum(p.gap is None for p in self.points)}
+                "n_censored": sum(p.gap is None for p in self.points),
+                "n_exceeding_t20_bound": sum(p.exceeds_t20_bound for p in self.points)}
 
     def to_dict(self) -> dict:
         return {"seeds": list(self.seeds), "noise_rule": NOISE_RULE if self.has_floor else ONE_SEED,
@@ -196,7 +209,8 @@ def seed_summary(rows: list[GridRow], n_boot: int = 2000, seed: int = 0) -> Seed
         gap = None if cens else float(np.mean([r.gap for r in rs]))
         points.append(GridPoint(p, q, seed_stat([r.advantage_qp for r in rs]),
                                 seed_stat([r.m_prune_first for r in rs]), seed_stat([r.m_quant_first for r in rs]),
-                                gap, None if not cens else (cens.pop() if len(cens) == 1 else "mixed")))
+                                gap, None if not cens else (cens.pop() if len(cens) == 1 else "mixed"),
+                                seed_stat([r.m_prune - r.m_prune_first for r in rs])))
     points.sort(key=lambda g: (g.prune.ratio, g.prune.label, g.quant.bits, g.quant.label))
     has_floor = len(seeds) > 1
     lines: list[LineTest] = []
@@ -232,8 +246,14 @@ def _curve_key(q: Quantize) -> Quantize:
 
 
 def analyze_grid(records: Iterable[Record], ratio: Callable = ratio_16_over_b, isotonic: bool = False,
-                 n_boot: int = 1000, seed: int = 0) -> GridAnalysis:
-    """G, CER and A(Q→P) for every (P, Q, seed) of a grid, and the monotonicity of A(Q→P) in C*_P − C_Q."""
+                 n_boot: int = 1000, seed: int = 0, cluster_by: str = "line") -> GridAnalysis:
+    """G, CER and A(Q→P) for every (P, Q, seed) of a grid, and the monotonicity of A(Q→P) in C*_P − C_Q.
+
+    ``cluster_by``: what the interval of the pooled ρ resamples: "line" (whole fixed-p lines with all their seeds:
+    the seeds of a real model are calibration draws on one model) or "seed" (whole seeds: simulated seeds are
+    independent models)."""
+    if cluster_by not in ("line", "seed"):
+        raise bad("cluster_by", cluster_by, "must be 'line' or 'seed'")
     recs = list(records)
     if not recs:
         raise bad("records", "[]", "no records to analyse")
@@ -285,7 +305,9 @@ def analyze_grid(records: Iterable[Record], ratio: Callable = ratio_16_over_b, i
     if len(ok) >= 3 and np.ptp([r.gap for r in ok]) > 0:
         # rows of one seed share the model and the calibration, rows of one pruning setting share the pruner:
         # the interval resamples whole fixed-p lines (all their seeds), never single rows
+        by_line = cluster_by == "line"
         stats = monotonicity([r.gap for r in ok], [r.advantage_qp for r in ok], n_boot=n_boot, seed=seed,
-                             clusters=[r.prune.label for r in ok], cluster="fixed-p line")
+                             clusters=[r.prune.label if by_line else r.seed for r in ok],
+                             cluster="fixed-p line" if by_line else "seed")
     return GridAnalysis(protocol, rows, stats, len(rows) - len(ok), curves,
                         seed_summary(rows, n_boot=n_boot, seed=seed) if rows else None)

@@ -50,6 +50,9 @@ def seed_summary_lines(ss: dict, indent: str = "   ") -> list[str]:
         out.append(f"{indent}{ss['n_above_floor']} of {ss['n_points']} points above their noise floor: quantize "
                    f"first wins at {ss['n_quantize_first_wins_above_floor']}, prune first at "
                    f"{ss['n_prune_first_wins_above_floor']}; {ss['n_censored']} with a censored CER")
+    if ss.get("n_exceeding_t20_bound"):
+        out.append(f"{indent}{ss['n_exceeding_t20_bound']} points where A(Q->P) exceeds M(P alone) - M(P first) "
+                   "beyond the noise: no A1 + disjoint-selectivity model explains them (Theorem T2.0)")
     lines = [ln for ln in ss["lines"] if ln["test"] is not None]
     if lines:
         out.append(f"{indent}monotonicity of mean A(Q->P) in C*_P - C_Q per line (exact permutation test):")

@@ -65,8 +65,10 @@ def t2_stats(g: Grid, n_boot: int = 500) -> dict:
            "quant_curve_monotone": bool(g.curve_monotone.all()),
            "mean_free_zeros_q_first": float(g.free_zeros_qf.mean())}
     if len(pts["x"]) >= 3 and np.ptp(pts["x"]) > 0 and np.ptp(pts["A"]) > 0:
-        m = monotonicity(pts["x"], pts["A"], n_boot=n_boot, seed=0)
-        out.update(spearman_rho=m.rho, rho_ci=list(m.rho_ci), concordant_fraction=m.concordant_fraction)
+        # the seeds are the independent draws (every point of a seed shares its model): resample whole seeds
+        m = monotonicity(pts["x"], pts["A"], n_boot=n_boot, seed=0, clusters=pts["seed"], cluster="seed")
+        out.update(spearman_rho=m.rho, rho_ci=list(m.rho_ci), concordant_fraction=m.concordant_fraction,
+                   ci_resamples="seed", n_seeds=m.n_clusters)
         # sign flip: PIH predicts A < 0 for x < 0 and A > 0 for x > 0
         neg, pos = pts["x"] < 0, pts["x"] > 0
         out["mean_A_x_neg"] = float(pts["A"][neg].mean()) if neg.any() else None
@@ -273,10 +275,12 @@ def preset_disjoint(out: Path, quick: bool, seeds, assumptions, progress, **_) -
     rows = _pairing_rows(grids)
     xs = np.concatenate([g.points()["x"] for g in grids])
     As = np.concatenate([g.points()["A"] for g in grids])
-    m = monotonicity(xs, As, n_boot=500, seed=0)
+    seeds = np.concatenate([g.points()["seed"] for g in grids])  # a seed's model is shared by every pairing
+    m = monotonicity(xs, As, n_boot=500, seed=0, clusters=seeds, cluster="seed")
     summary = {"preset": "disjoint", "assumptions": assumptions.to_dict(),
                "t1_max_residual": max(r["t1_max_residual"] for r in rows),
-               "spearman_rho": m.rho, "rho_ci": list(m.rho_ci), "concordant_fraction": m.concordant_fraction,
+               "spearman_rho": m.rho, "rho_ci": list(m.rho_ci), "ci_resamples": "seed", "n_seeds": m.n_clusters,
+               "concordant_fraction": m.concordant_fraction,
                "n_points": m.n_points, "pooled_over": [g.pairing.name for g in grids], "pairings": rows}
     plot_grids(grids, out / "t2.png", f"Disjoint pairs, assumptions {assumptions.name}")
     _write_t2_report(out, "Theorems 1-2 on disjointly selective pairs", summary, rows, "t2.png")
@@ -616,7 +620,8 @@ def preset_chain(out: Path, quick: bool, seeds, assumptions, progress, **_) -> d
             for calib in ("sequential", "dense"):
                 recs = run_chain_grid(spec, P, Q, ratios, bits, range(size.seeds), calib, store, progress)
                 for view in ("output", "layerwise"):
-                    g = analyze_grid([r for r in recs if r.provenance.settings["view"] == view], n_boot=500)
+                    g = analyze_grid([r for r in recs if r.provenance.settings["view"] == view], n_boot=500,
+                                     cluster_by="seed")
                     pts = [(r.gap, r.advantage_qp) for r in g.rows]
                     A = np.array([a for _, a in pts])
                     xs = np.array([np.nan if x is None else x for x, _ in pts])

@@ -115,3 +115,16 @@ def test_one_seed_says_no_floor():
     res = analyze_grid(grid(a_of=lambda p, b: p), n_boot=20)
     d = res.seeds.to_dict()
     assert d["noise_rule"] == ONE_SEED and d["n_above_floor"] is None
+
+
+def test_t20_bound_flags_points_no_a1_ds_model_explains():
+    """The fixture's orders sit at base ± A/2, so A(Q→P) exceeds T2.0's bound M(P) − M(Q∘P) = 2^-b + A/2 exactly
+    when A/2 > 2^-b; the flag must say so at those points and only there (twin killed: the bound taken as
+    M(Q alone) − M(dense), or the comparison without the floor)."""
+    res = analyze_grid(_multi_seed(lambda p, b, s: p - 0.01 * b + 0.001 * (s - 1)), n_boot=20)
+    for pt in res.seeds.points:
+        a = pt.prune.ratio - 0.01 * pt.quant.bits
+        assert pt.t20_bound.mean == pytest.approx(2.0 ** -pt.quant.bits + a / 2)
+        assert pt.exceeds_t20_bound == (a / 2 > 2.0 ** -pt.quant.bits)
+    assert res.seeds.counts()["n_exceeding_t20_bound"] == sum(
+        (p - 0.01 * b) / 2 > 2.0**-b for p in (0.1, 0.3, 0.5) for b in (2, 3, 4, 8))

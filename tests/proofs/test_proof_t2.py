@@ -139,8 +139,8 @@ def test_r1_scale_family_is_anti_pih():
 
 
 def test_r2_fixed_bits_not_monotone_in_ratio():
-    """proofs/t2_monotonicity.md R2: r = (1, 2, 10), q = (0, 1.5, 0): A = 0.5 at k = 1, 0 at k = 2, while
-    G(Q,P) = E_P − E_Q rises from −0.5 to 1.5."""
+    """proofs/t2_monotonicity.md R2′ (the instance): r = (1, 2, 10), q = (0, 1.5, 0): A = 0.5 at k = 1, 0 at k = 2,
+    while G(Q,P) = E_P − E_Q rises from −0.5 to 1.5 (the CERs on an explicit curve: test_r2_prime_...)."""
     lam, r, q = np.ones(3), np.array([1.0, 2.0, 10.0]), np.array([0.0, 1.5, 0.0])
     a = [advantage_marginal_k(lam, r, q, k) for k in range(4)]
     assert a == pytest.approx([0.0, 0.5, 0.0, 0.0])
