@@ -201,8 +201,9 @@ def gptq(w: torch.Tensor, H: torch.Tensor, bits: int, group="channel", symmetric
 
     ``H`` is the calibration Hessian 2/n·XXᵀ of the layer input. Lazy batch updates over ``blocksize`` columns;
     ``act_order`` processes columns by decreasing diag(H). Per-channel grids are fitted once on the whole
-    matrix; grouped grids when the first column of each group is reached (on the already-updated weights).
-    Entries in ``mask`` (pruned) are forced to zero and their error is compensated like any other.
+    matrix; grouped grids when the first column of each group is reached (on W as of the lazy block's start, as
+    the reference code does), on the kept weights only. Entries in ``mask`` (pruned) are forced to zero and their
+    error is compensated like any other.
     """
     W = w.detach().clone().float()
     rows, cols = W.shape
@@ -236,7 +237,9 @@ def gptq(w: torch.Tensor, H: torch.Tensor, bits: int, group="channel", symmetric
             # the group's grid from W as of the start of this lazy block (updated by the earlier blocks, not by the
             # columns before c in this block), as the reference GPTQ code fits it: W[:, i1:i2] is not touched
             # until the block ends (the sweep works on its copy Wb)
-            s, z = find_params(W[:, c : c + g], bits, symmetric, scale_mode)
+            # ... on the weights it will represent: pruned positions (forced to 0, which every grid holds
+            # exactly) are left out, whatever value the sweep's compensation has pushed into them
+            s, z = find_params(W[:, c : c + g].masked_fill(M[:, c : c + g], 0), bits, symmetric, scale_mode)
             col_s[:, c : c + g] = s[:, None]
             col_z[:, c : c + g] = z[:, None]
         return _qdq(Wb[i], col_s[:, c], col_z[:, c], maxq).masked_fill(M[:, c], 0)
