@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: report test install lint bench clean
+.PHONY: report test install lint bench mutants clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,6 +38,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# Curated mutation check (tests/mutants/catalog.toml): every listed mutant of the core, the simulation, the bridge
+# kernels and the store must be killed by the tests; prints the survivors and fails if there are any.
+mutants: $(STAMP)
+	$(BIN)/python tests/mutants/run.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .hypothesis

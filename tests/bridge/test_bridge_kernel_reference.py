@@ -142,3 +142,38 @@ def test_tie_breaking_is_random_not_by_index():
     assert (per_pos > 0.35).all() and (per_pos < 0.65).all()
     whole = smallest_mask(torch.ones(64, 64), 2048, None, torch.Generator().manual_seed(0))
     assert 0.4 < whole[:32].float().mean() < 0.6
+
+
+def test_wanda_mask_is_its_definition():
+    """Wanda prunes, in each output row, the weights of least |W_ij|·||X_j|| (the input column's norm, not its
+    square): the mask equals the k smallest of that score per row, computed here independently."""
+    from pih.bridge.prune import wanda
+
+    g = np.random.default_rng(3)
+    W = g.standard_normal((16, 32))
+    norm2 = g.lognormal(0, 1.5, 32)  # widely spread input norms: norm and norm² rank differently
+    mask = wanda(torch.from_numpy(W).float(), torch.from_numpy(norm2).float(), 0.5).numpy()
+    score = np.abs(W) * np.sqrt(norm2)[None, :]
+    expect = np.zeros_like(mask)
+    for i in range(16):
+        expect[i, np.argsort(score[i])[:16]] = True
+    assert np.array_equal(mask, expect)
+
+
+def test_second_pruning_stage_takes_the_earlier_mask_first():
+    """Pruning an already pruned matrix (30 % pruned earlier) to 50 %: the earlier mask counts first, so exactly 50 %
+    end up pruned, even when other weights are exactly zero too (free zeros of a low-bit quantizer: they tie with
+    the pruned ones at |w| = 0, and must not be taken in their place)."""
+    from pih.bridge.prune import magnitude, wanda
+
+    g = np.random.default_rng(4)
+    W = g.standard_normal((32, 64))
+    u = g.random(W.shape)
+    existing = u < 0.3
+    W[existing] = 0.0
+    W[(u >= 0.3) & (u < 0.6)] = 0.0  # free zeros, not pruned
+    Wt, E = torch.from_numpy(W).float(), torch.from_numpy(existing)
+    for mask in (magnitude(Wt, 0.5, existing=E, gen=torch.Generator().manual_seed(0)),
+                 wanda(Wt, torch.ones(64), 0.5, existing=E, gen=torch.Generator().manual_seed(0))):
+        assert bool(mask[E].all())
+        assert mask.shape == Wt.shape and int(mask.sum()) == W.size // 2

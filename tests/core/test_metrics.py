@@ -108,3 +108,9 @@ def test_monotonicity_sampled_pairs_when_large():
     x = rng.random(3000)
     m = monotonicity(x, x + 0.1 * rng.random(3000), n_boot=10, max_pairs=100_000)
     assert not m.exact_pairs and m.concordant_fraction > 0.8
+
+
+def test_ties_in_y_are_neither_concordant_nor_violating():
+    """x = 1..4, y = (1, 1, 2, 2): of the 6 pairs 4 are concordant, 2 tied (twin killed: ties counted concordant)."""
+    m = monotonicity([1, 2, 3, 4], [1.0, 1.0, 2.0, 2.0], n_boot=10)
+    assert m.n_pairs == 6 and m.concordant_fraction == pytest.approx(4 / 6) and m.n_violations == 0

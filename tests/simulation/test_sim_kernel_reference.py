@@ -115,3 +115,18 @@ def test_ranks_break_ties_at_random():
     _, keep_rows = mech.prune_rows(jnp.ones((64, 8)), jnp.eye(8), 0.5, jax.random.PRNGKey(1))
     pruned = ~np.asarray(keep_rows).any(1)
     assert pruned.sum() == 32 and 0.3 < pruned[:32].mean() < 0.7
+
+
+def test_wanda_mask_is_its_definition():
+    """Wanda in the simulation: per output row, the weights of least |W_ij|·||X_j|| with ||X_j|| = sqrt(H_jj) (not
+    H_jj itself), checked against an independent numpy ranking."""
+    g = np.random.default_rng(3)
+    W = g.standard_normal((16, 32))
+    X = g.standard_normal((32, 200)) * g.lognormal(0, 1.5, (32, 1))
+    H = X @ X.T
+    _, keep = mech.prune_unstructured(jnp.asarray(W), jnp.asarray(H), 0.5, jax.random.PRNGKey(0), "wanda", "row")
+    score = np.abs(W) * np.sqrt(np.diag(H))[None, :]
+    expect = np.ones(W.shape, bool)
+    for i in range(16):
+        expect[i, np.argsort(score[i])[:16]] = False
+    assert np.array_equal(np.asarray(keep), expect)
