@@ -62,7 +62,7 @@ offline_env()
 
 _SECTIONS = {
     "experiment": {"name", "model", "seed", "model_seed", "device", "dtype", "threads", "analysis", "unit_arrays",
-                   "rotate", "cache", "description", "notes"},
+                   "rotate", "cache", "description", "notes", "tokenizer"},
     "data": {"eval", "calibration", "seqlen", "eval_tokens", "calibration_size"},
     "settings": {f.name for f in dataclasses.fields(__import__("pih.bridge.engine", fromlist=["x"]).BridgeSettings)},
     "prune": {"criterion", "structure", "ratios"},
@@ -86,6 +86,7 @@ class ExperimentConfig:
     unit_arrays: bool = False
     rotate: bool = False
     cache: str | None = None
+    tokenizer: str | None = None  # a tokenizer folder for model folders that ship none
     eval: str = "kjv"
     calibration: str = "kjv"
     seqlen: int = 128
@@ -136,6 +137,7 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfi
         unit_arrays=_typed("experiment", "unit_arrays", ex.get("unit_arrays", False), bool),
         rotate=_typed("experiment", "rotate", ex.get("rotate", False), bool),
         cache=ex.get("cache"),
+        tokenizer=None if ex.get("tokenizer") is None else _typed("experiment", "tokenizer", ex["tokenizer"], str),
         eval=_typed("data", "eval", d.get("eval", "kjv"), str),
         calibration=_typed("data", "calibration", d.get("calibration", "kjv"), str),
         seqlen=_typed("data", "seqlen", d.get("seqlen", 128), int),
@@ -238,7 +240,8 @@ class Runner:
             torch.set_num_threads(cfg.threads)
         seed_all(cfg.seed)
         mseed = cfg.seed if cfg.model_seed is None else cfg.model_seed
-        self.lm = load_model(cfg.model, cfg.device, cfg.dtype, cache=cfg.cache, seed=mseed, train_if_missing=True)
+        self.lm = load_model(cfg.model, cfg.device, cfg.dtype, cache=cfg.cache, seed=mseed, train_if_missing=True,
+                             tokenizer=cfg.tokenizer)
         self.settings = BridgeSettings(**cfg.settings)
         self.metric_key = "ppl" if self.lm.arch == "llama" else "accuracy"
         if self.lm.arch == "llama":
