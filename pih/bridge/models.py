@@ -294,6 +294,9 @@ def _other_files(*folders: Path | None) -> list[Path]:
 # -- loaders ---------------------------------------------------------------------------------------------------
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
+    if "custom code" in str(exc) or "trust_remote_code" in str(exc):
+        return ("it needs code shipped in the folder itself (an auto_map entry), and pih never runs a model folder's "
+                "code (trust_remote_code=False)")
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 

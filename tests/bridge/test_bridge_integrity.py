@@ -131,21 +131,31 @@ def test_identity_is_cached_by_path_size_and_mtime(tmp_path):
     assert load_model(str(folder), cache=cache).name == n1  # deterministic
 
 
-def test_no_code_from_a_model_folder_runs_even_when_answering_yes(tmp_path, corpus_name):
+@pytest.mark.parametrize("own_class", [False, True])
+def test_no_code_from_a_model_folder_runs_even_when_answering_yes(tmp_path, corpus_name, own_class):
     """main: the tokenizer loader did not pass trust_remote_code=False; with "y" on standard input transformers ran
-    the folder's own module (the marker was written) and its prompt corrupted the JSON output."""
+    the folder's own module (the marker was written) and its prompt corrupted the JSON output. With a built-in
+    tokenizer class besides the auto_map, the model loads with it; without one, a one-line error."""
     folder = make_lm_folder(tmp_path / "m", "llama")
     marker = tmp_path / "MARKER"
     add_auto_map(folder, "tokenizer_config.json", "AutoTokenizer", marker)
+    if not own_class:
+        tc = json.loads((folder / "tokenizer_config.json").read_text())
+        tc["tokenizer_class"] = "EvilTokenizer"
+        (folder / "tokenizer_config.json").write_text(json.dumps(tc))
     cfgj = json.loads((folder / "config.json").read_text())
     cfgj["auto_map"] = {"AutoConfig": "evil.Evil", "AutoModelForCausalLM": "evil.Evil"}
     (folder / "config.json").write_text(json.dumps(cfgj))
     r = _cli("run", str(_config(tmp_path, folder, corpus_name)), "--out", str(tmp_path / "s"), "--no-progress",
              "--format", "json", stdin="y\ny\ny\ny\n")
     assert not marker.exists(), "code from the model folder ran"
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout)  # the whole of stdout is one JSON document
-    assert out["points"] and out["provenance"]["model"].startswith("llama:m@")
+    if own_class:
+        assert r.returncode == 0, r.stderr[-3000:]
+        out = json.loads(r.stdout)  # the whole of stdout is one JSON document
+        assert out["points"] and out["provenance"]["model"].startswith("llama:m@")
+    else:
+        assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+        assert "never runs a model folder's code" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_every_transformers_loader_gets_trust_remote_code_false(tmp_path, monkeypatch):
