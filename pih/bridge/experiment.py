@@ -63,7 +63,7 @@ offline_env()
 _SECTIONS = {
     "experiment": {"name", "model", "seed", "model_seed", "device", "dtype", "threads", "analysis", "unit_arrays",
                    "rotate", "cache", "description", "notes", "tokenizer"},
-    "data": {"eval", "calibration", "seqlen", "eval_tokens", "calibration_size"},
+    "data": {"eval", "calibration", "seqlen", "eval_tokens", "calibration_size", "eval_split", "calibration_split"},
     "settings": {f.name for f in dataclasses.fields(__import__("pih.bridge.engine", fromlist=["x"]).BridgeSettings)},
     "prune": {"criterion", "structure", "ratios"},
     "quantize": {"bits", "group", "symmetric", "scale", "rotation", "update", "rounding"},
@@ -90,8 +90,10 @@ class ExperimentConfig:
     eval: str = "kjv"
     calibration: str = "kjv"
     seqlen: int = 128
-    eval_tokens: int = 8192
+    eval_tokens: int | None = 8192  # None ("all" in a config): every full window of the evaluation split
     calibration_size: int = 16
+    eval_split: str | None = None  # train | test | all (default: test; all for file:PATH)
+    calibration_split: str | None = None  # train | test | all (default: train; all for file:PATH)
     settings: dict[str, Any] = field(default_factory=dict)
     prune: dict[str, Any] | None = None
     quantize: dict[str, Any] | None = None
@@ -141,8 +143,12 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfi
         eval=_typed("data", "eval", d.get("eval", "kjv"), str),
         calibration=_typed("data", "calibration", d.get("calibration", "kjv"), str),
         seqlen=_typed("data", "seqlen", d.get("seqlen", 128), int),
-        eval_tokens=_typed("data", "eval_tokens", d.get("eval_tokens", 8192), int),
+        eval_tokens=None if d.get("eval_tokens") == "all" else _typed("data", "eval_tokens",
+                                                                      d.get("eval_tokens", 8192), int),
         calibration_size=_typed("data", "calibration_size", d.get("calibration_size", 16), int),
+        eval_split=None if d.get("eval_split") is None else _typed("data", "eval_split", d["eval_split"], str),
+        calibration_split=(None if d.get("calibration_split") is None
+                           else _typed("data", "calibration_split", d["calibration_split"], str)),
         settings=dict(raw.get("settings", {})),
         prune=dict(raw["prune"]) if "prune" in raw else None,
         quantize=dict(raw["quantize"]) if "quantize" in raw else None,
@@ -231,7 +237,7 @@ class Runner:
     def __init__(self, cfg: ExperimentConfig, progress: bool = True):
         import torch
 
-        from .data import calibration_windows, eval_windows, load_corpus, tokenize
+        from .data import text_data
         from .engine import BridgeSettings, CompressionState
         from .models import load_model
 
@@ -244,30 +250,22 @@ class Runner:
                              tokenizer=cfg.tokenizer)
         self.settings = BridgeSettings(**cfg.settings)
         self.metric_key = "ppl" if self.lm.arch == "llama" else "accuracy"
+        data_settings: dict[str, Any] = {}
         if self.lm.arch == "llama":
-            ev = load_corpus(cfg.eval)
-            cal = ev if cfg.calibration == cfg.eval else load_corpus(cfg.calibration)
-            self.eval_windows = eval_windows(tokenize(self.lm.tokenizer, ev.test), cfg.seqlen, cfg.eval_tokens,
-                                             source=f"test split of {ev.name}")
-            self.calib = calibration_windows(tokenize(self.lm.tokenizer, cal.train), cfg.seqlen,
-                                             cfg.calibration_size, cfg.seed, source=f"train split of {cal.name}")
-            data, calibration, metric, seqlen = f"{ev.tag}:test", f"{cal.tag}:train:random-windows", \
-                "neg_perplexity", cfg.seqlen
+            td = text_data(self.lm.tokenizer, cfg.eval, cfg.calibration, cfg.seqlen, cfg.eval_tokens,
+                           cfg.calibration_size, cfg.seed, cfg.eval_split, cfg.calibration_split)
+            self.eval_windows, self.calib, data_settings = td.eval_windows, td.calib, td.settings
+            data, calibration, metric, seqlen = td.data, td.calibration, "neg_perplexity", cfg.seqlen
             n_eval = int(self.eval_windows.numel())
         else:
-            from .data import load_images
+            from .data import image_data
 
-            ims = load_images(cfg.eval)
-            cal = ims if cfg.calibration == cfg.eval else load_images(cfg.calibration)
-            self.eval_x, self.eval_y = ims.test_x, ims.test_y
-            if cfg.calibration_size > cal.train_x.shape[0]:
-                raise PihError(f"data.calibration_size={cfg.calibration_size}: the train split of {cal.name} "
-                               f"has {cal.train_x.shape[0]} images")
-            idx = torch.randperm(cal.train_x.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
-            idx = idx[: cfg.calibration_size]
-            self.calib = cal.train_x[idx]
-            self.lm.calib_labels = cal.train_y[idx]
-            data, calibration, metric, seqlen = f"{ims.tag}:test", f"{cal.tag}:train:random-images", "top1", None
+            idata = image_data(self.lm, cfg.eval, cfg.calibration, cfg.calibration_size, cfg.seed, cfg.eval_split,
+                               cfg.calibration_split, cache=cfg.cache)
+            self.eval_x, self.eval_y, self.calib, data_settings = idata.eval_x, idata.eval_y, idata.calib, \
+                idata.settings
+            self.lm.calib_labels = idata.calib_labels
+            data, calibration, metric, seqlen = idata.data, idata.calibration, "top1", None
             n_eval = int(self.eval_x.shape[0])
         self.provenance = Provenance(
             backend="torch", model=self.lm.name, data=data, metric=metric,
@@ -275,7 +273,7 @@ class Runner:
             seed=cfg.seed,
             settings={"bridge": self.settings.to_dict(), "eval_tokens" if seqlen else "eval_images": n_eval,
                       "dtype": cfg.dtype, "rotate": cfg.rotate, "ppl_protocol" if seqlen else "accuracy": (
-                          "gptq-wanda" if seqlen else "top1")},
+                          "gptq-wanda" if seqlen else "top1"), **data_settings},
         )
         self._snaps: dict[tuple, tuple[dict, Any]] = {}
         self._base_key = ("rot",) if cfg.rotate else ()

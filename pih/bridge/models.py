@@ -381,8 +381,14 @@ def _load_vit_folder(folder: Path, config: dict, dtype, where: str | None = None
     else:
         from transformers import ViTForImageClassification as cls
     check_weight_files(folder)
-    model = _from_pretrained(cls, folder, where, dtype=dtype)
-    return model, _load_processor(folder, where)
+    proc = _load_processor(folder, where)  # before the weights: a broken processor fails fast
+    return _from_pretrained(cls, folder, where, dtype=dtype), proc
+
+
+def _check_resnet(config: dict, where: str) -> None:
+    archs = config.get("architectures") or ["ResNetForImageClassification"]
+    if "ResNetForImageClassification" not in archs:
+        raise bad("model", where, f"a ResNet folder must hold a ResNetForImageClassification, not {archs}")
 
 
 def _load_resnet_folder(folder: Path, config: dict, dtype, where: str | None = None):
@@ -390,17 +396,16 @@ def _load_resnet_folder(folder: Path, config: dict, dtype, where: str | None = N
     from transformers import ResNetForImageClassification
 
     where = where or str(folder)
-    archs = config.get("architectures") or ["ResNetForImageClassification"]
-    if "ResNetForImageClassification" not in archs:
-        raise bad("model", where, f"a ResNet folder must hold a ResNetForImageClassification, not {archs}")
+    _check_resnet(config, where)
     check_weight_files(folder)
+    proc = _load_processor(folder, where)
     model = _from_pretrained(ResNetForImageClassification, folder, where, dtype=dtype)
     size = getattr(model.config, "pih_input_size", None)
     if size:
         from .conv import resize_hook
 
         resize_hook(model, int(size))
-    return model, _load_processor(folder, where)
+    return model, proc
 
 
 def hub_cache_dir() -> Path:
@@ -551,7 +556,9 @@ def load_model(source: str, device: str | None = "cpu", dtype: str | None = "flo
             folder = path
             config = _read_config(path)
             mt = config.get("model_type")
-            if mt not in VIT_TYPES + RESNET_TYPES:
+            if mt in RESNET_TYPES:
+                _check_resnet(config, source)
+            elif mt not in VIT_TYPES:
                 family_of(mt, source)  # an unknown architecture is refused before anything loads
             weights = check_weight_files(path)
             if mt in VIT_TYPES:
