@@ -451,8 +451,11 @@ def _sparsity(lm, state) -> float:
     return nz / tot
 
 
-def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progress: bool = True) -> dict:
-    """Run (or resume) ``cfg`` into the store at ``store_path``; return the JSON summary."""
+def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progress: bool = True,
+                   save: str | os.PathLike | None = None, save_select: list[str] | None = None) -> dict:
+    """Run (or resume) ``cfg`` into the store at ``store_path``; return the JSON summary. ``save``: also write the
+    compressed model of each grid point ``save_select`` names (default: every compressed point) under that folder
+    (:func:`pih.bridge.save.save_points`)."""
     tasks_spec = grid_tasks(cfg)
     if not tasks_spec:
         raise bad("grid", cfg.orders, "the experiment has no grid points")
@@ -465,7 +468,13 @@ def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progres
     store = Store(store_path)
     tasks = [Task(runner.provenance, pl, pt) for pl, pt in tasks_spec]
     recs = run_sweep(store, tasks, runner.compute, progress=progress, desc=f"pih run {cfg.name}")
-    return summarize(cfg, runner, recs, store)
+    out = summarize(cfg, runner, recs, store)
+    if save is not None:
+        from .save import save_points
+
+        out["saved"] = {"folder": str(Path(save).expanduser()),
+                        "models": save_points(runner, tasks, recs, save, save_select, progress)}
+    return out
 
 
 def summarize(cfg: ExperimentConfig, runner: Runner, recs: list[Record], store: Store) -> dict:
@@ -520,11 +529,12 @@ def summarize(cfg: ExperimentConfig, runner: Runner, recs: list[Record], store: 
     return out
 
 
-def main_run(config: str, out: str | None, progress: bool = True) -> dict:
+def main_run(config: str, out: str | None, progress: bool = True, save: str | None = None,
+             save_select: list[str] | None = None) -> dict:
     cfg = load_config(config)
     store = out or str(Path("results") / "runs" / cfg.name)
     try:
-        return run_experiment(cfg, store, progress)
+        return run_experiment(cfg, store, progress, save=save, save_select=save_select)
     except PihError:
         raise
     except KeyboardInterrupt:  # pragma: no cover

@@ -350,6 +350,15 @@ def _load_causal_lm(folder: Path, dtype, where: str, gguf_file: str | None = Non
     except Exception as exc:  # noqa: BLE001
         raise bad("model", where, f"cannot read the model configuration: {_one_line(exc)}") from None
     fam = family_of(config.model_type, where)
+    qc = getattr(config, "quantization_config", None)
+    qm = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    if str(qm) in ("compressed-tensors", "QuantizationMethod.COMPRESSED_TENSORS"):
+        from transformers import CompressedTensorsConfig
+
+        kw["quantization_config"] = CompressedTensorsConfig(run_compressed=False)  # decompressed to float weights
+    elif qm is not None and not gguf_file:
+        raise bad("model", where, f"holds weights quantized by {qm}; the bridge reads float weights, GGUF files and "
+                  "compressed-tensors folders")
     tok = load_tokenizer(Path(tokenizer).expanduser(), "tokenizer") if tokenizer else \
         load_tokenizer(folder, where, gguf_file)
     model = _from_pretrained(AutoModelForCausalLM, folder, where, config=config, dtype=dtype, **kw)

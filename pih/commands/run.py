@@ -16,6 +16,13 @@ def register(subparsers) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="table (default) or json: one JSON document on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="also write each compressed model as a Hugging Face safetensors folder (DIR/<point>/hf), "
+                   "in the compressed-tensors format where the scheme fits (DIR/<point>/compressed-tensors), with "
+                   "its masks and grids; DIR/index.json lists them")
+    p.add_argument("--save-only", action="append", default=None, metavar="POINT",
+                   help="with --save: only these points, by order (P, Q, P->Q, Q->P, a [[pipelines]] name) or "
+                   "pipeline label (repeatable; default every compressed point)")
     p.set_defaults(func=_run)
 
 
@@ -23,7 +30,11 @@ def _run(args: argparse.Namespace) -> int:
     from pih.bridge.experiment import main_run
     from pih.cli import emit
 
-    out = main_run(args.config, args.out, progress=not args.no_progress)
+    if args.save_only and not args.save:
+        from pih.errors import PihError
+
+        raise PihError("--save-only needs --save DIR")
+    out = main_run(args.config, args.out, progress=not args.no_progress, save=args.save, save_select=args.save_only)
     emit(args, out, lambda: _table(out))
     return 0
 
@@ -57,4 +68,9 @@ def _table(out: dict) -> None:
             w(f"{_fmt(r['prune']):>6}{_fmt(r['quant']):>6}{_fmt(r[k + '_P_first']):>13}{_fmt(r[k + '_Q_first']):>13}"
               f"{_fmt(r['A_QP']):>11}{_fmt(r.get('cer_minus_cq')):>11}{_fmt(an.get('A_PQ_t1')):>12}"
               f"{_fmt(an.get('delta_PQ')):>10}{_fmt(an.get('delta_QP')):>10}\n")
+    if out.get("saved"):
+        w(f"\nsaved {len(out['saved']['models'])} compressed model(s) under {out['saved']['folder']}:\n")
+        for m in out["saved"]["models"]:
+            fm = ", ".join(f for f, ok in m["formats"].items() if ok)
+            w(f"  {m['folder']}  ({fm})\n")
     w(f"\nstore: {out['store']}\n")
