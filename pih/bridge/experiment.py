@@ -5,7 +5,8 @@ Config (every key is checked; unknown keys are an error)::
 
     [experiment]
     name = "smoke"
-    model = "tiny-llama:kjv"      # smollm2 | tiny-llama[:corpus] | a local HF folder | a .gguf file
+    model = "tiny-llama:kjv"      # smollm2 | tiny-llama[:corpus] | a local HF folder | org/name (HF cache) | .gguf
+    tokenizer = "PATH"            # optional: a tokenizer folder for a model folder that ships none
     seed = 0                      # calibration windows, tie-breaks (and the tiny models' training seed)
     model_seed = 0                # optional: train/load the tiny model with this seed instead (vary seed alone)
     device = "cpu"                # cpu | cuda | auto
@@ -16,11 +17,14 @@ Config (every key is checked; unknown keys are an error)::
     rotate = false                # Hadamard-rotate the residual stream of the dense model first (exact)
 
     [data]
-    eval = "kjv"                  # perplexity text (test split)
-    calibration = "kjv"           # calibration windows (train split)
+    eval = "kjv"                  # kjv | pydoc | wikitext2[:FOLDER] | file:PATH (whole) | PATH (90/10); classifiers:
+                                  # digits | fashion-mnist | an image folder (one subfolder per class) | an .npz
+    calibration = "kjv"           # calibration windows (train split) / images
     seqlen = 128
-    eval_tokens = 8192
+    eval_tokens = 8192            # or "all": every full window of the evaluation split
     calibration_size = 16
+    eval_split = "test"           # optional: train | test | all (default test; all for file:PATH and plain folders)
+    calibration_split = "train"   # optional: train | test | all
 
     [settings]                    # pih.bridge.engine.BridgeSettings
     offgrid = "requantize"

@@ -337,7 +337,9 @@ def load_tokenizer(path: Path, where: str, gguf_file: str | None = None):
     try:
         return AutoTokenizer.from_pretrained(str(path), **NO_REMOTE, **kw)
     except Exception as exc:  # noqa: BLE001 - any failure: a broken or unsupported tokenizer
-        raise bad("tokenizer", str(path), f"cannot load the tokenizer: {_one_line(exc)}") from None
+        hint = "" if where == "tokenizer" else "; give another with `tokenizer = \"PATH\"` in [experiment]"
+        raise bad("tokenizer", str(path / gguf_file) if gguf_file else str(path),
+                  f"cannot load the tokenizer: {_one_line(exc)}{hint}") from None
 
 
 def _load_causal_lm(folder: Path, dtype, where: str, gguf_file: str | None = None, tokenizer: str | None = None):

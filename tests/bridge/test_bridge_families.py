@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from _tiny import FAMILY_CONFIGS, make_lm_folder
+from _tiny import FAMILY_CONFIGS, make_lm_folder, write_qwen2_gguf
 
 from pih import PihError, Prune, Quantize
 
@@ -149,3 +149,21 @@ def _toml(raw: dict) -> str:
         for k, v in body.items():
             lines.append(f"{k} = {json.dumps(v)}")
     return "\n".join(lines) + "\n"
+
+
+def test_a_qwen2_gguf_file_with_the_tokenizer_option(tmp_path):
+    """main: "unknown GGUF architecture 'qwen2'" (only LLaMA GGUF files were read)."""
+    from transformers import AutoModelForCausalLM
+
+    from pih.bridge.models import load_model
+
+    folder = make_lm_folder(tmp_path / "hf", "qwen2", tie_word_embeddings=False)
+    ref = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=False)
+    write_qwen2_gguf(ref, tmp_path / "m.gguf")
+    with pytest.raises(PihError, match="tokenizer = "):  # the file has no tokenizer: the error says what to do
+        load_model(str(tmp_path / "m.gguf"))
+    lm = load_model(str(tmp_path / "m.gguf"), tokenizer=str(folder))
+    assert lm.family.model_type == "qwen2" and lm.name.startswith("gguf:m.gguf@")
+    x = torch.randint(4, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(lm.model(input_ids=x).logits, ref(input_ids=x).logits)
