@@ -202,3 +202,20 @@ def test_no_code_from_a_processor_config_runs_even_when_answering_yes(tmp_path):
     assert not marker.exists(), "code from the model folder ran"
     assert r.returncode == 2 and r.stdout == "" and "never runs a model folder's code" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_pih_run_cli_on_an_rgb224_deit_and_an_image_folder(tmp_path):
+    model = make_vit_folder(tmp_path / "deit", "deit", id2label=ID2LABEL, num_labels=5)
+    data = _image_folder(tmp_path / "imgs", splits=True)
+    cfg = tmp_path / "c.toml"
+    raw = _raw(model, data)
+    cfg.write_text("".join(f"[{sec}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in body.items())
+                           for sec, body in raw.items()))
+    r = subprocess.run([sys.executable, "-m", "pih.cli", "run", str(cfg), "--out", str(tmp_path / "s"),
+                        "--no-progress", "--format", "json"], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["metric"] == "accuracy" and len(out["points"]) == 3
+    assert out["provenance"]["data"].startswith("images:") and out["provenance"]["data"].endswith(":test")
+    assert out["provenance"]["settings"]["eval_images"] == 12
