@@ -130,6 +130,8 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfi
     if "model" not in ex or "name" not in ex:
         raise bad("experiment", ex, f"{source} needs [experiment] name and model")
     d = raw.get("data", {})
+    if isinstance(d.get("eval_tokens"), str) and d["eval_tokens"] != "all":
+        raise bad("data.eval_tokens", d["eval_tokens"], 'must be an integer or "all"')
     cfg = ExperimentConfig(
         name=_typed("experiment", "name", ex["name"], str),
         model=_typed("experiment", "model", ex["model"], str),

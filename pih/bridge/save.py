@@ -304,7 +304,7 @@ def save_compressed(lm: LoadedModel, state, out: str | Path, probe: torch.Tensor
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("->", " then ")).strip("_")[:80]
 
 
 def point_matches(point: dict, label: str, select: list[str] | None) -> bool:
