@@ -257,6 +257,7 @@ def file_digest(path: Path, cache: str | None = None) -> str:
         table = json.loads(store.read_text()) if store.is_file() else {}
     except (json.JSONDecodeError, OSError):
         table = {}
+    table = {k: v for k, v in table.items() if os.path.exists(k)}  # forget files that are gone
     table[key] = [st.st_size, st.st_mtime_ns, digest]
     tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
     try:
@@ -302,10 +303,14 @@ def _one_line(exc: BaseException) -> str:
 
 def _from_pretrained(cls, folder: Path, where: str, **kw):
     """``cls.from_pretrained`` with remote code refused, every weight required, errors as one line."""
+    import warnings
+
     from ..errors import PihError
 
     try:
-        model, info = cls.from_pretrained(str(folder), output_loading_info=True, **NO_REMOTE, **kw)
+        with warnings.catch_warnings():  # a compressed-tensors folder: run_compressed=False is meant to override
+            warnings.filterwarnings("ignore", message=".*already has a `quantization_config`.*")
+            model, info = cls.from_pretrained(str(folder), output_loading_info=True, **NO_REMOTE, **kw)
     except PihError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure is a broken or unsupported folder

@@ -228,7 +228,11 @@ def _reload(folder: Path, lm: LoadedModel, ct: bool = False):
         cls = transformers.AutoModelForCausalLM
     else:
         cls = type(lm.model)
-    m = cls.from_pretrained(str(folder), **kw)
+    import warnings
+
+    with warnings.catch_warnings():  # passing run_compressed=False next to the folder's own config is intended
+        warnings.filterwarnings("ignore", message=".*already has a `quantization_config`.*")
+        m = cls.from_pretrained(str(folder), **kw)
     if lm.arch == "resnet" and getattr(m.config, "pih_input_size", None):
         from .conv import resize_hook
 
