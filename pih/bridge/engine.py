@@ -102,8 +102,65 @@ def model_inputs(lm: LoadedModel, batch: torch.Tensor) -> dict[str, Any]:
     return {"pixel_values": batch.to(lm.device, dtype=next(lm.model.parameters()).dtype)}
 
 
+class LayerKwargs(dict):
+    """Block 0's keyword arguments, with each block's own (``by_block``) for models whose blocks receive different
+    ones (sliding vs full attention masks, Gemma 3's local vs global rotary embeddings)."""
+
+    def __init__(self, first: dict, by_block: dict[int, dict]):
+        super().__init__(first)
+        self.by_block = by_block
+
+
+def block_kwargs(block: nn.Module, kw: dict) -> dict:
+    """The keyword arguments ``block`` receives in the model's own forward pass."""
+    return kw.by_block.get(id(block), kw) if isinstance(kw, LayerKwargs) else kw
+
+
+def _capture_per_block(lm: LoadedModel, calib: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, dict]]:
+    """Like :func:`capture_block_inputs`, recording every block's keyword arguments: each block's forward is
+    replaced by a recorder that passes its input on, the last one stops the forward pass."""
+    blocks = list(lm.blocks())
+    saved = [blk.__dict__.get("forward") for blk in blocks]
+    caught: list[tuple[torch.Tensor, dict]] = []
+    rec: dict = {}
+
+    def recorder(i):
+        def fwd(hidden_states, *args, **kwargs):
+            if i == 0:
+                rec["hs"] = hidden_states.detach()
+            rec[id(blocks[i])] = dict(kwargs)
+            if i == len(blocks) - 1:
+                raise _Caught
+            return hidden_states
+        return fwd
+
+    try:
+        for i, blk in enumerate(blocks):
+            blk.forward = recorder(i)
+        with torch.no_grad():
+            for s in range(0, calib.shape[0], batch_size):
+                rec.clear()
+                try:
+                    lm.model(**model_inputs(lm, calib[s : s + batch_size]))
+                except _Caught:
+                    pass
+                by = {k: v for k, v in rec.items() if k != "hs"}
+                caught.append((rec["hs"], LayerKwargs(by[id(blocks[0])], by)))
+    finally:
+        for blk, f in zip(blocks, saved, strict=True):
+            if f is None:
+                blk.__dict__.pop("forward", None)
+            else:
+                blk.forward = f
+    return caught
+
+
 def capture_block_inputs(lm: LoadedModel, calib: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, dict]]:
     """Inputs (hidden states, keyword arguments) of block 0 for each calibration batch."""
+    from .families import per_layer_kwargs
+
+    if per_layer_kwargs(lm):
+        return _capture_per_block(lm, calib, batch_size)
     blocks = lm.blocks()
     first = blocks[0]
     caught: list[tuple[torch.Tensor, dict]] = []
@@ -133,7 +190,7 @@ def run_block(block: nn.Module, inps: list[tuple[torch.Tensor, dict]]) -> list[t
     out = []
     with torch.no_grad():
         for hs, kw in inps:
-            y = block(hs, **kw)
+            y = block(hs, **block_kwargs(block, kw))
             out.append((y[0] if isinstance(y, tuple) else y, kw))
     return out
 
@@ -206,8 +263,10 @@ def _check_pipeline(lm: LoadedModel, pipeline, settings: BridgeSettings, state: 
                             raise bad("structure", spec.structure, f"layer {n}: {exc}") from None
         else:
             quantized = True
-            if isinstance(spec, Quantize) and spec.rotation and lm.arch != "llama":
-                raise bad("rotation", spec.rotation, f"rotation is implemented for LLaMA, not {lm.arch}")
+            if isinstance(spec, Quantize) and spec.rotation:
+                from .rotate import check_rotatable
+
+                check_rotatable(lm)
             if isinstance(spec, Quantize):
                 for blk in lm.blocks():
                     for m in linears_of(blk).values():

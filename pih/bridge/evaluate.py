@@ -21,16 +21,18 @@ from .models import LoadedModel
 def token_losses(lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each next token of the windows ``x`` (n, seqlen): an (n, seqlen − 1) float32 tensor.
 
-    For a LlamaForCausalLM (whose logits are its LM head applied to the decoder's last hidden states) the head and
-    the cross-entropy run one window at a time, so the (n, seqlen, vocabulary) logits are never held at once (1.6
-    GB for 8 windows of 512 tokens of SmolLM2's 49152 words, with its log-softmax) and each cross-entropy reduces
-    over contiguous rows. Any other model: its logits, as returned."""
+    For a causal LM of the adapter table (whose logits are its LM head applied to the decoder's last hidden states,
+    with the family's final soft-cap or scaling, :func:`pih.bridge.families.logits_of`) the head and the
+    cross-entropy run one window at a time, so the (n, seqlen, vocabulary) logits are never held at once (1.6 GB for
+    8 windows of 512 tokens of SmolLM2's 49152 words, with its log-softmax) and each cross-entropy reduces over
+    contiguous rows. Any other model: its logits, as returned."""
     ce = torch.nn.functional.cross_entropy
     y = x[:, 1:].to(lm.device)
-    if type(lm.model).__name__ == "LlamaForCausalLM":
+    if lm.arch == "llama" and lm.family is not None:
+        from .families import logits_of
+
         h = lm.model.get_decoder()(**model_inputs(lm, x)).last_hidden_state
-        head = lm.model.get_output_embeddings()
-        return torch.stack([ce(head(h[b, :-1]).float(), y[b], reduction="none") for b in range(h.shape[0])])
+        return torch.stack([ce(logits_of(lm, h[b, :-1]).float(), y[b], reduction="none") for b in range(h.shape[0])])
     logits = lm.model(**model_inputs(lm, x)).logits.float()
     return ce(logits[:, :-1].transpose(1, 2), y, reduction="none")
 

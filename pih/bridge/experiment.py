@@ -5,7 +5,8 @@ Config (every key is checked; unknown keys are an error)::
 
     [experiment]
     name = "smoke"
-    model = "tiny-llama:kjv"      # smollm2 | tiny-llama[:corpus] | a local HF folder | a .gguf file
+    model = "tiny-llama:kjv"      # smollm2 | tiny-llama[:corpus] | a local HF folder | org/name (HF cache) | .gguf
+    tokenizer = "PATH"            # optional: a tokenizer folder for a model folder that ships none
     seed = 0                      # calibration windows and tie-breaks
     model_seed = 0                # the tiny models' training seed (default 0, whatever the calibration seed)
     seeds = [0, 1, 2]             # optional, instead of seed: one run per calibration seed, into one store
@@ -18,11 +19,14 @@ Config (every key is checked; unknown keys are an error)::
     rotate = false                # Hadamard-rotate the residual stream of the dense model first (exact)
 
     [data]
-    eval = "kjv"                  # perplexity text (test split)
-    calibration = "kjv"           # calibration windows (train split)
+    eval = "kjv"                  # kjv | pydoc | wikitext2[:FOLDER] | file:PATH (whole) | PATH (90/10); classifiers:
+                                  # digits | fashion-mnist | an image folder (one subfolder per class) | an .npz
+    calibration = "kjv"           # calibration windows (train split) / images
     seqlen = 128
-    eval_tokens = 8192
+    eval_tokens = 8192            # or "all": every full window of the evaluation split
     calibration_size = 16
+    eval_split = "test"           # optional: train | test | all (default test; all for file:PATH and plain folders)
+    calibration_split = "train"   # optional: train | test | all
 
     [settings]                    # pih.bridge.engine.BridgeSettings
     offgrid = "requantize"
@@ -64,9 +68,8 @@ offline_env()
 
 _SECTIONS = {
     "experiment": {"name", "model", "seed", "model_seed", "seeds", "model_seeds", "device", "dtype", "threads",
-                   "analysis", "unit_arrays",
-                   "rotate", "cache", "description", "notes"},
-    "data": {"eval", "calibration", "seqlen", "eval_tokens", "calibration_size"},
+                   "analysis", "unit_arrays", "rotate", "cache", "description", "notes", "tokenizer"},
+    "data": {"eval", "calibration", "seqlen", "eval_tokens", "calibration_size", "eval_split", "calibration_split"},
     "settings": {f.name for f in dataclasses.fields(__import__("pih.bridge.engine", fromlist=["x"]).BridgeSettings)},
     "prune": {"criterion", "structure", "ratios"},
     "quantize": {"bits", "group", "symmetric", "scale", "rotation", "update", "rounding"},
@@ -91,11 +94,14 @@ class ExperimentConfig:
     unit_arrays: bool = False
     rotate: bool = False
     cache: str | None = None
+    tokenizer: str | None = None  # a tokenizer folder for model folders that ship none
     eval: str = "kjv"
     calibration: str = "kjv"
     seqlen: int = 128
-    eval_tokens: int = 8192
+    eval_tokens: int | None = 8192  # None ("all" in a config): every full window of the evaluation split
     calibration_size: int = 16
+    eval_split: str | None = None  # train | test | all (default: test; all for file:PATH)
+    calibration_split: str | None = None  # train | test | all (default: train; all for file:PATH)
     settings: dict[str, Any] = field(default_factory=dict)
     prune: dict[str, Any] | None = None
     quantize: dict[str, Any] | None = None
@@ -141,6 +147,8 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfi
     if "model" not in ex or "name" not in ex:
         raise bad("experiment", ex, f"{source} needs [experiment] name and model")
     d = raw.get("data", {})
+    if isinstance(d.get("eval_tokens"), str) and d["eval_tokens"] != "all":
+        raise bad("data.eval_tokens", d["eval_tokens"], 'must be an integer or "all"')
     cfg = ExperimentConfig(
         name=_typed("experiment", "name", ex["name"], str),
         model=_typed("experiment", "model", ex["model"], str),
@@ -156,11 +164,16 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfi
         unit_arrays=_typed("experiment", "unit_arrays", ex.get("unit_arrays", False), bool),
         rotate=_typed("experiment", "rotate", ex.get("rotate", False), bool),
         cache=ex.get("cache"),
+        tokenizer=None if ex.get("tokenizer") is None else _typed("experiment", "tokenizer", ex["tokenizer"], str),
         eval=_typed("data", "eval", d.get("eval", "kjv"), str),
         calibration=_typed("data", "calibration", d.get("calibration", "kjv"), str),
         seqlen=_typed("data", "seqlen", d.get("seqlen", 128), int),
-        eval_tokens=_typed("data", "eval_tokens", d.get("eval_tokens", 8192), int),
+        eval_tokens=None if d.get("eval_tokens") == "all" else _typed("data", "eval_tokens",
+                                                                      d.get("eval_tokens", 8192), int),
         calibration_size=_typed("data", "calibration_size", d.get("calibration_size", 16), int),
+        eval_split=None if d.get("eval_split") is None else _typed("data", "eval_split", d["eval_split"], str),
+        calibration_split=(None if d.get("calibration_split") is None
+                           else _typed("data", "calibration_split", d["calibration_split"], str)),
         settings=dict(raw.get("settings", {})),
         prune=dict(raw["prune"]) if "prune" in raw else None,
         quantize=dict(raw["quantize"]) if "quantize" in raw else None,
@@ -252,7 +265,7 @@ class Runner:
     def __init__(self, cfg: ExperimentConfig, progress: bool = True):
         import torch
 
-        from .data import calibration_windows, eval_windows, load_corpus, tokenize
+        from .data import text_data
         from .engine import BridgeSettings, CompressionState
         from .models import load_model
 
@@ -261,34 +274,27 @@ class Runner:
             torch.set_num_threads(cfg.threads)
         seed_all(cfg.seed)
         mseed = 0 if cfg.model_seed is None else cfg.model_seed
-        self.lm = load_model(cfg.model, cfg.device, cfg.dtype, cache=cfg.cache, seed=mseed, train_if_missing=True)
+        self.lm = load_model(cfg.model, cfg.device, cfg.dtype, cache=cfg.cache, seed=mseed, train_if_missing=True,
+                             tokenizer=cfg.tokenizer)
         self._notes = list(self.lm.notes)
         self.settings = BridgeSettings(**cfg.settings)
         self.metric_key = "ppl" if self.lm.arch == "llama" else "accuracy"
+        data_settings: dict[str, Any] = {}
         if self.lm.arch == "llama":
-            ev = load_corpus(cfg.eval)
-            cal = ev if cfg.calibration == cfg.eval else load_corpus(cfg.calibration)
-            self.eval_windows = eval_windows(tokenize(self.lm.tokenizer, ev.test), cfg.seqlen, cfg.eval_tokens,
-                                             source=f"test split of {ev.name}")
-            self.calib = calibration_windows(tokenize(self.lm.tokenizer, cal.train), cfg.seqlen,
-                                             cfg.calibration_size, cfg.seed, source=f"train split of {cal.name}")
-            data, calibration, metric, seqlen = f"{ev.tag}:test", f"{cal.tag}:train:random-windows", \
-                "neg_perplexity", cfg.seqlen
+            td = text_data(self.lm.tokenizer, cfg.eval, cfg.calibration, cfg.seqlen, cfg.eval_tokens,
+                           cfg.calibration_size, cfg.seed, cfg.eval_split, cfg.calibration_split)
+            self.eval_windows, self.calib, data_settings = td.eval_windows, td.calib, td.settings
+            data, calibration, metric, seqlen = td.data, td.calibration, "neg_perplexity", cfg.seqlen
             n_eval = int(self.eval_windows.numel())
         else:
-            from .data import load_images
+            from .data import image_data
 
-            ims = load_images(cfg.eval)
-            cal = ims if cfg.calibration == cfg.eval else load_images(cfg.calibration)
-            self.eval_x, self.eval_y = ims.test_x, ims.test_y
-            if cfg.calibration_size > cal.train_x.shape[0]:
-                raise PihError(f"data.calibration_size={cfg.calibration_size}: the train split of {cal.name} "
-                               f"has {cal.train_x.shape[0]} images")
-            idx = torch.randperm(cal.train_x.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
-            idx = idx[: cfg.calibration_size]
-            self.calib = cal.train_x[idx]
-            self.lm.calib_labels = cal.train_y[idx]
-            data, calibration, metric, seqlen = f"{ims.tag}:test", f"{cal.tag}:train:random-images", "top1", None
+            idata = image_data(self.lm, cfg.eval, cfg.calibration, cfg.calibration_size, cfg.seed, cfg.eval_split,
+                               cfg.calibration_split, cache=cfg.cache)
+            self.eval_x, self.eval_y, self.calib, data_settings = idata.eval_x, idata.eval_y, idata.calib, \
+                idata.settings
+            self.lm.calib_labels = idata.calib_labels
+            data, calibration, metric, seqlen = idata.data, idata.calibration, "top1", None
             n_eval = int(self.eval_x.shape[0])
         self.provenance = Provenance(
             backend="torch", model=self.lm.name, data=data, metric=metric,
@@ -296,7 +302,7 @@ class Runner:
             seed=cfg.seed,
             settings={"bridge": self.settings.to_dict(), "eval_tokens" if seqlen else "eval_images": n_eval,
                       "dtype": cfg.dtype, "rotate": cfg.rotate, "ppl_protocol" if seqlen else "accuracy": (
-                          "gptq-wanda" if seqlen else "top1")},
+                          "gptq-wanda" if seqlen else "top1"), **data_settings},
         )
         self._snaps: dict[tuple, tuple[dict, Any]] = {}
         self._base_key = ("rot",) if cfg.rotate else ()
@@ -492,9 +498,12 @@ def expand_seeds(cfg: ExperimentConfig) -> list[ExperimentConfig]:
             for m in mseeds for s in seeds]
 
 
-def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progress: bool = True) -> dict:
+def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progress: bool = True,
+                   save: str | os.PathLike | None = None, save_select: list[str] | None = None) -> dict:
     """Run (or resume) ``cfg`` into the store at ``store_path``, once per (model seed, calibration seed); return
-    the JSON summary."""
+    the JSON summary. ``save``: also write the compressed model of each grid point ``save_select`` names (default:
+    every compressed point) under that folder (:func:`pih.bridge.save.save_points`; one subfolder per seed when
+    the config has several)."""
     tasks_spec = grid_tasks(cfg)
     if not tasks_spec:
         raise bad("grid", cfg.orders, "the experiment has no grid points")
@@ -503,6 +512,7 @@ def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progres
     store = None
     recs: list[Record] = []
     runners = []
+    saved = []
     runs = expand_seeds(cfg)
     for k, one in enumerate(runs):
         runner = Runner(one, progress=progress)
@@ -514,11 +524,23 @@ def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progres
         desc = f"pih run {cfg.name}" + (f" [{k + 1}/{len(runs)}: seed {one.seed}"
                                         + (f", model seed {one.model_seed}" if one.model_seed is not None else "")
                                         + "]" if len(runs) > 1 else "")
-        recs += run_sweep(store, tasks, runner.compute, progress=progress, desc=desc)
+        got = run_sweep(store, tasks, runner.compute, progress=progress, desc=desc)
+        recs += got
+        if save is not None:
+            from .save import save_points
+
+            folder = Path(save).expanduser()
+            if len(runs) > 1:
+                folder = folder / (f"seed{one.seed}" + (f"-model{one.model_seed}" if cfg.model_seeds else ""))
+            saved.append({"folder": str(folder), "seed": one.seed, "model_seed": one.model_seed,
+                          "models": save_points(runner, tasks, got, folder, save_select, progress)})
         runners.append(runner)
         if len(runs) > 1:
             runner.release()
-    return summarize(cfg, runners, recs, store)
+    out = summarize(cfg, runners, recs, store)
+    if save is not None:
+        out["saved"] = saved[0] if len(saved) == 1 else {"folder": str(Path(save).expanduser()), "runs": saved}
+    return out
 
 
 def summarize(cfg: ExperimentConfig, runners, recs: list[Record], store: Store) -> dict:
@@ -587,7 +609,8 @@ def summarize(cfg: ExperimentConfig, runners, recs: list[Record], store: Store) 
 
 
 def main_run(config: str, out: str | None, progress: bool = True, seeds: list[int] | None = None,
-             model_seeds: list[int] | None = None) -> dict:
+             model_seeds: list[int] | None = None, save: str | None = None,
+             save_select: list[str] | None = None) -> dict:
     cfg = load_config(config)
     if seeds is not None:
         cfg = dataclasses.replace(cfg, seeds=_seed_list("seeds", list(seeds)))
@@ -595,7 +618,7 @@ def main_run(config: str, out: str | None, progress: bool = True, seeds: list[in
         cfg = dataclasses.replace(cfg, model_seeds=_seed_list("model_seeds", list(model_seeds)))
     store = out or str(Path("results") / "runs" / cfg.name)
     try:
-        return run_experiment(cfg, store, progress)
+        return run_experiment(cfg, store, progress, save=save, save_select=save_select)
     except PihError:
         raise
     except KeyboardInterrupt:  # pragma: no cover

@@ -1,11 +1,14 @@
 """Hadamard rotation of the residual stream (QuaRot-style), exact on the dense model.
 
-The RMSNorm scales are folded into the linear layers that read the normalised stream (q, k, v; gate, up; the LM
-head), then the residual stream is rotated by an orthogonal Q = H·diag(±1)/√d (a randomized Hadamard matrix,
-seeded): the embedding becomes E·Q, every layer reading the stream W·Q, every layer writing to it Qᵀ·W. Since
-RMSNorm only divides by ‖x‖/√d and ‖xQ‖ = ‖x‖, the rotated model computes the same function (up to floating
-point). Hadamard orders: Sylvester 2^k, times Paley-I factors (q+1 with q prime ≡ 3 mod 4, e.g. 12, 20, 24, 44);
-when d has no such factorization a seeded random orthogonal matrix is used instead, and the state records it.
+For every causal-LM family of the adapter table (:mod:`pih.bridge.families`) whose blocks read the residual stream
+only through RMSNorms and write to it only through linear layers (llama, mistral, qwen2/3, gemma, phi3, granite,
+...); refused with the reason for the others (post-norms of Gemma 2/3 and OLMo 2, LayerNorm of OLMo and StableLM).
+The RMSNorm scales (Gemma: 1 + weight) are folded into the linear layers that read the normalised stream (q, k, v;
+gate, up; the LM head), then the residual stream is rotated by an orthogonal Q = H·diag(±1)/√d (a randomized
+Hadamard matrix, seeded): the embedding becomes E·Q, every layer reading the stream W·Q, every layer writing to
+it Qᵀ·W. Since RMSNorm only divides by ‖x‖/√d and ‖xQ‖ = ‖x‖, the rotated model computes the same function (up to
+floating point). Hadamard orders: Sylvester 2^k, times Paley-I factors (q+1 with q prime ≡ 3 mod 4, e.g. 12, 20,
+24, 44); when d has no such factorization a seeded random orthogonal matrix is used instead, and the state records it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from torch import nn
 
 from ._common import bad
+from .families import get
 
 
 def _is_prime(q: int) -> bool:
@@ -75,37 +79,57 @@ def rotation_matrix(n: int, seed: int = 0) -> tuple[torch.Tensor, str]:
     return Qm * torch.sign(torch.diag(R))[None, :], "random-orthogonal"
 
 
-def _fold(norm: nn.Module, linears: list[nn.Linear]) -> None:
-    w = norm.weight.detach().double()
+def _fold(norm: nn.Module, linears: list[nn.Linear], offset: float = 0.0) -> None:
+    """Fold a norm's per-channel scale (``offset + weight``) into the linear layers reading its output."""
+    w = norm.weight.detach().double() + offset
     for lin in linears:
         lin.weight.data = (lin.weight.detach().double() * w[None, :]).to(lin.weight.dtype)
-    norm.weight.data.fill_(1.0)
+    norm.weight.data.fill_(1.0 - offset)
+
+
+def check_rotatable(lm) -> None:
+    """Refuse the residual-stream rotation on a model for which it is not exact (one line saying why)."""
+    if lm.arch != "llama" or lm.family is None:
+        raise bad("rotation", "hadamard", f"the residual-stream rotation is implemented for causal LMs of the "
+                  f"LLaMA layout, not {lm.arch}")
+    lm.family.check_rotation()
+    model = lm.model
+    for layer in get(model, lm.family.blocks):
+        for norm_name, _ in lm.family.readers:
+            norm = getattr(layer, norm_name)
+            if getattr(norm, "bias", None) is not None:
+                raise bad("rotation", "hadamard", f"{lm.family.model_type}: {norm_name} has a bias; the rotation "
+                          "folds only a per-channel scale")
 
 
 def rotate_model(lm, seed: int = 0) -> str:
-    """Rotate ``lm`` (LLaMA) in place; returns the kind of rotation used."""
-    if lm.arch != "llama":
-        raise bad("rotation", "hadamard", f"residual-stream rotation is implemented for LLaMA, not {lm.arch}")
+    """Rotate ``lm`` (a causal LM of the adapter table whose rotation is exact) in place; returns the kind of
+    rotation used."""
+    check_rotatable(lm)
+    fam = lm.family
     model = lm.model
-    emb = model.model.embed_tokens
-    if model.lm_head.weight is emb.weight:  # untie: the folded final norm makes head and embedding differ
-        model.lm_head.weight = nn.Parameter(emb.weight.detach().clone(), requires_grad=emb.weight.requires_grad)
+    emb = get(model, fam.embed)
+    head = get(model, fam.head)
+    if head.weight is emb.weight:  # untie: the folded final norm makes head and embedding differ
+        head.weight = nn.Parameter(emb.weight.detach().clone(), requires_grad=emb.weight.requires_grad)
         model.config.tie_word_embeddings = False
     d = emb.weight.shape[1]
     Q, kind = rotation_matrix(d, seed)
     Q = Q.to(emb.weight.device)
-    for layer in model.model.layers:
-        at, mlp = layer.self_attn, layer.mlp
-        _fold(layer.input_layernorm, [at.q_proj, at.k_proj, at.v_proj])
-        _fold(layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj])
-        for lin in (at.q_proj, at.k_proj, at.v_proj, mlp.gate_proj, mlp.up_proj):
+    for layer in get(model, fam.blocks):
+        readers = []
+        for norm_name, lins in fam.readers:
+            mods = [get(layer, n) for n in lins]
+            _fold(getattr(layer, norm_name), mods, fam.norm_offset)
+            readers += mods
+        for lin in readers:
             lin.weight.data = (lin.weight.detach().double() @ Q).to(lin.weight.dtype)
-        for lin in (at.o_proj, mlp.down_proj):
+        for lin in (get(layer, n) for n in fam.writers):
             lin.weight.data = (Q.t() @ lin.weight.detach().double()).to(lin.weight.dtype)
             if lin.bias is not None:
                 lin.bias.data = (lin.bias.detach().double() @ Q).to(lin.bias.dtype)
-    _fold(model.model.norm, [model.lm_head])
-    model.lm_head.weight.data = (model.lm_head.weight.detach().double() @ Q).to(model.lm_head.weight.dtype)
+    _fold(get(model, fam.final_norm), [head], fam.norm_offset)
+    head.weight.data = (head.weight.detach().double() @ Q).to(head.weight.dtype)
     emb.weight.data = (emb.weight.detach().double() @ Q).to(emb.weight.dtype)
     lm.info["rotation"] = kind
     return kind

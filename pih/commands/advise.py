@@ -40,7 +40,11 @@ def register(sub) -> None:
         "cheap layer-wise measurements, with the evidence (per-layer agreement, CERs, what PIH would say), the "
         "expected gain in perplexity and the time it cost; --verify runs every order for real.",
         epilog=SPEC_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="smollm2 | tiny-llama[:corpus[:steps]] | a local LLaMA folder | a .gguf file")
+    p.add_argument("model", help="smollm2 | tiny-llama[:corpus[:steps]] | a local causal-LM folder (llama, mistral, "
+                   "qwen2/3, gemma 1-3, phi3, olmo 1-3, granite, ...) | a hub id of the local Hugging Face cache "
+                   "(org/name) | a .gguf file")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="tokenizer folder for a model folder that ships none")
     p.add_argument("--prune", action="append", default=[], metavar="SPEC", help="a pruning method (repeatable)")
     p.add_argument("--quantize", action="append", default=[], metavar="SPEC",
                    help="a quantization method (repeatable)")
@@ -58,7 +62,8 @@ def register(sub) -> None:
                    "comparison, no expected gain in perplexity)")
     p.add_argument("--weighting", choices=("relative", "raw"), default="relative",
                    help="sum layer errors relative to each layer's output energy (default) or raw")
-    p.add_argument("--data", default="kjv", help="evaluation text: kjv | pydoc | wikitext2 | a text file")
+    p.add_argument("--data", default="kjv", help="evaluation text: kjv | pydoc | wikitext2[:FOLDER of its raw "
+                   "files] | file:PATH (used whole) | PATH (split 90/10)")
     p.add_argument("--calibration", default=None, help="calibration text (default: the --data corpus)")
     p.add_argument("--calibration-size", type=int, default=32, help="calibration windows (default 32)")
     p.add_argument("--seqlen", type=int, default=128, help="window length in tokens (default 128)")
@@ -162,7 +167,7 @@ def run(args) -> int:
                        curve_bits=tuple(args.curve_bits) if args.curve_bits else None,
                        layer_fraction=args.layers, evaluate=not args.order_only,
                        settings={"offgrid": args.offgrid}, device=args.device,
-                       threads=args.threads, cache=args.cache)
+                       threads=args.threads, cache=args.cache, tokenizer=args.tokenizer)
     store = args.store or (str(Path(args.report) / "store") if args.report else None)
     out = advise(cfg, verify=args.verify, store=store, progress=not args.no_progress)
     if args.report:

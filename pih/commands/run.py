@@ -20,6 +20,13 @@ def register(subparsers) -> None:
                    help="calibration seeds: one run per seed into the same store (overrides the config's seed/seeds)")
     p.add_argument("--model-seeds", type=int, nargs="+", default=None, metavar="S",
                    help="model seeds of the tiny models (overrides model_seed/model_seeds)")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="also write each compressed model as a Hugging Face safetensors folder (DIR/<point>/hf), "
+                   "in the compressed-tensors format where the scheme fits (DIR/<point>/compressed-tensors), with "
+                   "its masks and grids; DIR/index.json lists them")
+    p.add_argument("--save-only", action="append", default=None, metavar="POINT",
+                   help="with --save: only these points, by order (P, Q, P->Q, Q->P, a [[pipelines]] name) or "
+                   "pipeline label (repeatable; default every compressed point)")
     p.set_defaults(func=_run)
 
 
@@ -27,8 +34,12 @@ def _run(args: argparse.Namespace) -> int:
     from pih.bridge.experiment import main_run
     from pih.cli import emit
 
+    if args.save_only and not args.save:
+        from pih.errors import PihError
+
+        raise PihError("--save-only needs --save DIR")
     out = main_run(args.config, args.out, progress=not args.no_progress, seeds=args.seeds,
-                   model_seeds=args.model_seeds)
+                   model_seeds=args.model_seeds, save=args.save, save_select=args.save_only)
     emit(args, out, lambda: _table(out))
     return 0
 
@@ -72,4 +83,10 @@ def _table(out: dict) -> None:
             w(f"\n{g['model']}: A(Q->P) over calibration seeds\n")
             for line in seed_summary_lines(g["seed_summary"]):
                 w(line + "\n")
+    saved = out.get("saved")
+    for run in (saved.get("runs", [saved]) if saved else []):
+        w(f"\nsaved {len(run['models'])} compressed model(s) under {run['folder']}:\n")
+        for m in run["models"]:
+            fm = ", ".join(f for f, ok in m["formats"].items() if ok)
+            w(f"  {m['folder']}  ({fm})\n")
     w(f"\nstore: {out['store']}\n")

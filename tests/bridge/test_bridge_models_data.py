@@ -36,20 +36,23 @@ def test_missing_folder_and_unknown_architecture(tmp_path):
         load_model("tiny-llama:kjv:7", cache=str(tmp_path))
 
 
-def test_unknown_gguf_architecture(tmp_path):
+@pytest.mark.parametrize("arch, why", [("gpt2", "GGUF architecture 'gpt2' loads in transformers but its blocks are "
+                                                "not of the LLaMA layout"),
+                                       ("nonesuch", "unknown GGUF architecture 'nonesuch'")])
+def test_unknown_gguf_architecture(tmp_path, arch, why):
     import numpy as np
     from gguf import GGUFWriter
 
     from pih.bridge.models import load_model
 
     path = tmp_path / "m.gguf"
-    w = GGUFWriter(str(path), "gpt2")
+    w = GGUFWriter(str(path), arch)
     w.add_tensor("x", np.zeros(4, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(PihError, match="unknown GGUF architecture 'gpt2'"):
+    with pytest.raises(PihError, match=why):
         load_model(str(path))
 
 
