@@ -17,7 +17,7 @@ import numpy as np
 from .errors import bad
 from .methods import Prune, Quantize
 from .metrics import Monotonicity, QuantCurve, monotonicity, order_advantage, performance_gap, ratio_16_over_b
-from .records import Record, require_same_protocol
+from .records import Record, require_same_protocol, split_failed
 
 
 def order_advantage_of(f1_first: Record, f2_first: Record) -> float:
@@ -91,12 +91,16 @@ class GridAnalysis:
     stats: Monotonicity | None
     n_censored: int
     curves: dict[str, dict] = field(default_factory=dict)
+    n_failed: int = 0  # failed records (non-finite metric) excluded from the analysis
+    failed: list[dict] = field(default_factory=list)  # one entry per excluded record (pih.records.split_failed)
 
     def to_dict(self) -> dict:
         return {
             "protocol": self.protocol,
             "n_rows": len(self.rows),
             "n_censored": self.n_censored,
+            "n_failed": self.n_failed,
+            "failed": self.failed,
             "monotonicity": self.stats.to_dict() if self.stats else None,
             "curves": self.curves,
             "rows": [r.to_dict() for r in self.rows],
@@ -114,6 +118,7 @@ def analyze_grid(records: Iterable[Record], ratio: Callable = ratio_16_over_b, i
     if not recs:
         raise bad("records", "[]", "no records to analyse")
     protocol = require_same_protocol(*recs)
+    recs, failed = split_failed(recs)  # failed measurements: excluded here, counted in the result
     by: dict[tuple, float] = {}
     for r in recs:
         k = (r.provenance.seed, r.pipeline)
@@ -160,4 +165,4 @@ def analyze_grid(records: Iterable[Record], ratio: Callable = ratio_16_over_b, i
     stats = None
     if len(ok) >= 3 and np.ptp([r.gap for r in ok]) > 0:
         stats = monotonicity([r.gap for r in ok], [r.advantage_qp for r in ok], n_boot=n_boot, seed=seed)
-    return GridAnalysis(protocol, rows, stats, len(rows) - len(ok), curves)
+    return GridAnalysis(protocol, rows, stats, len(rows) - len(ok), curves, len(failed), failed)

@@ -76,7 +76,10 @@ def test_corrupt_middle_line_is_an_error(tmp_path):
     store.append(Record(prov(), (Prune(0.1),), -0.1))
     with open(store.file, "ab") as fh:
         fh.write(b"garbage\n")
-    store.append(Record(prov(), (Prune(0.2),), -0.2))
+    with pytest.raises(PihError, match="corrupt record on line 2"):  # nothing is appended to a corrupt store
+        store.append(Record(prov(), (Prune(0.2),), -0.2))
+    with open(store.file, "ab") as fh:
+        fh.write(Path(store.file).read_bytes().splitlines(keepends=True)[0])
     with pytest.raises(PihError, match="corrupt record on line 2"):
         Store(tmp_path).records()
 
