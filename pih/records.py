@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -271,7 +272,6 @@ def _same_result(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _signals_deferred():
     """Hold SIGINT/SIGTERM back while a record is being written (delivered right after), main thread only."""
     import signal
-    import threading
 
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
@@ -325,6 +325,7 @@ class Store:
         except OSError as exc:
             raise self._os_error("create the store folder", exc) from None
         self.file = self.path / "records.jsonl"
+        self._mutex = threading.RLock()  # the in-memory index, for threads sharing this object
         self._reset()
         self._warned: set[str] = set()
 
@@ -407,6 +408,10 @@ class Store:
 
     def _refresh(self) -> None:
         """Index what was appended since the last read (everything, the first time or after a rewrite)."""
+        with self._mutex:
+            self._refresh_locked()
+
+    def _refresh_locked(self) -> None:
         try:
             st = os.stat(self.file)
         except FileNotFoundError:
@@ -641,7 +646,7 @@ class Store:
             if record.arrays:
                 tmp, body["arrays_sha256"] = self._sidecar_tmp(key, record.arrays)
             line = _sealed(body)
-            with self._locked() as fh:
+            with self._mutex, self._locked() as fh:
                 self._refresh()
                 if key in self._entries:
                     if exist_ok:
