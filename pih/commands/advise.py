@@ -161,6 +161,9 @@ def run(args) -> int:
     if not 0 < V.check_number("--layers", args.layers) <= 1:
         raise PihError(f"--layers={args.layers!r}: a fraction of the linear layers, in (0, 1]")
     V.check_pipeline(methods, "methods")
+    for flag in ("report", "store"):
+        if getattr(args, flag):
+            V.check_output_folder(f"--{flag}", getattr(args, flag))
     import torch
 
     from ..bridge.experiment import model_max_positions

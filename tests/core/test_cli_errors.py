@@ -115,6 +115,8 @@ def test_simulate_out_that_is_a_file(tmp_path, capsys):
     assert rc == 2 and "is a file" in one_line(err, "simulate")
     rc, _, err = run(capsys, "simulate", "--preset", "kuzmin", "--quick", "--out", f / "sub")
     assert rc == 2 and "is a file" in one_line(err, "simulate")
+    rc, _, err = run(capsys, "report", "--out", f)
+    assert rc == 2 and "is a file" in one_line(err, "report")
 
 
 def test_sigint_and_internal_errors_are_one_line(tmp_path, capsys, monkeypatch):

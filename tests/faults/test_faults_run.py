@@ -362,3 +362,19 @@ def test_a_full_disk_mid_run_is_one_line_and_the_rerun_completes(config, capsys,
     final = by_key(fs / "s")
     assert lines_in(fs / "s" / "records.jsonl") == len(final) == N_POINTS
     assert all(final[k]["value"] == d["value"] for k, d in kept.items())
+
+
+def test_advise_applies_the_same_rules_before_loading(capsys, cache, monkeypatch):
+    import pih.bridge.models as models
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the run was validated")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+    base = ["advise", "tiny-llama", "--prune", "wanda:0.5", "--cache", cache]
+    for extra, why in ((["--quantize", "rtn:1:sym"], "a symmetric grid needs at least 2 bits"),
+                       (["--quantize", "rtn:4", "--seqlen", "512"], "max_position_embeddings = 256"),
+                       (["--quantize", "rtn:4", "--seed", "-1"], "--seed=-1"),
+                       (["--quantize", "rtn:4", "--threads", "-2"], "--threads=-2")):
+        rc, _, err = cli(capsys, *base, *extra)
+        assert rc == 2 and why in one_line(err, "advise")
