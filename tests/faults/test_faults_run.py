@@ -64,12 +64,13 @@ def interrupted_run(tmp_path_factory, tiny_folder, tiny_source, cache, calib_tex
     ref, store = d / "ref", d / "store"
     ref_proc = start("run", cfg, "--out", ref, "--no-progress", "--format", "json")  # on the other core
     p1 = start("run", cfg, "--out", store, "--no-progress")
-    at_int = kill_when(p1, store / "records.jsonl", rng.randint(1, 5), signal.SIGINT, rng.uniform(0, 0.2))
+    at_int = kill_when(p1, store / "records.jsonl", rng.randint(1, 5), signal.SIGINT, rng.uniform(0, 0.1))
     _, err1 = p1.communicate(timeout=120)
     after_int = by_key(store)
     p2 = start("run", cfg, "--out", store, "--no-progress")
-    at_kill = kill_when(p2, store / "records.jsonl", rng.randint(len(after_int) + 1, N_POINTS - 2), signal.SIGKILL,
-                        rng.uniform(0, 0.2))
+    lo = len(after_int) + 1
+    at_kill = kill_when(p2, store / "records.jsonl", rng.randint(lo, max(lo, N_POINTS - 3)), signal.SIGKILL,
+                        rng.uniform(0, 0.1))
     p2.wait(timeout=60)
     raw_after_kill = (store / "records.jsonl").read_bytes()
     after_kill = by_key(store)

@@ -33,8 +33,8 @@ def test_simulate_killed_at_a_random_point_resumes_to_the_uninterrupted_result(t
     ref = start("simulate", *PRESET, "--out", tmp_path / "ref")  # on the other core, at the same time
     killed = start("simulate", *PRESET, "--out", tmp_path / "run")
     n_total = 304
-    at = kill_when(killed, tmp_path / "run" / "store" / "records.jsonl", rng.randint(1, n_total - 40),
-                   signal.SIGKILL, rng.uniform(0, 0.3))
+    at = kill_when(killed, tmp_path / "run" / "store" / "records.jsonl", rng.randint(1, n_total - 80),
+                   signal.SIGKILL, rng.uniform(0, 0.05))  # before the last pairing's records
     killed.wait(timeout=60)
     before = {d["key"]: d for d in raw(tmp_path / "run" / "store")}
     assert killed.returncode == -signal.SIGKILL and at <= len(before) < n_total, "the kill must land mid-run"
