@@ -17,7 +17,7 @@ import numpy as np
 from .errors import bad
 from .methods import Prune, Quantize
 from .metrics import Monotonicity, QuantCurve, monotonicity, order_advantage, performance_gap, ratio_16_over_b
-from .records import Record, require_same_protocol
+from .records import Record, require_same_protocol, split_failed
 from .stats import (
     NOISE_RULE,
     ONE_SEED,
@@ -183,12 +183,16 @@ class GridAnalysis:
     n_censored: int
     curves: dict[str, dict] = field(default_factory=dict)
     seeds: SeedSummary | None = None
+    n_failed: int = 0  # failed records (non-finite metric) excluded from the analysis
+    failed: list[dict] = field(default_factory=list)  # one entry per excluded record (pih.records.split_failed)
 
     def to_dict(self) -> dict:
         return {
             "protocol": self.protocol,
             "n_rows": len(self.rows),
             "n_censored": self.n_censored,
+            "n_failed": self.n_failed,
+            "failed": self.failed,
             "monotonicity": self.stats.to_dict() if self.stats else None,
             "seed_summary": self.seeds.to_dict() if self.seeds else None,
             "curves": self.curves,
@@ -258,6 +262,7 @@ def analyze_grid(records: Iterable[Record], ratio: Callable = ratio_16_over_b, i
     if not recs:
         raise bad("records", "[]", "no records to analyse")
     protocol = require_same_protocol(*recs)
+    recs, failed = split_failed(recs)  # failed measurements: excluded here, counted in the result
     by: dict[tuple, float] = {}
     for r in recs:
         k = (r.provenance.seed, r.pipeline)
@@ -310,4 +315,4 @@ def analyze_grid(records: Iterable[Record], ratio: Callable = ratio_16_over_b, i
                              clusters=[r.prune.label if by_line else r.seed for r in ok],
                              cluster="fixed-p line" if by_line else "seed")
     return GridAnalysis(protocol, rows, stats, len(rows) - len(ok), curves,
-                        seed_summary(rows, n_boot=n_boot, seed=seed) if rows else None)
+                        seed_summary(rows, n_boot=n_boot, seed=seed) if rows else None, len(failed), failed)

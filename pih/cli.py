@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import os
 import sys
+import warnings
 
 from . import __version__
 from .commands import COMMANDS
-from .errors import PihError
+from .errors import Interrupted, PihError, PihWarning
+
+#: exit codes: 0 success, 2 a user-caused error (one line on stderr), 3 finished with failed measurements,
+#: 70 an internal error (a bug: one line; PIH_TRACEBACK=1 shows the traceback), 130 interrupted (SIGINT),
+#: 141 the output was closed early (``pih records | head``)
+EXIT_USER, EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PIPE = 2, 3, 70, 130, 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,22 +75,71 @@ def ratio_from_args(args):
     """The compression-ratio convention C_Q(b) = BASE/b chosen by ``--base``."""
     import numpy as np
 
-    if args.base <= 0:
-        raise PihError(f"--base={args.base!r}: must be positive")
-    return lambda b: args.base / np.asarray(b, dtype=float)
+    from .validate import check_number
+
+    base = check_number("--base", args.base, positive=True)
+    return lambda b: base / np.asarray(b, dtype=float)
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``pih`` command. Every error a user can cause ends in one line on stderr and a non-zero exit."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    try:
-        return int(args.func(args) or 0)
-    except PihError as exc:
-        print(f"pih {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    name = f"pih {args.command}"
+    shown: set[str] = set()
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PihWarning):
+            text = _one_line(message)
+            if text not in shown:
+                shown.add(text)
+                print(f"{name}: warning: {text}", file=sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", PihWarning)
+        warnings.showwarning = show
+        try:
+            rc = int(args.func(args) or 0)
+            sys.stdout.flush()
+            return rc
+        except Interrupted as exc:
+            print(f"{name}: {_one_line(exc)}", file=sys.stderr)
+            return exc.exit_code
+        except PihError as exc:
+            print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print(f"{name}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except BrokenPipeError:
+            with contextlib.suppress(OSError):  # no second error when Python flushes stdout at exit
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            print(f"{name}: output closed before the end (broken pipe)", file=sys.stderr)
+            return EXIT_PIPE
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            print(f"{name}: error: {_one_line(exc.strerror or exc)}{where}", file=sys.stderr)
+            return EXIT_USER
+        except MemoryError:
+            print(f"{name}: error: out of memory (try a smaller model, grid or --eval-tokens)", file=sys.stderr)
+            return EXIT_USER
+        except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback on request
+            if os.environ.get("PIH_TRACEBACK"):
+                raise
+            print(f"{name}: internal error: {type(exc).__name__}: {_one_line(exc)} (set PIH_TRACEBACK=1 to see "
+                  "the traceback)", file=sys.stderr)
+            return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,7 +21,7 @@ import numpy as np
 
 from .analysis import order_advantage_of
 from .errors import bad
-from .records import Record, require_same_protocol
+from .records import Record, require_same_protocol, split_failed
 
 NOISE_RULE = ("noise(point) = 2 x sample std (ddof=1) of measured A(Q->P) over calibration seeds; "
               "a point is above the floor when |mean A| > noise(point)")
@@ -64,6 +64,8 @@ class MeasuredGrid:
     seeds: list[int]
     points: list[MeasuredPoint]
     incomplete: list[dict]
+    n_failed: int = 0  # failed records (non-finite metric) excluded
+    failed: list[dict] = field(default_factory=list)  # one entry per excluded record (pih.records.split_failed)
 
     @property
     def pooled_noise(self) -> float | None:
@@ -83,9 +85,11 @@ def measured_grid(records: Iterable[Record], layer_arrays: Callable[[Record], Ma
     ``pih run`` writes them) for one protocol, one or more seeds. ``layer_arrays(record)`` returns a Q→P record's
     sidecar arrays (``layer_err_pq``/``layer_err_qp``: the bridge's per-layer errors of both orders) for the
     "measured-layers" predictor."""
+    records, failed = split_failed(records)  # failed measurements: excluded here, counted in the result
     recs = [r for r in records if len(r.pipeline) == 2 and r.point.get("order") in ("P->Q", "Q->P")]
     if not recs:
-        raise bad("records", "store", "no (P, Q) pairs: the store needs both orders (P->Q and Q->P) of a grid")
+        raise bad("records", "store", "no (P, Q) pairs: the store needs both orders (P->Q and Q->P) of a grid"
+                  + (f" ({len(failed)} failed records excluded)" if failed else ""))
     protocol = require_same_protocol(*recs)
     by: dict[tuple, dict] = defaultdict(dict)
     for r in recs:
@@ -111,7 +115,7 @@ def measured_grid(records: Iterable[Record], layer_arrays: Callable[[Record], Ma
                   "for one seed")
     seeds = sorted({s for pt in points for s in pt.A})
     prov = {k: v for k, v in recs[0].provenance.to_dict().items() if k not in ("seed", "versions")}
-    return MeasuredGrid(protocol, prov, seeds, points, incomplete)
+    return MeasuredGrid(protocol, prov, seeds, points, incomplete, len(failed), failed)
 
 
 def _spearman(x, y) -> float | None:

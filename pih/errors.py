@@ -6,11 +6,31 @@ import numpy as np
 
 
 class PihError(ValueError):
-    """A user-caused error. The message names the offending argument and its value."""
+    """A user-caused error. The message names the offending argument and its value.
+
+    The ``pih`` command prints it as one line and exits with ``exit_code`` (2)."""
+
+    exit_code = 2
 
 
 class ProtocolMismatch(PihError):
     """Two records obtained under different protocols were about to be compared."""
+
+
+class StoreError(PihError):
+    """A results store that cannot be read or written as it is: the message names the file (and the line)."""
+
+
+class Interrupted(PihError):
+    """The user interrupted a command (SIGINT); the message says what was kept. Exit code 130."""
+
+    exit_code = 130
+
+
+class PihWarning(UserWarning):
+    """Something the user must know that does not stop the command (a repaired store tail, an adjusted input).
+
+    The ``pih`` command prints each as one line on stderr."""
 
 
 def bad(name: str, value: object, why: str) -> PihError:

@@ -12,11 +12,15 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import math
 import os
 import platform
+import re
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +28,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import PihError, ProtocolMismatch, bad
+from .errors import PihError, PihWarning, ProtocolMismatch, StoreError, bad
 from .methods import Spec, pipeline_label, spec_from_dict
+from .validate import check_seed
 
 _VERSION_PACKAGES = ("pih", "numpy", "scipy", "jax", "jaxlib", "torch", "transformers")
 
@@ -84,7 +89,7 @@ class Provenance:
                 raise bad(name, v, "provenance needs a non-empty string")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise bad("seed", self.seed, "must be an integer")
-        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "seed", check_seed("seed", self.seed))
 
     def protocol_dict(self) -> dict[str, Any]:
         d = self.to_dict()
@@ -131,7 +136,12 @@ class Task:
 
 @dataclass(frozen=True)
 class Record:
-    """A measured figure: ``value`` of ``provenance.metric`` (higher is better) after ``pipeline``."""
+    """A measured figure: ``value`` of ``provenance.metric`` (higher is better) after ``pipeline``.
+
+    A record whose measurement failed (``failed`` is a reason) is kept and shown, and excluded from every
+    analysis. A non-finite ``value`` (an infinite perplexity, a NaN) is such a failure: it is stored as it is,
+    never replaced by a finite number.
+    """
 
     provenance: Provenance
     pipeline: tuple[Spec, ...]
@@ -139,12 +149,17 @@ class Record:
     point: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
+    failed: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pipeline", tuple(self.pipeline))
         if not isinstance(self.value, (int, float, np.floating, np.integer)) or isinstance(self.value, bool):
             raise bad("value", self.value, "a record's value must be a number")
         object.__setattr__(self, "value", float(self.value))
+        if self.failed is not None and (not isinstance(self.failed, str) or not self.failed):
+            raise bad("failed", self.failed, "must be None or the reason the measurement failed")
+        if self.failed is None and not math.isfinite(self.value):
+            object.__setattr__(self, "failed", f"non-finite {self.provenance.metric} ({self.value})")
 
     @property
     def key(self) -> str:
@@ -158,8 +173,13 @@ class Record:
     def protocol(self) -> str:
         return self.provenance.protocol
 
+    @property
+    def ok(self) -> bool:
+        """False for a failed measurement (excluded from every analysis)."""
+        return self.failed is None
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "key": self.key,
             "provenance": self.provenance.to_dict(),
             "pipeline": [s.to_dict() for s in self.pipeline],
@@ -169,16 +189,36 @@ class Record:
             "extras": self.extras,
             "arrays": sorted(self.arrays) if self.arrays else [],
         }
+        if self.failed is not None:
+            d["failed"] = self.failed
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Record:
+        value, failed, extras = d["value"], d.get("failed"), d.get("extras", {})
+        if (failed is None and isinstance(extras, dict) and extras.get("overflow") is True and value == -1e300):
+            # written by an older pih, which stored a non-finite metric as -1e300: it was never a number
+            value, failed = math.nan, "non-finite metric (stored as -1e300 with extras.overflow by an older pih)"
         return cls(
             provenance=Provenance.from_dict(d["provenance"]),
             pipeline=tuple(spec_from_dict(s) for s in d["pipeline"]),
-            value=d["value"],
+            value=value,
             point=d.get("point", {}),
-            extras=d.get("extras", {}),
+            extras=extras,
+            failed=failed,
         )
+
+
+def split_failed(records: Iterable[Record]) -> tuple[list[Record], list[dict[str, Any]]]:
+    """(records that measured something, one line per failed record: key, order, seed, point, reason)."""
+    ok, failed = [], []
+    for r in records:
+        if r.ok:
+            ok.append(r)
+        else:
+            failed.append({"key": r.key, "order": r.order, "seed": r.provenance.seed, "point": r.point,
+                           "reason": r.failed})
+    return ok, failed
 
 
 def require_same_protocol(*records: Record) -> str:
@@ -197,116 +237,450 @@ def require_same_protocol(*records: Record) -> str:
     return protos.pop()
 
 
+_KEY_PATTERN = re.compile(r"[0-9a-f]{20}\Z")
+_REQUIRED_FIELDS = ("key", "provenance", "pipeline", "value")
+TORN_FILE = "records.torn"
+
+
+def _sealed(body: dict[str, Any]) -> bytes:
+    """The stored line of ``body``: canonical JSON with a ``check`` field (a digest of everything else)."""
+    norm = json.loads(_canonical(body))  # the form a reader gets back (tuples as lists, string keys, ...)
+    norm.pop("check", None)
+    norm["check"] = _line_check(norm)
+    return _canonical(norm).encode() + b"\n"
+
+
+def _line_check(d: dict[str, Any]) -> str:
+    return hashlib.sha256(_canonical({k: v for k, v in d.items() if k != "check"}).encode()).hexdigest()[:16]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _same_result(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    va, vb = a.get("value"), b.get("value")
+    same = va == vb or (isinstance(va, float) and isinstance(vb, float) and math.isnan(va) and math.isnan(vb))
+    return bool(same) and a.get("failed") == b.get("failed")
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT/SIGTERM back while a record is being written (delivered right after), main thread only."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _write_all(fh, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = fh.write(view)
+        view = view[n:]
+
+
+@dataclass
+class _Entry:
+    line: int
+    data: dict[str, Any]
+
+
 class Store:
     """Append-only results store: ``records.jsonl`` plus ``arrays/<key>.npz`` sidecars in one folder.
 
-    Each appended record is flushed and fsync'ed before ``append`` returns, so a finished point survives a crash.
-    A torn last line (a crash mid-write) is ignored when reading and cut off before the next append. Sidecar
-    arrays are written first, atomically, so a record line never names arrays that are missing.
+    Guarantees (see the README, "What the store guarantees"):
+
+    - a record is on disk (fsync'ed) when ``append`` returns; a key is written at most once, also by concurrent
+      processes (the check and the write happen under one file lock, after re-reading what others appended);
+    - each line carries a checksum of its content: a changed line is reported with its line number, never read
+      as a valid record; a corrupt line, a JSON line that is not a record, a value that is not a number are
+      errors naming the line;
+    - an incomplete last line (a crash mid-write) is ignored when reading and moved to ``records.torn`` by the
+      next append; a complete last record without its newline is kept (the next append adds the newline);
+    - two lines with one key (written by an older version): the same value is reported and the first line
+      used; different values are refused with both line numbers, by every reader;
+    - sidecar arrays are written to a temporary file, fsync'ed and renamed under the lock before their record's
+      line, and verified on read (their SHA-256 is in the line): a missing or corrupt sidecar is an error naming
+      the file and the line, never an empty result;
+    - a failed write (no space left, a read-only store) leaves the store as it was and says so in one line.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise bad("path", str(path), "a results store is a folder, and this is a file")
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._os_error("create the store folder", exc) from None
         self.file = self.path / "records.jsonl"
-        self._keys: set[str] | None = None
+        self._mutex = threading.RLock()  # the in-memory index, for threads sharing this object
+        self._reset()
+        self._warned: set[str] = set()
 
     @classmethod
     def existing(cls, path: str | os.PathLike, name: str = "store") -> Store:
         """Open a store that must already hold records (for commands that only read)."""
-        if not (Path(path) / "records.jsonl").exists():
+        if not (Path(path) / "records.jsonl").is_file():
             raise bad(name, str(path), "no records.jsonl there")
         return cls(path)
 
     # -- reading -------------------------------------------------------------------------------------------
-    def _lines(self) -> Iterator[dict]:
-        if not self.file.exists():
+    def _reset(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._order: list[_Entry] = []
+        self._dups: dict[int, tuple[str, int]] = {}  # line of a duplicate -> (key, line of the copy used)
+        self._end = 0  # bytes of complete lines indexed
+        self._line = 1  # number of the line starting at _end
+        self._tail: tuple[str, int, int] | None = None  # ("torn" | "open", bytes, line) after _end
+        self._ino: int | None = None
+
+    def _warn(self, msg: str) -> None:
+        if msg not in self._warned:
+            self._warned.add(msg)
+            warnings.warn(msg, PihWarning, stacklevel=4)
+
+    def _where(self) -> str:
+        return f"store={str(self.file)!r}"
+
+    def _problem(self, d: Any) -> str | None:
+        if not isinstance(d, dict):
+            return f"is not a record (a JSON {type(d).__name__})"
+        missing = [k for k in _REQUIRED_FIELDS if k not in d]
+        if missing:
+            return f"is not a record (no {', '.join(missing)})"
+        if not isinstance(d["key"], str) or not _KEY_PATTERN.match(d["key"]):
+            return f"is not a record (key={d['key']!r} is not a record key)"
+        v = d["value"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"holds value={v!r}: a record's value must be a number"
+        if "check" in d and d["check"] != _line_check(d):
+            return "was changed after it was written (its checksum does not match): restore it or delete the line"
+        try:
+            Record.from_dict(d)
+        except (PihError, TypeError, KeyError, ValueError, AttributeError) as exc:
+            return f"is not a valid record: {exc}"
+        return None
+
+    def _decode(self, raw: bytes, line: int, last: bool = False) -> dict | None:
+        try:
+            d = json.loads(raw)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            if last:
+                return None  # the torn tail of an interrupted append
+            why = getattr(exc, "msg", None) or type(exc).__name__
+            raise StoreError(f"{self._where()}: corrupt record on line {line} (not valid JSON: {why}); restore the "
+                             "line or delete it") from None
+        problem = self._problem(d)
+        if problem:
+            raise StoreError(f"{self._where()}: line {line} {problem}")
+        return d
+
+    def _add(self, line: int, d: dict) -> None:
+        key = d["key"]
+        e = self._entries.get(key)
+        if e is None:
+            e = _Entry(line, d)
+            self._entries[key] = e
+            self._order.append(e)
             return
-        with open(self.file, "rb") as fh:
-            data = fh.read()
-        lines = data.split(b"\n")
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                if i == len(lines) - 1:  # torn tail of an interrupted append
-                    return
-                raise PihError(f"store={str(self.file)!r}: corrupt record on line {i + 1}") from None
+        if e.line == line or line in self._dups:
+            return
+        if not _same_result(e.data, d):
+            raise StoreError(
+                f"{self._where()}: key {key} is stored twice with different values (line {e.line}: "
+                f"{e.data['value']!r}{' failed' if e.data.get('failed') else ''}, line {line}: {d['value']!r}"
+                f"{' failed' if d.get('failed') else ''}); delete the wrong line")
+        self._dups[line] = (key, e.line)
+        self._warn(f"{self._where()}: key {key} is stored twice with the same value (lines {e.line} and {line}, "
+                   f"written by an older pih): line {e.line} is used")
+
+    def _refresh(self) -> None:
+        """Index what was appended since the last read (everything, the first time or after a rewrite)."""
+        with self._mutex:
+            self._refresh_locked()
+
+    def _refresh_locked(self) -> None:
+        try:
+            st = os.stat(self.file)
+        except FileNotFoundError:
+            if self._ino is not None:
+                self._reset()
+            return
+        except OSError as exc:
+            raise self._os_error("read records.jsonl", exc) from None
+        if self._ino is not None and (st.st_ino != self._ino or st.st_size < self._end):
+            self._reset()
+        self._ino = st.st_ino
+        if st.st_size == self._end:
+            return
+        try:
+            with open(self.file, "rb") as fh:
+                fh.seek(self._end)
+                data = fh.read()
+        except OSError as exc:
+            raise self._os_error("read records.jsonl", exc) from None
+        pos, line, tail = 0, self._line, None
+        while pos < len(data):
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                raw = data[pos:]
+                d = self._decode(raw, line, last=True) if raw.strip() else None
+                if d is None:
+                    tail = ("torn", len(raw), line)
+                    if raw.strip():
+                        self._warn(f"{self._where()}: line {line} is incomplete ({len(raw)} bytes, an interrupted "
+                                   f"write): ignored; the next append moves it to {TORN_FILE}")
+                else:
+                    self._add(line, d)
+                    tail = ("open", len(raw), line)
+                break
+            raw = data[pos:nl]
+            if raw.strip():
+                self._add(line, self._decode(raw, line))
+            pos, line = nl + 1, line + 1
+        self._end += pos
+        self._line, self._tail = line, tail
 
     def raw(self) -> list[dict]:
-        return list(self._lines())
+        """The stored lines as dicts, one per key (the first line of a duplicated key), in file order."""
+        self._refresh()
+        return [dict(e.data) for e in self._order]
 
     def records(self) -> list[Record]:
-        return [Record.from_dict(d) for d in self._lines()]
+        return [Record.from_dict(d) for d in self.raw()]
 
     def keys(self) -> set[str]:
-        if self._keys is None:
-            self._keys = {d["key"] for d in self._lines()}
-        return self._keys
+        self._refresh()
+        return set(self._entries)
 
     def has(self, key: str) -> bool:
-        return key in self.keys()
+        self._refresh()
+        return key in self._entries
 
     def __len__(self) -> int:
         return len(self.keys())
 
+    def line_of(self, key: str) -> int:
+        """The line number of ``key``'s record (the first one, for a duplicated key)."""
+        self._refresh()
+        if key not in self._entries:
+            raise bad("key", key, f"not in store {str(self.path)!r}")
+        return self._entries[key].line
+
+    @property
+    def duplicates(self) -> list[dict]:
+        """Lines that repeat a stored key with the same value (written by older versions): reported, not used."""
+        self._refresh()
+        return [{"key": k, "line": ln, "same_as_line": first} for ln, (k, first) in sorted(self._dups.items())]
+
     def get(self, key: str) -> Record:
-        for d in self._lines():
-            if d["key"] == key:
-                return Record.from_dict(d)
-        raise bad("key", key, f"not in store {str(self.path)!r}")
+        self._refresh()
+        if key not in self._entries:
+            raise bad("key", key, f"not in store {str(self.path)!r}")
+        return Record.from_dict(self._entries[key].data)
 
     def load_arrays(self, record: Record | str) -> dict[str, np.ndarray]:
+        """The sidecar arrays of a stored record ({} when it has none), verified against its line."""
+        import zipfile
+        import zlib
+
         key = record if isinstance(record, str) else record.key
-        f = self.path / "arrays" / f"{key}.npz"
-        if not f.exists():
+        self._refresh()
+        e = self._entries.get(key)
+        if e is None:
+            raise bad("key", key, f"not in store {str(self.path)!r}")
+        names = sorted(e.data.get("arrays") or [])
+        if not names:
             return {}
-        with np.load(f, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        f = self.path / "arrays" / f"{key}.npz"
+        what = f"record {key} (line {e.line}, {e.data.get('order')})"
+        fix = f"restore the file, or delete line {e.line} of records.jsonl to recompute the point"
+        if not f.is_file():
+            raise StoreError(f"store={str(self.path)!r}: {what} has arrays {names} but arrays/{key}.npz is missing; "
+                             f"{fix}")
+        sha = e.data.get("arrays_sha256")
+        if sha is not None and _file_sha256(f) != sha:
+            raise StoreError(f"store={str(self.path)!r}: arrays/{key}.npz of {what} is corrupt or was replaced "
+                             f"(its SHA-256 differs from the one stored with the record); {fix}")
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                out = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+            raise StoreError(f"store={str(self.path)!r}: arrays/{key}.npz of {what} is corrupt "
+                             f"({type(exc).__name__}: {exc}); {fix}") from None
+        if sorted(out) != names:
+            raise StoreError(f"store={str(self.path)!r}: arrays/{key}.npz of {what} holds {sorted(out)}, the record "
+                             f"lists {names}; {fix}")
+        return out
+
+    def verify(self) -> list[str]:
+        """Every problem of the store in one line each (an empty list: the store is sound): lines are checked
+        on reading; this also checks every sidecar and lists leftover temporary files."""
+        problems = []
+        try:
+            self._refresh()
+        except StoreError as exc:
+            return [str(exc)]
+        for e in self._order:
+            try:
+                self.load_arrays(e.data["key"])
+            except StoreError as exc:
+                problems.append(str(exc))
+        for ln, (k, first) in sorted(self._dups.items()):
+            problems.append(f"{self._where()}: line {ln} repeats key {k} of line {first} (same value)")
+        if self._tail is not None and self._tail[0] == "torn":
+            problems.append(f"{self._where()}: line {self._tail[2]} is incomplete (an interrupted write)")
+        adir = self.path / "arrays"
+        if adir.is_dir():
+            problems += [f"store={str(self.path)!r}: leftover temporary file arrays/{t.name} (an interrupted write; "
+                         "removed by the next append once its process has ended)"
+                         for t in sorted(adir.glob(".*.tmp.npz"))]
+        return problems
 
     # -- writing -------------------------------------------------------------------------------------------
-    def _repair_tail(self, fh) -> None:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        if size == 0:
-            return
-        fh.seek(0)
-        data = fh.read()
-        if data.endswith(b"\n"):
-            return
-        cut = data.rfind(b"\n") + 1
-        fh.truncate(cut)
-        fh.seek(0, os.SEEK_END)
+    def _os_error(self, what: str, exc: OSError) -> StoreError:
+        import errno
 
-    def append(self, record: Record) -> str:
-        """Write ``record`` durably; refuse a second record with the same key."""
-        key = record.key
-        if self.has(key):
-            raise bad("record", key, "already stored (the store is append-only; resume skips stored keys)")
-        line = _canonical({**record.to_dict(), "created": time.time()}).encode() + b"\n"
-        if record.arrays:
-            adir = self.path / "arrays"
-            adir.mkdir(exist_ok=True)
-            tmp = adir / f".{key}.{os.getpid()}.tmp.npz"
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **{k: np.asarray(v) for k, v in record.arrays.items()})
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, adir / f"{key}.npz")
-        with open(self.file, "a+b") as fh:
+        where = f"store={str(self.path)!r}"
+        if exc.errno == errno.ENOSPC:
+            return StoreError(f"{where}: no space left on the device to {what}; the store is unchanged (free some "
+                              "space and rerun to resume)")
+        if exc.errno == errno.EDQUOT:
+            return StoreError(f"{where}: disk quota exceeded to {what}; the store is unchanged")
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return StoreError(f"{where}: cannot {what}: the store is read-only ({exc.strerror})")
+        return StoreError(f"{where}: cannot {what}: {exc.strerror or exc}")
+
+    @contextlib.contextmanager
+    def _locked(self):
+        try:
+            fh = open(self.file, "a+b", buffering=0)
+        except OSError as exc:
+            raise self._os_error("open records.jsonl for writing", exc) from None
+        with fh, _signals_deferred():
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
-                self._repair_tail(fh)
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
+                yield fh
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
-        self.keys().add(key)
+
+    def _repair_tail(self, fh) -> None:
+        """Under the lock: end a complete last record with its newline; move an incomplete one to records.torn."""
+        if self._tail is None:
+            return
+        kind, nbytes, line = self._tail
+        if kind == "open":
+            _write_all(fh, b"\n")
+            os.fsync(fh.fileno())
+            self._end += nbytes + 1
+            self._line += 1
+        else:
+            fh.seek(self._end)
+            torn = fh.read()
+            if torn.strip():
+                with open(self.path / TORN_FILE, "ab") as t:
+                    t.write(torn.rstrip(b"\n") + b"\n")
+                    t.flush()
+                    os.fsync(t.fileno())
+                self._warn(f"{self._where()}: moved the incomplete line {line} ({nbytes} bytes, an interrupted "
+                           f"write) to {TORN_FILE}")
+            fh.truncate(self._end)
+            os.fsync(fh.fileno())
+        self._tail = None
+        self._ino = os.fstat(fh.fileno()).st_ino
+
+    def _sidecar_tmp(self, key: str, arrays: dict[str, Any]) -> tuple[Path, str]:
+        import uuid
+
+        adir = self.path / "arrays"
+        tmp = adir / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz"
+        try:
+            adir.mkdir(exist_ok=True)
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+                fh.flush()
+                os.fsync(fh.fileno())
+            return tmp, _file_sha256(tmp)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise self._os_error(f"write arrays/{key}.npz", exc) from None
+            raise
+
+    def _clean_stale_tmp(self) -> None:
+        """Remove temporary sidecars left by processes that are gone (killed mid-write)."""
+        adir = self.path / "arrays"
+        if not adir.is_dir():
+            return
+        for t in adir.glob(".*.tmp.npz"):
+            parts = t.name.split(".")
+            pid = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+            if pid is None or pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                t.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def append(self, record: Record, exist_ok: bool = False) -> str:
+        """Write ``record`` durably and return its key; refuse a second record with the same key (with
+        ``exist_ok``, leave the stored one as it is). Safe with concurrent writers (processes or threads)."""
+        key = record.key
+        body = {**record.to_dict(), "created": time.time()}
+        tmp = None
+        try:
+            if record.arrays:
+                tmp, body["arrays_sha256"] = self._sidecar_tmp(key, record.arrays)
+            line = _sealed(body)
+            with self._mutex, self._locked() as fh:
+                self._refresh()
+                if key in self._entries:
+                    if exist_ok:
+                        return key
+                    raise bad("record", key, f"already stored (line {self._entries[key].line}; the store is "
+                              "append-only and resume skips stored keys)")
+                try:
+                    self._clean_stale_tmp()
+                    self._repair_tail(fh)
+                    if tmp is not None:
+                        os.replace(tmp, self.path / "arrays" / f"{key}.npz")
+                        tmp = None
+                        dfd = os.open(self.path / "arrays", os.O_RDONLY)
+                        try:
+                            os.fsync(dfd)
+                        finally:
+                            os.close(dfd)
+                except OSError as exc:
+                    raise self._os_error(f"write the record {key}", exc) from None
+                start = os.fstat(fh.fileno()).st_size
+                try:
+                    _write_all(fh, line)
+                    os.fsync(fh.fileno())
+                except OSError as exc:
+                    with contextlib.suppress(OSError):  # leave no partial line behind
+                        fh.truncate(start)
+                        os.fsync(fh.fileno())
+                    raise self._os_error(f"write the record {key}", exc) from None
+                if start == self._end:
+                    self._add(self._line, json.loads(line))
+                    self._end, self._line = start + len(line), self._line + 1
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
         return key
 
 
@@ -315,21 +689,29 @@ def run_sweep(store: Store, tasks: Iterable[Task], compute: Callable[[Task], Rec
     """Compute each task whose key is not stored yet, storing each record as soon as it is finished.
 
     Returns the records of all tasks, in task order (stored ones read back, new ones as computed). A killed sweep
-    rerun with the same tasks recomputes only what was not stored.
+    rerun with the same tasks recomputes only what was not stored. Several processes may run the same sweep on
+    one store: a task stored by another process meanwhile is not computed again, and a key is never stored
+    twice (the first stored record is the one every reader uses).
     """
     tasks = list(tasks)
     keys = [t.key for t in tasks]
     if len(set(keys)) != len(keys):
         raise bad("tasks", f"{len(keys)} tasks", "two tasks have the same key (same protocol, seed, pipeline, point)")
-    stored = {d["key"]: d for d in store.raw() if d["key"] in set(keys)}
+    wanted = set(keys)
+    stored = {d["key"]: d for d in store.raw() if d["key"] in wanted}
     out: dict[str, Record] = {k: Record.from_dict(d) for k, d in stored.items()}
     todo = [t for t in tasks if t.key not in stored]
     for task in tqdm(todo, desc=desc, disable=not progress, file=sys.stderr, initial=0):
+        if store.has(task.key):  # stored by another process since this sweep started
+            out[task.key] = store.get(task.key)
+            continue
         rec = compute(task)
         if not isinstance(rec, Record):
             raise bad("compute", type(rec).__name__, "must return a Record")
         if rec.key != task.key:
             raise bad("compute", rec.key, f"returned a record for another task (expected key {task.key})")
-        store.append(rec)
-        out[rec.key] = rec
+        store.append(rec, exist_ok=True)
+        kept = store.get(rec.key)
+        out[rec.key] = rec if _same_result({"value": rec.value, "failed": rec.failed},
+                                           {"value": kept.value, "failed": kept.failed}) else kept
     return [out[k] for k in keys]

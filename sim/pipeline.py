@@ -22,6 +22,7 @@ import numpy as np
 
 from pih.errors import bad
 from pih.methods import MixedPrecision, Prune, Quantize
+from pih.validate import check_spec
 
 from . import mechanisms as mech
 from .tensors import Model
@@ -126,9 +127,8 @@ def stage_from_spec(spec) -> tuple[object, object]:
             raise bad("structure", spec.structure, "the simulation has no attention heads; use row or block")
         per = "row" if spec.criterion == "wanda" else "tensor"
         return PruneStage(spec.criterion, structure, nm, per), spec.ratio
+    check_spec(spec)  # the rules every backend shares (pih.validate)
     if isinstance(spec, Quantize):
-        if spec.symmetric and spec.bits < 2:
-            raise bad("bits", spec.bits, "a symmetric grid needs at least 2 bits")
         return QuantStage(spec.group, spec.symmetric, spec.scale, spec.update, spec.rounding), spec.bits
     if isinstance(spec, MixedPrecision):
         q = QuantStage(spec.group, spec.symmetric, spec.scale, spec.update)

@@ -23,6 +23,7 @@ from pih.methods import MixedPrecision, Prune, Quantize
 from pih.metrics import QuantCurve, ratio_16_over_b
 from pih.ownership import theorem1
 from pih.records import Provenance, Record, Store
+from pih.validate import check_bits
 
 from . import pipeline as pl
 from .assumptions import A1, AssumptionSet
@@ -173,8 +174,7 @@ def run_grid(pairing: Pairing, ratios, bits, seeds, model: ModelSpec = ModelSpec
     seeds = np.asarray(seeds, dtype=int)
     for r in ratios:
         pairing.prune.replace(ratio=float(r)) if not pairing.prune.nm else None
-    if (bits < 2).any() and getattr(pairing.quant, "symmetric", True):
-        raise bad("bits", bits.tolist(), "a symmetric grid needs bit widths >= 2")
+    check_bits("bits", bits.tolist(), getattr(pairing.quant, "symmetric", True))  # pih.validate: shared rules
     if len(bits) < 2:
         raise bad("bits", bits.tolist(), "the CER needs the quantizer at two or more bit widths")
     pstage, qstage = pairing.stages(assumptions)
@@ -245,8 +245,7 @@ def run_grid(pairing: Pairing, ratios, bits, seeds, model: ModelSpec = ModelSpec
         if store is not None:
             for rec in _seed_records(pairing, assumptions, model, int(seed), ratios, bits, out, si, n_changed,
                                      free, arr, extra):
-                if not store.has(rec.key):
-                    store.append(rec)
+                store.append(rec, exist_ok=True)  # a key another process stored meanwhile is left as it is
     cer = np.full((S, R), np.nan)
     cens = np.full((S, R), "", dtype=object)
     mono = np.ones(S, bool)

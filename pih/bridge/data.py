@@ -214,6 +214,7 @@ class TextData:
     data: str  # provenance: <corpus tag>:<split>
     calibration: str  # provenance: <corpus tag>:<split>:random-windows
     settings: dict  # the splits, how they were cut, the protocol
+    eval_available: int = 0  # tokens of the evaluation split (before cutting it into windows)
 
 
 def text_data(tokenizer, eval_name: str, calibration_name: str, seqlen: int, eval_tokens: int | None,
@@ -228,14 +229,16 @@ def text_data(tokenizer, eval_name: str, calibration_name: str, seqlen: int, eva
     cal = ev if calibration_name == eval_name else load_corpus(calibration_name)
     es = eval_split or ev.default_split("eval")
     cs = calibration_split or cal.default_split("calibration")
-    windows = eval_windows(tokenize(tokenizer, ev.split(es)), seqlen, eval_tokens, source=f"{es} split of {ev.name}")
+    eval_ids = tokenize(tokenizer, ev.split(es))
+    windows = eval_windows(eval_ids, seqlen, eval_tokens, source=f"{es} split of {ev.name}")
     calib = calibration_windows(tokenize(tokenizer, cal.split(cs)), seqlen, calibration_size, seed,
                                 source=f"{cs} split of {cal.name}")
     settings = {"eval_split": es, "calibration_split": cs, "eval_split_rule": ev.rule,
                 "calibration_split_rule": cal.rule, "text_protocol": TEXT_PROTOCOL}
     if ev.tag == cal.tag and (es == cs or "all" in (es, cs)):
         settings["calibration_overlaps_eval"] = True
-    return TextData(windows, calib, f"{ev.tag}:{es}", f"{cal.tag}:{cs}:random-windows", settings)
+    return TextData(windows, calib, f"{ev.tag}:{es}", f"{cal.tag}:{cs}:random-windows", settings,
+                    int(eval_ids.numel()))
 
 
 def tokenize(tokenizer, text: str):

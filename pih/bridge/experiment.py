@@ -53,7 +53,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -61,7 +60,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import Provenance, Prune, Quantize, Record, Store, Task, pipeline_label, run_sweep, spec_from_dict
-from ..errors import PihError, bad
+from .. import validate as V
+from ..errors import Interrupted, PihError, bad
 from ._common import offline_env, seed_all
 
 offline_env()
@@ -190,8 +190,15 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfi
     for o in cfg.orders:
         if o not in ORDERS:
             raise bad("grid.orders", o, f"must be among {ORDERS}")
-    if cfg.seqlen < 2:
-        raise bad("data.seqlen", cfg.seqlen, "must be >= 2")
+    # one validation of the whole run (pih.validate: the rules the simulation applies too), before any model
+    V.check_folder_name("experiment.name", cfg.name)
+    V.check_seed("experiment.seed", cfg.seed)
+    if cfg.model_seed is not None:
+        V.check_seed("experiment.model_seed", cfg.model_seed)
+    V.check_threads("experiment.threads", cfg.threads)
+    V.check_seqlen(cfg.seqlen, name="data.seqlen")
+    V.check_eval_tokens(cfg.eval_tokens, cfg.seqlen, "data.eval_tokens")
+    V.check_int("data.calibration_size", cfg.calibration_size, 1)
     for p in cfg.pipelines:
         if "stages" not in p or not isinstance(p["stages"], list) or not p["stages"]:
             raise bad("pipelines.stages", p.get("stages"), "each [[pipelines]] needs a non-empty list of stages")
@@ -200,6 +207,8 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfi
         BridgeSettings(**{**cfg.settings, **p.get("settings", {})})
     prune_specs(cfg)
     quant_specs(cfg)
+    for pl, _ in grid_tasks(cfg):
+        V.check_pipeline(pl)
     return cfg
 
 
@@ -259,6 +268,67 @@ def grid_tasks(cfg: ExperimentConfig) -> list[tuple[tuple, dict]]:
     return out
 
 
+def model_max_positions(source: str, cache: str | None = None, seed: int = 0) -> int | None:
+    """The longest sequence ``source`` accepts (``max_position_embeddings``), read from its ``config.json`` (or
+    GGUF header, or the tiny LLaMA's known configuration) without loading any weight or training anything.
+    None: no bound known (image models, or a source the loader will refuse with its own message)."""
+    from ._common import cache_dir
+
+    try:
+        if source.startswith("tiny-llama"):
+            from .train import TinyLlamaConfig, tiny_llama_folder
+
+            parts = source.split(":")
+            corpus = parts[1] if len(parts) > 1 and parts[1] else "kjv"
+            steps = int(parts[2]) if len(parts) == 3 and parts[2].isdigit() else None
+            try:
+                return V.folder_max_positions(tiny_llama_folder(corpus, seed, cache, steps)) or \
+                    TinyLlamaConfig().max_position_embeddings
+            except PihError:  # not trained yet: the configuration it will be trained with
+                return TinyLlamaConfig().max_position_embeddings
+        if source.startswith(("tiny-deit", "tiny-resnet")):
+            return None
+        if source == "smollm2":
+            folder = cache_dir(cache) / "models" / "smollm2-135m-instruct-q4_1"
+            if (folder / "config.json").is_file():
+                return V.folder_max_positions(folder)
+            from .models import smollm2_gguf
+
+            return _gguf_context_length(smollm2_gguf())
+        path = Path(source).expanduser()
+        if path.is_file() and path.suffix == ".gguf":
+            return _gguf_context_length(path)
+        if path.is_dir():
+            return V.folder_max_positions(path)
+    except (OSError, ValueError, KeyError, IndexError):  # unreadable: the loader says why
+        return None
+    return None
+
+
+def _gguf_context_length(path: Path) -> int | None:
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(path))
+    arch = r.fields.get("general.architecture")
+    name = bytes(arch.parts[-1]).decode() if arch is not None else "llama"
+    f = r.fields.get(f"{name}.context_length")
+    return int(f.parts[-1][0]) if f is not None else None
+
+
+def validate_before_loading(cfg: ExperimentConfig, store_path: str | os.PathLike | None = None) -> None:
+    """What needs the model's configuration or the output folder, checked before any model is loaded or
+    trained (the rest is checked by :func:`parse_config`): seqlen within the model's positions, a writable
+    output folder, and an existing store that reads cleanly."""
+    if not cfg.model.startswith(("tiny-deit", "tiny-resnet")):
+        mseed = 0 if cfg.model_seed is None else cfg.model_seed
+        limit = model_max_positions(cfg.model, cfg.cache, mseed)
+        V.check_seqlen(cfg.seqlen, limit, cfg.model, "data.seqlen")
+    if store_path is not None:
+        V.check_output_folder("store", store_path)
+        if (Path(store_path) / "records.jsonl").is_file():
+            Store(store_path).raw()  # a corrupt or conflicting store is refused now, not after the model load
+
+
 class Runner:
     """Holds the model, the data and the cache of compressed stage prefixes for one experiment."""
 
@@ -270,6 +340,7 @@ class Runner:
         from .models import load_model
 
         self.cfg, self.progress = cfg, progress
+        self.adjustments: list[V.Adjustment] = []
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         seed_all(cfg.seed)
@@ -285,6 +356,11 @@ class Runner:
                            cfg.calibration_size, cfg.seed, cfg.eval_split, cfg.calibration_split)
             self.eval_windows, self.calib, data_settings = td.eval_windows, td.calib, td.settings
             data, calibration, metric, seqlen = td.data, td.calibration, "neg_perplexity", cfg.seqlen
+            if isinstance(cfg.eval_tokens, int):  # printed now and stored in every record
+                adj = V.window_adjustment(cfg.eval_tokens, td.eval_available, cfg.seqlen,
+                                          f"evaluation split of {cfg.eval}", "data.eval_tokens")
+                if adj is not None:
+                    self.adjustments.append(adj.announce())
             n_eval = int(self.eval_windows.numel())
         else:
             from .data import image_data
@@ -428,13 +504,16 @@ class Runner:
         self._last_state = state
         if self.cfg.analysis and task.point.get("order") == "P->Q":
             self._finals[_labels(pipeline, settings)] = self._final_weights(state)
+        if self.adjustments:
+            extras["adjustments"] = [a.to_dict() for a in self.adjustments]
+        failed = None
+        if not math.isfinite(value):  # stored as it is, flagged, excluded from every analysis
+            failed = f"non-finite {self.metric_key}: {ev.get(self.metric_key)} (nll {ev.get('nll')})" \
+                if self.metric_key == "ppl" else f"non-finite {self.metric_key}: {value}"
         if self.cfg.analysis and task.point.get("order") == "Q->P" and len(pipeline) == 2:
             summary, arrays = self._pair(pipeline, settings)
             extras["analysis"] = summary
-        if not math.isfinite(value):
-            extras["overflow"] = True
-            value = -1e300
-        return Record(self.provenance, pipeline, value, dict(task.point), extras, arrays)
+        return Record(self.provenance, pipeline, value, dict(task.point), extras, arrays, failed=failed)
 
     def _pair(self, qp_pipeline, settings):
         from .analysis import pair_analysis
@@ -507,13 +586,15 @@ def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progres
     tasks_spec = grid_tasks(cfg)
     if not tasks_spec:
         raise bad("grid", cfg.orders, "the experiment has no grid points")
+    runs = expand_seeds(cfg)
+    for one in runs:  # every run's settings (seeds, the model's positions, the output folder) before any load
+        validate_before_loading(one, store_path)
     from .engine import BridgeSettings, CompressionState, _check_pipeline
 
     store = None
     recs: list[Record] = []
     runners = []
     saved = []
-    runs = expand_seeds(cfg)
     for k, one in enumerate(runs):
         runner = Runner(one, progress=progress)
         for pl, pt in tasks_spec:  # shape errors (N:M, group size) and forbidden orders before anything is stored
@@ -560,6 +641,8 @@ def summarize(cfg: ExperimentConfig, runners, recs: list[Record], store: Store) 
                "sparsity": r.extras.get("sparsity"), "seed": r.provenance.seed, "model": r.provenance.model}
         if r.extras.get("removed_blocks"):
             row["removed_blocks"] = r.extras["removed_blocks"]
+        if r.failed:
+            row["failed"] = r.failed
         points.append(row)
     # the p x b grid proper (explicit [[pipelines]] and per-point settings are not part of it)
     grid = [r for r in recs if r.point.get("order") in ("P", "Q", "P->Q", "Q->P") and "settings" not in r.point]
@@ -577,7 +660,9 @@ def summarize(cfg: ExperimentConfig, runners, recs: list[Record], store: Store) 
         pf = by[(pr, sd, p, b, "P->Q")]
         # A(Q->P) = M(P∘Q) − M(Q∘P): Q applied first minus P applied first; with M = −ppl: ppl(P first) − ppl(Q first)
         row = {"prune": p, "quant": b, "seed": sd, "model": qf.provenance.model, f"{k}_P_first": pf.extras[k],
-               f"{k}_Q_first": qf.extras[k], "A_QP": order_advantage(qf.value, pf.value)}
+               f"{k}_Q_first": qf.extras[k], "A_QP": order_advantage(qf.value, pf.value) if pf.ok and qf.ok else None}
+        if not (pf.ok and qf.ok):  # no advantage from a failed measurement
+            row["failed"] = "; ".join(f"{x.point.get('order')}: {x.failed}" for x in (pf, qf) if x.failed)
         g = rows.get((pr, sd, p, b))
         if g is not None and g.cer_detail is not None:
             row["cer_P"] = g.cer_detail
@@ -597,6 +682,8 @@ def summarize(cfg: ExperimentConfig, runners, recs: list[Record], store: Store) 
                    "protocol": pr, "seed_summary": analyses[pr].seeds.to_dict() if analyses[pr].seeds else None,
                    "monotonicity": analyses[pr].stats.to_dict() if analyses[pr].stats else None}
                   for pr in protocols if analyses[pr].rows],
+        "adjustments": [a.note for r in runners for a in r.adjustments],
+        "n_failed": sum(not r.ok for r in recs), "failed": [p for p in points if "failed" in p],
     }
     if analysis is not None:
         curves = list(analysis.curves.values())
@@ -616,11 +703,9 @@ def main_run(config: str, out: str | None, progress: bool = True, seeds: list[in
         cfg = dataclasses.replace(cfg, seeds=_seed_list("seeds", list(seeds)))
     if model_seeds is not None:
         cfg = dataclasses.replace(cfg, model_seeds=_seed_list("model_seeds", list(model_seeds)))
-    store = out or str(Path("results") / "runs" / cfg.name)
+    store = out or str(Path("results") / "runs" / cfg.name)  # the name is one path component (parse_config)
     try:
         return run_experiment(cfg, store, progress, save=save, save_select=save_select)
-    except PihError:
-        raise
-    except KeyboardInterrupt:  # pragma: no cover
-        print("interrupted: finished points are stored; rerun to resume", file=sys.stderr)
-        raise
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: every finished point is stored in {store}; run the same command again "
+                          "to resume") from None

@@ -154,7 +154,26 @@ def run(args) -> int:
     from pathlib import Path
 
     methods = methods_from_args(args)
+    from .. import validate as V
+
+    # one validation of the whole run before the model is loaded (the rules pih run and the simulation apply)
+    V.check_seed("--seed", args.seed)
+    V.check_threads("--threads", args.threads)
+    V.check_int("--calibration-size", args.calibration_size, 1)
+    seqlen = V.check_seqlen(args.seqlen, name="--seqlen")
+    V.check_eval_tokens(args.eval_tokens, seqlen, "--eval-tokens")
+    V.check_eval_tokens(args.verify_tokens, seqlen, "--verify-tokens")
+    if not 0 < V.check_number("--layers", args.layers) <= 1:
+        raise PihError(f"--layers={args.layers!r}: a fraction of the linear layers, in (0, 1]")
+    V.check_pipeline(methods, "methods")
+    for flag in ("report", "store"):
+        if getattr(args, flag):
+            V.check_output_folder(f"--{flag}", getattr(args, flag))
     import torch
+
+    from ..bridge.experiment import model_max_positions
+
+    V.check_seqlen(seqlen, model_max_positions(args.model, args.cache, args.seed), args.model, "--seqlen")
 
     from ..bridge.advise import AdviseConfig, advise, human_report, write_report
 

@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..cli import add_format, add_ratio_base, emit, ratio_from_args
+from ..validate import check_int
 
 
 def register(sub) -> None:
@@ -32,24 +33,31 @@ def run(args) -> int:
     from ..records import Store
 
     path = Path(args.store)
-    store = Store.existing(path)
     ratio = ratio_from_args(args)
+    n_boot = check_int("--boot", args.boot, 1, why="needs at least 1 bootstrap resample (the rho interval)")
+    store = Store.existing(path)
     groups = defaultdict(list)
     for r in store.records():
         groups[r.protocol].append(r)
-    results = []
+    results, failed = [], []
     for recs in groups.values():
         prov = recs[0].provenance
-        res = analyze_grid(recs, ratio=ratio, isotonic=args.isotonic, n_boot=args.boot)
+        res = analyze_grid(recs, ratio=ratio, isotonic=args.isotonic, n_boot=n_boot)
+        failed += res.failed
         if not res.rows:
             continue
         d = res.to_dict()
         d["provenance"] = {k: v for k, v in prov.to_dict().items() if k not in ("seed", "versions")}
         d["seeds"] = sorted({r.provenance.seed for r in recs})
         results.append(d)
-    payload = {"store": str(path), "convention": f"C_Q(b) = {args.base:g}/b", "grids": results}
+    payload = {"store": str(path), "convention": f"C_Q(b) = {args.base:g}/b", "grids": results,
+               "n_failed": len(failed), "failed": failed}
 
     def human() -> None:
+        if failed:
+            shown = ", ".join(f"{f['order']} seed {f['seed']}" for f in failed[:4])
+            print(f"{path}: {len(failed)} failed record(s) excluded from the analysis ({failed[0]['reason']}): "
+                  f"{shown}{', ...' if len(failed) > 4 else ''} (pih records lists them)")
         if not results:
             print(f"{path}: no pruning x quantization grid (need each method alone and both orders)")
         for d in results:
@@ -65,10 +73,15 @@ def run(args) -> int:
             n_neg = sum(r["A_qp"] < 0 for r in rows)
             print(f"   {len(rows)} points, {d['n_censored']} with a censored CER; A(Q->P) > 0 at {n_pos}, < 0 at "
                   f"{n_neg}, = 0 at {len(rows) - n_pos - n_neg}")
+            if d.get("n_failed"):
+                print(f"   {d['n_failed']} failed record(s) of this grid excluded")
             if m:
+                lo, hi = m["rho_ci"]
+                ci = (f"95% CI {lo:+.3f}..{hi:+.3f}, resampling whole {m['ci_resamples']}s"
+                      if math.isfinite(lo) and math.isfinite(hi) else
+                      "no bootstrap interval: every resample was degenerate")
                 print(f"   Spearman rho of A(Q->P) in C*_P - C_Q over all rows: {m['spearman_rho']:+.3f} "
-                      f"(95% CI {m['rho_ci'][0]:+.3f}..{m['rho_ci'][1]:+.3f}, resampling whole "
-                      f"{m['ci_resamples']}s), concordant pairs {m['concordant_fraction']:.3f}, n = {m['n_points']}")
+                      f"({ci}), concordant pairs {m['concordant_fraction']:.3f}, n = {m['n_points']}")
             ss = d.get("seed_summary")
             if ss:
                 from ..render import seed_summary_lines

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from ..cli import add_format, emit
-from ..errors import PihError, bad
+from ..errors import PihError, PihWarning, bad
 
 DEFAULT_MAX_TOKENS = 2048
 
@@ -111,6 +112,70 @@ def export_for(grid, seed: int, path: Path, max_tokens: int, model: str | None =
     return export_layers(lm, calib, path, max_tokens=max_tokens, meta=meta)
 
 
+def _cache_problem(path: Path, protocol: str, seed: int) -> str | None:
+    """Why a cached export cannot be used (None: it is complete and belongs to these records)."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad_member = z.testzip()  # reads every member and checks its CRC
+            if bad_member is not None:
+                return f"corrupt (member {bad_member} fails its CRC check)"
+            if "meta.npy" not in z.namelist():
+                return "incomplete (no meta entry)"
+        import numpy as np
+
+        with np.load(path, allow_pickle=False) as zz:
+            meta = json.loads(str(zz["meta"]))
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    if meta.get("protocol") != protocol or int(meta.get("seed", -1)) != int(seed):
+        return "from other records (protocol or seed differ)"
+    return None
+
+
+def _export_atomically(grid, seed: int, path: Path, max_tokens: int, model: str | None) -> Path:
+    """Export to a temporary file, fsync it and rename it into place: a killed export leaves no torn cache."""
+    import os
+
+    for t in path.parent.glob(".compare_tensors_*.tmp.npz"):  # left by a killed export whose process is gone
+        pid = t.name.rsplit(".", 3)[-3]
+        if pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                t.unlink(missing_ok=True)
+            except OSError:
+                pass
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        export_for(grid, seed, tmp, max_tokens, model)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise PihError(f"cannot write the layer tensor cache {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _read_tensors(path: Path, what: str):
+    import zipfile
+
+    from sim.tensors import load_tensors
+
+    try:
+        return load_tensors(path)
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise bad(what, str(path), f"is not a readable tensor file ({type(exc).__name__}: {exc})") from None
+    except ValueError as exc:
+        if isinstance(exc, PihError):
+            raise
+        raise bad(what, str(path), f"is not a readable tensor file ({exc})") from None
+
+
 def _options(grid) -> dict:
     """The simulation's stage options matching the bridge settings of the records."""
     bridge = ((grid.provenance.get("settings") or {}).get("bridge") or {})
@@ -139,7 +204,6 @@ def compare(args) -> dict:
         import numpy as np
 
         from sim.predict import predict_grid
-        from sim.tensors import load_tensors
 
         if args.max_tokens < 1:
             raise bad("--max-tokens", args.max_tokens, "must be positive")
@@ -153,14 +217,19 @@ def compare(args) -> dict:
                 path = Path(args.tensors)
             else:
                 path = Path(args.stores[0]) / f"compare_tensors_{grid.protocol}_s{seed}_{args.max_tokens}.npz"
-                if not path.is_file():
+                problem = _cache_problem(path, grid.protocol, seed) if path.is_file() else None
+                if problem:
+                    warnings.warn(f"the cached layer tensors {path} are {problem}: exported again", PihWarning,
+                                  stacklevel=2)
+                if problem or not path.is_file():
                     t0 = time.time()
-                    export_for(grid, seed, path, args.max_tokens, args.model)
+                    _export_atomically(grid, seed, path, args.max_tokens, args.model)
                     timing["export_seconds"] += round(time.time() - t0, 1)
             tensor_files.append(str(path))
             t0 = time.time()
-            rows = predict_grid(load_tensors(path), P, Q, sim_names, seed=seed, progress=not args.no_progress,
-                                options=_options(grid), max_samples=args.max_tokens)
+            rows = predict_grid(_read_tensors(path, "--tensors" if args.tensors else "tensor cache"), P, Q, sim_names,
+                                seed=seed, progress=not args.no_progress, options=_options(grid),
+                                max_samples=args.max_tokens)
             timing["predict_seconds"] += round(time.time() - t0, 1)
             predictions += [{**r, "seed": seed} for r in rows]
         for n in sim_names:
@@ -189,6 +258,7 @@ def compare(args) -> dict:
         "tensors": tensor_files,
         "max_tokens_per_layer": args.max_tokens if sim_names else None,
         "noise_floor": grid.noise_floor(), "incomplete": grid.incomplete, "timing": timing,
+        "n_failed": grid.n_failed, "failed": grid.failed,
         "best": {k: best[k] for k in ("assumption_set", "sign_agreement", "spearman_rho", "n_above_floor")}
         if best else None,
         "results": results, "predictions": predictions,
@@ -268,6 +338,10 @@ def run(args) -> int:
         pooled = nf["pooled"]
         w(f"noise floor: {nf['rule']}; pooled {'-' if pooled is None else f'{pooled:.4g}'}; "
           f"{nf['n_above']} points above, {nf['n_below']} below\n")
+        if out["n_failed"]:
+            w(f"{out['n_failed']} failed record(s) excluded ({out['failed'][0]['reason']}; pih records lists them)\n")
+        if out["incomplete"]:
+            w(f"{len(out['incomplete'])} half pair(s) without the other order, not scored\n")
         if out["tensors"]:
             w(f"simulation on {', '.join(out['tensors'])} ({out['max_tokens_per_layer']} tokens per layer, "
               f"seeds {out['simulation_seeds']}; predicted A = mean over them)\n")

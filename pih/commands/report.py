@@ -20,5 +20,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..report import build_report
+    from ..validate import check_output_folder
+
+    check_output_folder("--out", args.out)
 
     return build_report(args.out, quick=args.quick, sections=tuple(args.sections), progress=not args.no_progress)

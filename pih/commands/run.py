@@ -41,6 +41,12 @@ def _run(args: argparse.Namespace) -> int:
     out = main_run(args.config, args.out, progress=not args.no_progress, seeds=args.seeds,
                    model_seeds=args.model_seeds, save=args.save, save_select=args.save_only)
     emit(args, out, lambda: _table(out))
+    if out.get("n_failed"):  # stored and shown, but the run did not measure everything
+        from pih.cli import EXIT_FAILED
+
+        print(f"pih run: {out['n_failed']} of {len(out['points'])} points failed ({out['failed'][0]['failed']}): "
+              f"stored as failed in {out['store']} and excluded from the analysis", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -61,11 +67,13 @@ def _table(out: dict) -> None:
       f"seeds {out.get('seeds', [prov['seed']])}\n")
     for n in out.get("notes", []):
         w(f"note: {n}\n")
+    for n in out.get("adjustments", []):
+        w(f"adjusted: {n}\n")
     k = out.get("metric", "ppl")
     w(f"{'order':<10}{'prune':>8}{'quant':>7}{'seed':>6}{k:>12}{'sparsity':>10}  pipeline\n")
     for r in out["points"]:
         w(f"{r['order']:<10}{_fmt(r['prune']):>8}{_fmt(r['quant']):>7}{_fmt(r.get('seed')):>6}{_fmt(r[k]):>12}"
-          f"{_fmt(r.get('sparsity')):>10}  {r['pipeline']}\n")
+          f"{_fmt(r.get('sparsity')):>10}  {r['pipeline']}{'  FAILED: ' + r['failed'] if r.get('failed') else ''}\n")
     if out.get("pairs"):
         w(f"\n{'prune':>6}{'bits':>6}{'seed':>6}{k + ' P first':>13}{k + ' Q first':>13}{'A(Q->P)':>11}"
           f"{'CER_P-C_Q':>11}"

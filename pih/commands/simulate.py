@@ -29,11 +29,28 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sim.presets import run_preset  # imports JAX only when the command runs
+    from ..validate import check_int, check_number, check_output_folder
 
+    # one validation of the whole run before JAX is imported or anything is computed
     out = args.out or f"results/sim/{args.preset}"
-    summary = run_preset(args.preset, out, quick=args.quick, seeds=args.seeds, assumptions=args.assumptions,
-                         progress=not args.no_progress, nu=args.nu)
+    check_output_folder("--out", out)
+    check_output_folder("--out", f"{out}/store")
+    if args.seeds is not None:
+        check_int("--seeds", args.seeds, 1, why="the number of seeds must be >= 1")
+    check_number("--nu", args.nu, positive=True)
+    from sim.assumptions import get as assumption_set  # imports JAX only when the command runs
+
+    assumption_set(args.assumptions)
+    from sim.presets import run_preset
+
+    try:
+        summary = run_preset(args.preset, out, quick=args.quick, seeds=args.seeds, assumptions=args.assumptions,
+                             progress=not args.no_progress, nu=args.nu)
+    except KeyboardInterrupt:
+        from ..errors import Interrupted
+
+        raise Interrupted(f"interrupted: every finished seed is stored in {out}/store; run the same command again "
+                          "to resume") from None
     summary["out"] = out
 
     def human() -> None:

@@ -27,6 +27,12 @@ def register(subparsers) -> None:
 def _train(args: argparse.Namespace) -> int:
     import shutil
 
+    from pih.validate import check_int, check_seed, check_threads
+
+    check_seed("--seed", args.seed)  # before anything is trained (a negative seed fails only at the end)
+    check_threads("--threads", args.threads)
+    if args.steps is not None:
+        check_int("--steps", args.steps, 1)
     import torch
 
     from pih.bridge.train import tiny_deit_folder, tiny_llama_folder, tiny_resnet_folder

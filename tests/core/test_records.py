@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from pih import (
     require_same_protocol,
     run_sweep,
 )
+from pih.errors import PihWarning
 
 CHILD = Path(__file__).with_name("_sweep_child.py")
 
@@ -64,9 +66,12 @@ def test_torn_last_line_is_ignored_and_repaired(tmp_path):
     store.append(r1)
     with open(store.file, "ab") as fh:
         fh.write(b'{"key": "abc", "provenance": {"bac')  # a crash mid-write
-    assert [r.key for r in Store(tmp_path).records()] == [r1.key]
+    with pytest.warns(PihWarning, match="line 2 is incomplete"):
+        assert [r.key for r in Store(tmp_path).records()] == [r1.key]
     r2 = Record(prov(), (Prune(0.2),), -0.2)
-    Store(tmp_path).append(r2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PihWarning)  # the same report, and the repair's
+        Store(tmp_path).append(r2)
     lines = store.file.read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(s) for s in lines)
 
@@ -76,7 +81,10 @@ def test_corrupt_middle_line_is_an_error(tmp_path):
     store.append(Record(prov(), (Prune(0.1),), -0.1))
     with open(store.file, "ab") as fh:
         fh.write(b"garbage\n")
-    store.append(Record(prov(), (Prune(0.2),), -0.2))
+    with pytest.raises(PihError, match="corrupt record on line 2"):  # nothing is appended to a corrupt store
+        store.append(Record(prov(), (Prune(0.2),), -0.2))
+    with open(store.file, "ab") as fh:
+        fh.write(Path(store.file).read_bytes().splitlines(keepends=True)[0])
     with pytest.raises(PihError, match="corrupt record on line 2"):
         Store(tmp_path).records()
 

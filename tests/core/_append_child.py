@@ -1,0 +1,28 @@
+"""Appends the same keys as its sibling processes, at the same moment (run by test_store_guarantees)."""
+
+import json
+import sys
+import time
+
+import numpy as np
+
+from pih import PihError, Provenance, Prune, Record, Store
+
+store_dir, n, start_at, exist_ok = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1"
+prov = Provenance(backend="test", model="toy", data="none", metric="-err", seed=0, versions={})
+recs = [Record(prov, (Prune(round(0.01 * i, 2)),), -float(i), {"i": i}, arrays={"e": np.full(3, float(i))})
+        for i in range(n)]
+store = Store(store_dir)
+while time.time() < start_at:  # every process starts appending at once
+    time.sleep(0.001)
+written, refused = [], []
+for r in recs:
+    before = store.has(r.key)
+    try:
+        store.append(r, exist_ok=True) if exist_ok else store.append(r)
+        if not before and not exist_ok:
+            written.append(r.point["i"])
+    except PihError as exc:
+        assert "already stored" in str(exc), exc
+        refused.append(r.point["i"])
+print(json.dumps({"written": written, "refused": refused}))
