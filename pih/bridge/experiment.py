@@ -197,7 +197,8 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfi
         V.check_seed("experiment.model_seed", cfg.model_seed)
     V.check_threads("experiment.threads", cfg.threads)
     V.check_seqlen(cfg.seqlen, name="data.seqlen")
-    V.check_eval_tokens(cfg.eval_tokens, cfg.seqlen, "data.eval_tokens")
+    if cfg.eval_tokens is not None:  # None: "all", every full window
+        V.check_eval_tokens(cfg.eval_tokens, cfg.seqlen, "data.eval_tokens")
     V.check_int("data.calibration_size", cfg.calibration_size, 1)
     for p in cfg.pipelines:
         if "stages" not in p or not isinstance(p["stages"], list) or not p["stages"]:

@@ -269,7 +269,6 @@ def test_a_nan_weight_is_never_reported_as_a_number(config, capsys, tmp_path, ti
         assert rc == 0 and doc["grids"] == [] and doc["n_failed"] == len(recs)
 
 
-@pytest.mark.xfail(strict=False, reason="needs the loader's weight check")
 def test_a_nan_weight_is_refused_at_load_naming_the_tensor(config, capsys, tmp_path, tiny_folder):
     m, name = _nan_model(tiny_folder, tmp_path / "nan-model")
     cfg = config("nan", experiment={"model": str(m)}, prune={"ratios": [0.5]}, quantize={"bits": [4]})
@@ -283,7 +282,6 @@ def test_a_model_folder_without_weights_is_one_line(config, capsys, tmp_path, ti
     assert rc == 2 and str(m) in one_line(err, "run") and not (tmp_path / "s").exists()
 
 
-@pytest.mark.xfail(strict=False, reason="needs the loader's weight check")
 def test_a_model_folder_with_truncated_weights_is_one_line(config, capsys, tmp_path, tiny_folder):
     m = _model_copy(tiny_folder, tmp_path / "truncated")
     w = m / "model.safetensors"
