@@ -6,7 +6,17 @@ search, and one record type with a crash-safe store. The JAX simulation lives in
 """
 
 from .errors import PihError, ProtocolMismatch, check_tensor
-from .methods import MixedPrecision, Prune, Quantize, RemoveBlocks, Spec, pipeline_label, spec_from_dict
+from .methods import (
+    Joint,
+    MixedPrecision,
+    Prune,
+    Quantize,
+    RemoveBlocks,
+    Spec,
+    n_pruned,
+    pipeline_label,
+    spec_from_dict,
+)
 from .metrics import (
     CER,
     Monotonicity,
@@ -39,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CER",
     "Granularity",
+    "Joint",
     "MixedPrecision",
     "Monotonicity",
     "OrderSearch",
@@ -60,6 +71,7 @@ __all__ = [
     "disjoint_selectivity",
     "interference",
     "monotonicity",
+    "n_pruned",
     "order_advantage",
     "owned_errors",
     "owner_errors",

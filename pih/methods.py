@@ -11,15 +11,24 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from . import registry
 from .errors import bad
 from .ownership import Granularity
 
-PRUNE_CRITERIA = ("magnitude", "wanda", "sparsegpt", "loss")
+PRUNE_CRITERIA = ("magnitude", "wanda", "sparsegpt", "loss")  # the built-in ones; pih.registry holds every one
 PRUNE_STRUCTURES = ("unstructured", "row", "head", "block")  # plus "N:M" strings such as "2:4"
 QUANT_SCALES = ("absmax", "mse")
 QUANT_ROTATIONS = (None, "hadamard")
-QUANT_UPDATES = ("none", "gptq")
-QUANT_ROUNDINGS = ("nearest", "stochastic")
+QUANT_UPDATES = ("none", "gptq")  # the built-in ones; pih.registry holds every one
+QUANT_ROUNDINGS = ("nearest", "stochastic", "down")  # down: biased (floor), for assumption variants only
+QUANT_GRIDS = ("full", "odd")
+
+
+def n_pruned(ratio: float, n: int) -> int:
+    """How many of ``n`` units a pruning ratio removes: ``int(ratio * n)``, the count of the reference
+    implementations (SparseGPT, Wanda and their magnitude baseline), as computed in floating point. Every backend
+    uses this one definition."""
+    return int(float(ratio) * int(n))
 
 
 def _parse_nm(structure: str) -> tuple[int, int] | None:
@@ -48,6 +57,12 @@ def _check_group(group: object) -> None:
             raise bad("group", group, "must be 'channel', 'tensor' or a positive integer group size")
     elif isinstance(group, bool) or not isinstance(group, int) or group < 1:
         raise bad("group", group, "must be 'channel', 'tensor' or a positive integer group size")
+
+
+def _check_grid(grid: object, symmetric: bool, bits) -> None:
+    _check_choice("grid", grid, QUANT_GRIDS)
+    if grid == "odd" and not symmetric:
+        raise bad("grid", grid, "the odd grid is symmetric: it needs symmetric=True")
 
 
 def _check_choice(name: str, value: object, choices: tuple) -> None:
@@ -98,7 +113,7 @@ class Prune(_Spec):
         if not (math.isfinite(self.ratio) and 0.0 <= self.ratio < 1.0):
             raise bad("ratio", self.ratio, "pruning ratio must lie in [0, 1)")
         object.__setattr__(self, "ratio", float(self.ratio))
-        _check_choice("criterion", self.criterion, PRUNE_CRITERIA)
+        method = registry.get_method("prune", self.criterion)  # a registered pruning criterion
         if not isinstance(self.structure, str):
             raise bad("structure", self.structure, "must be a string")
         nm = _parse_nm(self.structure)
@@ -108,8 +123,11 @@ class Prune(_Spec):
             implied = 1.0 - nm[0] / nm[1]
             if abs(self.ratio - implied) > 1e-9:
                 raise bad("ratio", self.ratio, f"structure {self.structure!r} implies ratio {implied:g}")
-        if self.criterion == "loss" and self.structure not in ("block", "head", "row"):
-            raise bad("criterion", self.criterion, "the 'loss' criterion is for structured removal (block/head/row)")
+        if ("nm" if nm else self.structure) not in method.structures:
+            allowed = ", ".join("N:M" if x == "nm" else x for x in method.structures)
+            kind = "structured removal" if "unstructured" not in method.structures else "these structures"
+            raise bad("criterion", self.criterion, f"the {self.criterion!r} criterion is for {kind} ({allowed}), "
+                      f"not {self.structure!r}")
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -126,7 +144,8 @@ class Prune(_Spec):
             g = Granularity("weight")
         else:
             g = Granularity(self.structure)
-        if self.criterion == "sparsegpt":  # its weight update spreads a pruned weight's error over its row
+        if registry.get_method("prune", self.criterion).updates_kept:  # an update spreads a pruned weight's
+            # error over its row (SparseGPT)
             g = g.coarsen(Granularity("row"))
         return g
 
@@ -147,8 +166,12 @@ class Quantize(_Spec):
 
     group: "channel" (one scale per output row) | "tensor" | g (one scale per g consecutive input weights).
     scale: absmax (largest magnitude) | mse (MSE-optimal clipping). rotation: None | "hadamard" (rotate before
-    quantizing). update: none (round to nearest) | gptq (column-wise error feedback). rounding: nearest |
-    stochastic.
+    quantizing). update: a registered quantizer (``pih.registry``): none (round to nearest) | gptq (column-wise
+    error feedback). rounding: nearest | stochastic | down (biased; for assumption variants).
+    grid: "full" — 2^b levels spanning the range, scale = range/(2^b − 1) with an integer zero point (the GPTQ /
+    RTN reference convention; symmetric: range [−amax, amax], the top level clamped); "odd" (symmetric only) —
+    levels k·s with |k| ≤ 2^(b−1) − 1 and s = amax/(2^(b−1) − 1): ±amax exactly on the grid and Q(−x) = −Q(x),
+    the max-scaled odd grid of Harma et al.'s theorem.
     """
 
     bits: int
@@ -158,6 +181,7 @@ class Quantize(_Spec):
     rotation: str | None = None
     update: str = "none"
     rounding: str = "nearest"
+    grid: str = "full"
     kind: ClassVar[str] = "quantize"
 
     def __post_init__(self) -> None:
@@ -167,8 +191,9 @@ class Quantize(_Spec):
             raise bad("symmetric", self.symmetric, "must be True or False")
         _check_choice("scale", self.scale, QUANT_SCALES)
         _check_choice("rotation", self.rotation, QUANT_ROTATIONS)
-        _check_choice("update", self.update, QUANT_UPDATES)
+        registry.get_method("quantize", self.update)  # a registered quantizer ("none": round to nearest)
         _check_choice("rounding", self.rounding, QUANT_ROUNDINGS)
+        _check_grid(self.grid, self.symmetric, self.bits)
 
     @property
     def label(self) -> str:
@@ -181,6 +206,8 @@ class Quantize(_Spec):
             parts.append(self.update)
         if self.rounding != "nearest":
             parts.append(self.rounding)
+        if self.grid != "full":
+            parts.append(self.grid)
         return "Q[" + ",".join(parts) + "]"
 
     def compression_ratio(self, convention=None) -> float:
@@ -196,7 +223,7 @@ class Quantize(_Spec):
             g = Granularity("row")
         else:
             g = Granularity("group", int(self.group))
-        if self.rotation is not None or self.update == "gptq":
+        if self.rotation is not None or registry.get_method("quantize", self.update).updates_kept:
             # A rotation mixes a whole row; GPTQ feeds each column's error into the rest of its row.
             g = g.coarsen(Granularity("row"))
         return g
@@ -216,6 +243,7 @@ class MixedPrecision(_Spec):
     symmetric: bool = True
     scale: str = "absmax"
     update: str = "none"
+    grid: str = "full"
     kind: ClassVar[str] = "mixed"
 
     def __post_init__(self) -> None:
@@ -229,7 +257,8 @@ class MixedPrecision(_Spec):
         object.__setattr__(self, "bits", bits)
         _check_group(self.group)
         _check_choice("scale", self.scale, QUANT_SCALES)
-        _check_choice("update", self.update, QUANT_UPDATES)
+        registry.get_method("quantize", self.update)
+        _check_grid(self.grid, self.symmetric, bits)
 
     @property
     def label(self) -> str:
@@ -237,7 +266,7 @@ class MixedPrecision(_Spec):
 
     def quantizer(self, unit: int) -> Quantize:
         """The per-unit quantizer."""
-        return Quantize(self.bits[unit], self.group, self.symmetric, self.scale, None, self.update)
+        return Quantize(self.bits[unit], self.group, self.symmetric, self.scale, None, self.update, grid=self.grid)
 
     def granularity(self) -> Granularity:
         return self.quantizer(0).granularity()
@@ -246,8 +275,38 @@ class MixedPrecision(_Spec):
         self.quantizer(0).check_shape(shape)
 
 
-Spec = Prune | Quantize | MixedPrecision
-_KINDS = {"prune": Prune, "quantize": Quantize, "mixed": MixedPrecision}
+@dataclass(frozen=True)
+class Joint(_Spec):
+    """Pruning and quantization in one pass (SparseGPT's joint mode: each column pruned, then quantized, then its
+    error fed forward), one stage of a pipeline. Its pruner and quantizer are ordinary specs."""
+
+    prune: Prune
+    quant: Quantize
+    kind: ClassVar[str] = "joint"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prune, Prune):
+            raise bad("prune", self.prune, "a joint stage needs a Prune spec")
+        if not isinstance(self.quant, Quantize):
+            raise bad("quant", self.quant, "a joint stage needs a Quantize spec")
+
+    @property
+    def label(self) -> str:
+        return f"J[{self.prune.label}+{self.quant.label}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "prune": self.prune.to_dict(), "quant": self.quant.to_dict()}
+
+    def granularity(self) -> Granularity:
+        return self.prune.granularity().coarsen(self.quant.granularity())
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        self.prune.check_shape(shape)
+        self.quant.check_shape(shape)
+
+
+Spec = Prune | Quantize | MixedPrecision | Joint
+_KINDS = {"prune": Prune, "quantize": Quantize, "mixed": MixedPrecision, "joint": Joint}
 
 
 def spec_from_dict(d: dict[str, Any]) -> Spec:
@@ -265,6 +324,8 @@ def spec_from_dict(d: dict[str, Any]) -> Spec:
     kwargs = {k: v for k, v in d.items() if k != "kind"}
     if kind == "mixed" and "bits" in kwargs:
         kwargs["bits"] = tuple(kwargs["bits"])
+    if kind == "joint":
+        kwargs = {k: spec_from_dict(v) for k, v in kwargs.items()}
     return cls(**kwargs)
 
 
