@@ -145,7 +145,7 @@ def main(argv=None) -> int:
         store = Store(out / "store")
         tasks = [Task(runner.provenance, pl, pt) for pl, pt in grid_tasks(cfg)]
         recs = run_sweep(store, tasks, runner.compute, progress=False)
-        rows = {(r.point["prune"], r.point["quant"], r.point["order"]): r.extras["ppl"] for r in recs}
+        rows = {(*r.coords, r.role): r.extras["ppl"] for r in recs}
         pairs = []
         for p in (0.5,):
             for b in (4,):

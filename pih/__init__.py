@@ -42,7 +42,17 @@ from .ownership import (
     removal_errors,
     theorem1,
 )
-from .records import Provenance, Record, Store, Task, record_key, require_same_protocol, run_sweep
+from .records import (
+    Provenance,
+    Record,
+    Store,
+    Task,
+    grid_coords,
+    grid_role,
+    record_key,
+    require_same_protocol,
+    run_sweep,
+)
 
 __version__ = "0.1.0"
 
@@ -69,6 +79,8 @@ __all__ = [
     "check_tensor",
     "direct_advantage",
     "disjoint_selectivity",
+    "grid_coords",
+    "grid_role",
     "interference",
     "monotonicity",
     "n_pruned",

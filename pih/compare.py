@@ -81,19 +81,19 @@ class MeasuredGrid:
 
 
 def measured_grid(records: Iterable[Record], layer_arrays: Callable[[Record], Mapping] | None = None) -> MeasuredGrid:
-    """The grid of measured A(Q→P) from records holding both orders (``point.order`` "P->Q" and "Q->P", as
+    """The grid of measured A(Q→P) from records holding both orders (pipelines (P, Q) and (Q, P), as
     ``pih run`` writes them) for one protocol, one or more seeds. ``layer_arrays(record)`` returns a Q→P record's
     sidecar arrays (``layer_err_pq``/``layer_err_qp``: the bridge's per-layer errors of both orders) for the
     "measured-layers" predictor."""
     records, failed = split_failed(records)  # failed measurements: excluded here, counted in the result
-    recs = [r for r in records if len(r.pipeline) == 2 and r.point.get("order") in ("P->Q", "Q->P")]
+    recs = [r for r in records if r.role in ("P->Q", "Q->P") and "settings" not in r.point]
     if not recs:
         raise bad("records", "store", "no (P, Q) pairs: the store needs both orders (P->Q and Q->P) of a grid"
                   + (f" ({len(failed)} failed records excluded)" if failed else ""))
     protocol = require_same_protocol(*recs)
     by: dict[tuple, dict] = defaultdict(dict)
     for r in recs:
-        by[(r.point.get("prune"), r.point.get("quant"))][(r.point["order"], r.provenance.seed)] = r
+        by[r.coords][(r.role, r.provenance.seed)] = r
     points, incomplete = [], []
     for (p, b), d in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         seeds = sorted({s for _, s in d})

@@ -109,6 +109,25 @@ class Provenance:
         return cls(**d)
 
 
+GRID_ROLES = ("dense", "P", "Q", "P->Q", "Q->P")
+
+
+def grid_role(pipeline) -> str:
+    """The role of a pipeline in a pruning x quantization grid: "dense" (no method), "P" / "Q" (one method alone),
+    "P->Q" (prune first, then quantize: Q∘P), "Q->P" (quantize first), or "pipeline" (anything else: three stages,
+    two pruners, mixed precision, a joint stage...)."""
+    kinds = tuple(getattr(s, "kind", None) for s in pipeline)
+    return {(): "dense", ("prune",): "P", ("quantize",): "Q", ("prune", "quantize"): "P->Q",
+            ("quantize", "prune"): "Q->P"}.get(kinds, "pipeline")
+
+
+def grid_coords(pipeline) -> tuple[float | None, int | None]:
+    """(ratio of the pipeline's pruner, bits of its quantizer) — None where it has none (or several)."""
+    ratios = [s.ratio for s in pipeline if getattr(s, "kind", None) == "prune"]
+    bits = [s.bits for s in pipeline if getattr(s, "kind", None) == "quantize"]
+    return (ratios[0] if len(ratios) == 1 else None, bits[0] if len(bits) == 1 else None)
+
+
 def record_key(provenance: Provenance, pipeline: tuple, point: dict) -> str:
     """Deterministic identity of a result: protocol, seed, pipeline and grid point."""
     return _digest(
@@ -123,7 +142,11 @@ def record_key(provenance: Provenance, pipeline: tuple, point: dict) -> str:
 
 @dataclass(frozen=True)
 class Task:
-    """A unit of work in a sweep: what to compute, identified by the key its record will have."""
+    """A unit of work in a sweep: what to compute, identified by the key its record will have.
+
+    ``point`` holds only what neither the pipeline nor the provenance says: ``name`` (the label of an explicit
+    pipeline of a config) and ``settings`` (method settings overridden for this task). A grid point's ratio, bits
+    and order are read from the pipeline (:func:`grid_role`, :func:`grid_coords`), never stored twice."""
 
     provenance: Provenance
     pipeline: tuple[Spec, ...]
@@ -172,6 +195,17 @@ class Record:
     @property
     def protocol(self) -> str:
         return self.provenance.protocol
+
+    @property
+    def role(self) -> str:
+        """What the record is in a pruning x quantization grid, read from its pipeline alone (the one place the
+        order lives): :func:`grid_role`; "named" for an explicit pipeline (``point["name"]``)."""
+        return "named" if self.point.get("name") else grid_role(self.pipeline)
+
+    @property
+    def coords(self) -> tuple[float | None, int | None]:
+        """(pruning ratio, bit width) of a grid record, from its pipeline (None where it has no such method)."""
+        return grid_coords(self.pipeline)
 
     @property
     def ok(self) -> bool:
@@ -684,15 +718,26 @@ class Store:
         return key
 
 
-def run_sweep(store: Store, tasks: Iterable[Task], compute: Callable[[Task], Record], progress: bool = True,
-              desc: str = "sweep") -> list[Record]:
+def run_sweep(store: Store, tasks: Iterable[Task], compute: Callable[[Task], Record] | None = None,
+              progress: bool = True, desc: str = "sweep", compute_group: Callable | None = None,
+              group_by: Callable[[Task], Any] | None = None) -> list[Record]:
     """Compute each task whose key is not stored yet, storing each record as soon as it is finished.
 
     Returns the records of all tasks, in task order (stored ones read back, new ones as computed). A killed sweep
     rerun with the same tasks recomputes only what was not stored. Several processes may run the same sweep on
     one store: a task stored by another process meanwhile is not computed again, and a key is never stored
     twice (the first stored record is the one every reader uses).
+
+    ``compute(task) -> Record`` computes one task. A backend that computes several tasks at once (the
+    simulation's one compiled call per seed) gives ``compute_group(tasks) -> list[Record]`` (one record per task,
+    in order) and ``group_by(task)`` (tasks with equal values form a group, e.g. the seed); a group is computed
+    when any of its tasks is missing, and only the missing ones are stored. Either way ``compute`` must be a pure
+    function of its task: what it returns depends on nothing computed for another task.
     """
+    if (compute is None) == (compute_group is None):
+        raise bad("compute", compute, "give compute (one task) or compute_group with group_by (several)")
+    if compute_group is not None and group_by is None:
+        raise bad("group_by", None, "compute_group needs group_by (which tasks are computed together)")
     tasks = list(tasks)
     keys = [t.key for t in tasks]
     if len(set(keys)) != len(keys):
@@ -701,11 +746,8 @@ def run_sweep(store: Store, tasks: Iterable[Task], compute: Callable[[Task], Rec
     stored = {d["key"]: d for d in store.raw() if d["key"] in wanted}
     out: dict[str, Record] = {k: Record.from_dict(d) for k, d in stored.items()}
     todo = [t for t in tasks if t.key not in stored]
-    for task in tqdm(todo, desc=desc, disable=not progress, file=sys.stderr, initial=0):
-        if store.has(task.key):  # stored by another process since this sweep started
-            out[task.key] = store.get(task.key)
-            continue
-        rec = compute(task)
+
+    def keep(task: Task, rec: Record) -> None:
         if not isinstance(rec, Record):
             raise bad("compute", type(rec).__name__, "must return a Record")
         if rec.key != task.key:
@@ -714,4 +756,29 @@ def run_sweep(store: Store, tasks: Iterable[Task], compute: Callable[[Task], Rec
         kept = store.get(rec.key)
         out[rec.key] = rec if _same_result({"value": rec.value, "failed": rec.failed},
                                            {"value": kept.value, "failed": kept.failed}) else kept
+
+    if compute_group is None:
+        for task in tqdm(todo, desc=desc, disable=not progress, file=sys.stderr, initial=0):
+            if store.has(task.key):  # stored by another process since this sweep started
+                out[task.key] = store.get(task.key)
+                continue
+            keep(task, compute(task))
+        return [out[k] for k in keys]
+    groups: dict[Any, list[Task]] = {}
+    for t in tasks:
+        groups.setdefault(group_by(t), []).append(t)
+    pending = [g for g in groups.values() if any(t.key not in stored for t in g)]
+    for group in tqdm(pending, desc=desc, disable=not progress, file=sys.stderr, initial=0):
+        if all(store.has(t.key) for t in group):
+            for t in group:
+                out[t.key] = store.get(t.key)
+            continue
+        recs = list(compute_group(group))
+        if len(recs) != len(group):
+            raise bad("compute_group", f"{len(recs)} records", f"expected one per task ({len(group)})")
+        for t, rec in zip(group, recs, strict=True):
+            if t.key in stored or store.has(t.key):
+                out[t.key] = store.get(t.key) if t.key not in out else out[t.key]
+                continue
+            keep(t, rec)
     return [out[k] for k in keys]

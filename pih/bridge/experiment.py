@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import Provenance, Prune, Quantize, Record, Store, Task, pipeline_label, run_sweep, spec_from_dict
+from .. import Provenance, Prune, Quantize, Record, Store, Task, grid_role, run_sweep, spec_from_dict
 from .. import validate as V
 from ..errors import Interrupted, PihError, bad
 from ._common import offline_env, seed_all
@@ -245,28 +245,35 @@ def quant_specs(cfg: ExperimentConfig) -> list[Quantize]:
 
 
 def grid_tasks(cfg: ExperimentConfig) -> list[tuple[tuple, dict]]:
-    """(pipeline, point) pairs in an order that lets each stage prefix be computed once."""
+    """(pipeline, point) pairs in an order that lets each stage prefix be computed once. A grid point's point is
+    empty (its ratio, bits and order are its pipeline's); an explicit pipeline's holds its ``name`` and its
+    ``settings`` overrides."""
     P, Q = prune_specs(cfg), quant_specs(cfg)
     out: list[tuple[tuple, dict]] = []
     if "dense" in cfg.orders:
-        out.append(((), {"prune": None, "quant": None, "order": "dense"}))
+        out.append(((), {}))
     if "alone" in cfg.orders:
-        out += [((p,), {"prune": p.ratio, "quant": None, "order": "P"}) for p in P]
-        out += [((q,), {"prune": None, "quant": q.bits, "order": "Q"}) for q in Q]
+        out += [((p,), {}) for p in P]
+        out += [((q,), {}) for q in Q]
     for p in P:  # both orders of one pair next to each other: the pair analysis needs both models
         for q in Q:
             if "PQ" in cfg.orders:
-                out.append(((p, q), {"prune": p.ratio, "quant": q.bits, "order": "P->Q"}))
+                out.append(((p, q), {}))
             if "QP" in cfg.orders:
-                out.append(((q, p), {"prune": p.ratio, "quant": q.bits, "order": "Q->P"}))
+                out.append(((q, p), {}))
     for k, pl in enumerate(cfg.pipelines):
         specs = tuple(spec_from_dict(dict(s)) for s in pl["stages"])
-        point = {"prune": None, "quant": None, "order": pl.get("name", f"pipeline{k}"),
-                 "pipeline": pipeline_label(specs)}
+        point = {"name": pl.get("name", f"pipeline{k}")}
         if pl.get("settings"):
             point["settings"] = dict(sorted(pl["settings"].items()))
         out.append((specs, point))
     return out
+
+
+def point_row(r: Record) -> dict:
+    """How a record appears in a run's summary: its grid coordinates and order (from its pipeline) or name."""
+    p, b = r.coords
+    return {"prune": p, "quant": b, "order": r.point.get("name") or r.role}
 
 
 def model_max_positions(source: str, cache: str | None = None, seed: int = 0) -> int | None:
@@ -503,7 +510,8 @@ class Runner:
         }
         arrays = None
         self._last_state = state
-        if self.cfg.analysis and task.point.get("order") == "P->Q":
+        role = "named" if task.point.get("name") else grid_role(pipeline)
+        if self.cfg.analysis and role == "P->Q":
             self._finals[_labels(pipeline, settings)] = self._final_weights(state)
         if self.adjustments:
             extras["adjustments"] = [a.to_dict() for a in self.adjustments]
@@ -511,7 +519,7 @@ class Runner:
         if not math.isfinite(value):  # stored as it is, flagged, excluded from every analysis
             failed = f"non-finite {self.metric_key}: {ev.get(self.metric_key)} (nll {ev.get('nll')})" \
                 if self.metric_key == "ppl" else f"non-finite {self.metric_key}: {value}"
-        if self.cfg.analysis and task.point.get("order") == "Q->P" and len(pipeline) == 2:
+        if self.cfg.analysis and role == "Q->P":
             summary, arrays = self._pair(pipeline, settings)
             extras["analysis"] = summary
         return Record(self.provenance, pipeline, value, dict(task.point), extras, arrays, failed=failed)
@@ -637,8 +645,7 @@ def summarize(cfg: ExperimentConfig, runners, recs: list[Record], store: Store) 
     runner = runners[0]
     points = []
     for r in recs:
-        row = {"prune": r.point.get("prune"), "quant": r.point.get("quant"), "order": r.point.get("order"),
-               "pipeline": r.order, runner.metric_key: r.extras.get(runner.metric_key),
+        row = {**point_row(r), "pipeline": r.order, runner.metric_key: r.extras.get(runner.metric_key),
                "sparsity": r.extras.get("sparsity"), "seed": r.provenance.seed, "model": r.provenance.model}
         if r.extras.get("removed_blocks"):
             row["removed_blocks"] = r.extras["removed_blocks"]
@@ -646,9 +653,8 @@ def summarize(cfg: ExperimentConfig, runners, recs: list[Record], store: Store) 
             row["failed"] = r.failed
         points.append(row)
     # the p x b grid proper (explicit [[pipelines]] and per-point settings are not part of it)
-    grid = [r for r in recs if r.point.get("order") in ("P", "Q", "P->Q", "Q->P") and "settings" not in r.point]
-    by = {(r.protocol, r.provenance.seed, r.point.get("prune"), r.point.get("quant"), r.point.get("order")): r
-          for r in grid}
+    grid = [r for r in recs if r.role in ("P", "Q", "P->Q", "Q->P") and "settings" not in r.point]
+    by = {(r.protocol, r.provenance.seed, *r.coords, r.role): r for r in grid}
     protocols = list(dict.fromkeys(r.protocol for r in grid))
     analyses = {pr: analyze_grid([r for r in grid if r.protocol == pr]) for pr in protocols}
     analysis = analyses[protocols[0]] if protocols else None
@@ -663,7 +669,7 @@ def summarize(cfg: ExperimentConfig, runners, recs: list[Record], store: Store) 
         row = {"prune": p, "quant": b, "seed": sd, "model": qf.provenance.model, f"{k}_P_first": pf.extras[k],
                f"{k}_Q_first": qf.extras[k], "A_QP": order_advantage(qf.value, pf.value) if pf.ok and qf.ok else None}
         if not (pf.ok and qf.ok):  # no advantage from a failed measurement
-            row["failed"] = "; ".join(f"{x.point.get('order')}: {x.failed}" for x in (pf, qf) if x.failed)
+            row["failed"] = "; ".join(f"{x.role}: {x.failed}" for x in (pf, qf) if x.failed)
         g = rows.get((pr, sd, p, b))
         if g is not None and g.cer_detail is not None:
             row["cer_P"] = g.cer_detail

@@ -311,12 +311,20 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("->", " then ")).strip("_")[:80]
 
 
-def point_matches(point: dict, label: str, select: list[str] | None) -> bool:
+def task_order(task) -> str:
+    """A task's order as ``--save-only`` names it: an explicit pipeline's name, else its grid role (P, Q, P->Q,
+    Q->P, dense, pipeline), read from its pipeline."""
+    from .. import grid_role
+
+    return task.point.get("name") or grid_role(tuple(task.pipeline))
+
+
+def point_matches(order: str, label: str, select: list[str] | None) -> bool:
     """Whether a grid point is among those ``select`` asks for (its order, e.g. "P->Q", or its pipeline label);
     by default every compressed point (not the dense one)."""
     if not select:
-        return point.get("order") != "dense"
-    return point.get("order") in select or label in select
+        return order != "dense"
+    return order in select or label in select
 
 
 def save_points(runner, tasks, records, out: str | Path, select: list[str] | None = None,
@@ -332,8 +340,8 @@ def save_points(runner, tasks, records, out: str | Path, select: list[str] | Non
     from .engine import BridgeSettings
 
     out = Path(out).expanduser()
-    by_point = {json.dumps(r.point, sort_keys=True, default=str): r for r in records}
-    chosen = [t for t in tasks if point_matches(t.point, pipeline_label(tuple(t.pipeline)), select)]
+    by_key = {r.key: r for r in records}
+    chosen = [t for t in tasks if point_matches(task_order(t), pipeline_label(tuple(t.pipeline)), select)]
     if not chosen:
         raise bad("save", select, "no grid point matches (give orders such as P->Q or pipeline labels)")
     index = []
@@ -342,8 +350,8 @@ def save_points(runner, tasks, records, out: str | Path, select: list[str] | Non
         label = pipeline_label(pipeline)
         settings = BridgeSettings(**{**runner.cfg.settings, **t.point.get("settings", {})})
         state = runner.compress(pipeline, settings)
-        rec = by_point.get(json.dumps(t.point, sort_keys=True, default=str))
-        folder = out / f"{k:02d}-{_slug(str(t.point.get('order')))}-{_slug(label) or 'dense'}"
+        rec = by_key.get(t.key)
+        folder = out / f"{k:02d}-{_slug(task_order(t))}-{_slug(label) or 'dense'}"
         info = {"pipeline": label, "point": t.point, "specs": [s.to_dict() for s in pipeline],
                 "bridge_settings": settings.to_dict()}
         if rec is not None:
@@ -351,7 +359,7 @@ def save_points(runner, tasks, records, out: str | Path, select: list[str] | Non
             info["metric"] = {runner.metric_key: rec.extras.get(runner.metric_key)}
         probe = runner.calib[: min(2 if runner.lm.arch == "llama" else 4, runner.calib.shape[0])]
         man = save_compressed(runner.lm, state, folder, probe=probe, info=info)
-        index.append({"folder": folder.name, "pipeline": label, "order": t.point.get("order"),
+        index.append({"folder": folder.name, "pipeline": label, "order": task_order(t),
                       "formats": {f: v.get("written", True) for f, v in man["formats"].items()},
                       **info.get("metric", {})})
     (out / "index.json").write_text(json.dumps(index, indent=2, default=str))

@@ -46,8 +46,11 @@ def test_config_errors(_raw, tiny_source):
 
 def test_grid_tasks_order(_raw):
     cfg = parse_config(_raw())
-    orders = [pt["order"] for _, pt in grid_tasks(cfg)]
-    assert orders == ["dense", "P", "Q", "Q", "P->Q", "Q->P", "P->Q", "Q->P"]
+    from pih import grid_role
+
+    tasks = grid_tasks(cfg)
+    assert [grid_role(pl) for pl, _ in tasks] == ["dense", "P", "Q", "Q", "P->Q", "Q->P", "P->Q", "Q->P"]
+    assert all(pt == {} for _, pt in tasks)  # the order lives in the pipeline only
 
 
 def test_run_records_resume_and_analysis(tiny_folder, cache, tmp_path, _raw, corpus_name):
@@ -73,7 +76,7 @@ def test_run_records_resume_and_analysis(tiny_folder, cache, tmp_path, _raw, cor
         assert an["decomposition_gap"] <= 1e-9 * max(1.0, abs(an["A_PQ_error_actual"]))
         assert pair["A_QP"] == pytest.approx(pair["ppl_P_first"] - pair["ppl_Q_first"])
     # the same core functions recompute it from the stored per-weight arrays
-    qp = next(r for r in recs if r.point["order"] == "Q->P" and r.point["quant"] == 2)
+    qp = next(r for r in recs if r.role == "Q->P" and r.coords[1] == 2)
     arr = store.load_arrays(qp)
     t1 = theorem1(arr["errors"], arr["owners_pq"], arr["owners_qp"], arr["sensitivities"])
     assert t1.advantage == pytest.approx(qp.extras["analysis"]["A_PQ_t1"], rel=1e-4)

@@ -49,7 +49,7 @@ def test_magnitude_rtn_quantize_first_has_no_interference(tiny_folder, cache, tm
         total = an["err_PQ"] + an["err_QP"]
         assert abs(an["delta_QP"]) <= 1e-9 * total, (pair["quant"], an["delta_QP"], total)
         assert an["t1_identity_gap"] <= 1e-9 * total
-        rec = next(r for r in store.records() if r.point.get("order") == "Q->P" and r.point["quant"] == pair["quant"])
+        rec = next(r for r in store.records() if r.role == "Q->P" and r.coords[1] == pair["quant"])
         arr, layers = _layers(store, rec)
         for i, (name, w0, pruned_pq, _) in enumerate(layers):
             o, k = shapes[str(name)]
@@ -68,7 +68,7 @@ def test_owner_errors_are_removal_errors_not_p_alone(tiny_folder, cache, tmp_pat
     bookkeeping took (W0 − W_P)², zero there, and reported Δ_QP = Σ w² over weights pruned only when Q came first)."""
     run_experiment(_cfg(tiny_source, corpus_name, cache, bits=(3,)), tmp_path / "s", progress=False)
     store = Store(tmp_path / "s")
-    rec = next(r for r in store.records() if r.point.get("order") == "Q->P")
+    rec = next(r for r in store.records() if r.role == "Q->P")
     arr, layers = _layers(store, rec)
     kept_alone = arr["owners_pq"] != 0
     assert (arr["errors"][0][kept_alone] > 0).mean() > 0.99  # removal errors exist where P first keeps the weight

@@ -138,3 +138,27 @@ def test_sweep_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_path):
         i = d["point"]["i"]
         assert d["value"] == pytest.approx(-(i**0.5))
         assert Store(store_dir).load_arrays(d["key"])["e"][0, 0] == i
+
+
+def test_run_sweep_in_groups_stores_only_what_is_missing(tmp_path):
+    """compute_group: one call per group (e.g. a simulation seed); a rerun after a partial store recomputes only
+    the groups with a missing task, and stores only the missing records."""
+    from pih import Provenance, Quantize, Record, Store, Task, run_sweep
+
+    tasks = [Task(Provenance("t", "m", "d", "-e", seed=s), (Quantize(b),)) for s in (0, 1) for b in (2, 4, 8)]
+    calls = []
+
+    def group(ts):
+        calls.append(len(ts))
+        return [Record(t.provenance, t.pipeline, -1.0 / t.pipeline[0].bits) for t in ts]
+
+    st = Store(tmp_path / "s")
+    first = run_sweep(st, tasks[:4], compute_group=group, group_by=lambda t: t.provenance.seed, progress=False)
+    assert calls == [3, 1] and len(st) == 4
+    again = run_sweep(st, tasks, compute_group=group, group_by=lambda t: t.provenance.seed, progress=False)
+    assert calls == [3, 1, 3] and len(st) == 6  # seed 0 complete: not recomputed; seed 1 recomputed, 2 stored
+    assert [r.value for r in again[:4]] == [r.value for r in first]
+    import pytest
+
+    with pytest.raises(Exception, match="group_by"):
+        run_sweep(st, tasks, compute_group=group, progress=False)

@@ -227,7 +227,7 @@ def test_an_infinite_perplexity_is_stored_as_a_failure_and_excluded(config, caps
     assert pair["A_QP"] is None and "non-finite ppl" in pair["failed"]
     assert all(p["A_QP"] is not None and math.isfinite(p["A_QP"]) for p in doc["pairs"] if p is not pair)
     bad = [r for r in Store(tmp_path / "s").records() if not r.ok]
-    assert len(bad) == 1 and bad[0].value == -math.inf and bad[0].point["order"] == "Q->P"
+    assert len(bad) == 1 and bad[0].value == -math.inf and bad[0].role == "Q->P"
     rc, out, _ = cli(capsys, "analyze", tmp_path / "s", "--format", "json", "--boot", "20")
     grid = json.loads(out)["grids"][0]
     assert rc == 0 and grid["n_failed"] == 1 and len(grid["rows"]) == 3
