@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
         "compression equivalent ratios, and check the theory on simulated and real weights.",
     )
     p.add_argument("--version", action="version", version=f"pih {__version__}")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="import a module (dotted name or a .py file) that registers methods (pih.registry) or "
+                   "assumption sets (sim.assumptions) before the command runs; repeatable. Installed packages "
+                   "that declare 'pih.methods' or 'pih.assumptions' entry points are loaded always")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -85,8 +89,39 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def load_plugins(argv: list[str]) -> list[str]:
+    """Load the entry-point plugins and every ``--plugin`` of the command line (before or after the subcommand),
+    before the parser is built: a plugin's methods and assumption sets must be known to every subcommand. Returns
+    the command line without the ``--plugin`` options."""
+    from . import registry
+
+    rest, refs, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--plugin":
+            if i + 1 >= len(argv):
+                raise PihError("--plugin needs a module name or a .py file")
+            refs.append(argv[i + 1])
+            i += 2
+            continue
+        if a.startswith("--plugin="):
+            refs.append(a.split("=", 1)[1])
+        else:
+            rest.append(a)
+        i += 1
+    registry.load_entry_points()
+    for ref in refs:
+        registry.load_plugin(ref)
+    return rest
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``pih`` command. Every error a user can cause ends in one line on stderr and a non-zero exit."""
+    try:
+        argv = load_plugins(list(sys.argv[1:] if argv is None else argv))
+    except PihError as exc:
+        print(f"pih: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -300,28 +300,35 @@ def scoped() -> Iterator[None]:
 def _parse_prune(args: list[str], name: str):
     from .methods import Prune
 
-    try:
-        if len(args) == 1:
-            return Prune(float(args[0]), criterion=name)
-        if len(args) == 2:
+    wrong = PihError(f"expected {name}:RATIO or {name}:N:M with numbers (e.g. {name}:0.5, {name}:2:4)")
+    if len(args) == 1:
+        try:
+            ratio = float(args[0])
+        except ValueError:
+            raise wrong from None
+        return Prune(ratio, criterion=name)
+    if len(args) == 2:
+        try:
             n, m = int(args[0]), int(args[1])
-            if not 0 < n < m:
-                raise PihError(f"N:M needs 0 < N < M (N kept of every M), got {n}:{m}")
-            return Prune(1 - n / m, criterion=name, structure=f"{n}:{m}")
-    except ValueError:
-        pass
-    raise PihError(f"expected {name}:RATIO or {name}:N:M with numbers (e.g. {name}:0.5, {name}:2:4)")
+        except ValueError:
+            raise wrong from None
+        if not 0 < n < m:
+            raise PihError(f"N:M needs 0 < N < M (N kept of every M), got {n}:{m}")
+        return Prune(1 - n / m, criterion=name, structure=f"{n}:{m}")
+    raise wrong
 
 
 def _parse_blocks(args: list[str], name: str):
     from .methods import Prune
 
+    wrong = PihError(f"expected {name}:RATIO (the fraction of blocks removed, e.g. blocks:0.25)")
+    if len(args) != 1:
+        raise wrong
     try:
-        if len(args) == 1:
-            return Prune(float(args[0]), criterion=name, structure="block")
+        ratio = float(args[0])
     except ValueError:
-        pass
-    raise PihError(f"expected {name}:RATIO (the fraction of blocks removed, e.g. {name}:0.25)")
+        raise wrong from None
+    return Prune(ratio, criterion=name, structure="block")
 
 
 def _parse_quant(args: list[str], name: str):
@@ -345,6 +352,8 @@ def _parse_quant(args: list[str], name: str):
         elif o in ("absmax", "mse"):
             kw["scale"] = o
         elif o in ("stochastic", "nearest"):
+            if o == "stochastic" and name != "none":
+                raise PihError("stochastic rounding is an option of rtn only")
             kw["rounding"] = o
         else:
             raise PihError(f"unknown option {opt!r}; options: gN, channel, tensor, sym, asym, absmax, mse, "

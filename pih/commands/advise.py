@@ -10,14 +10,13 @@ from ..cli import add_format, emit
 from ..errors import PihError
 
 SPEC_HELP = """\
-method specs:
-  --prune CRITERION:RATIO | CRITERION:N:M
-      CRITERION: magnitude | wanda | sparsegpt.  e.g. sparsegpt:0.5, wanda:2:4 (2 kept of every 4), magnitude:0.6
-  --quantize QUANTIZER:BITS[:OPTION...]
-      QUANTIZER: rtn (round to nearest) | gptq.  OPTION: gN (one scale per N input weights, e.g. g128) | channel
+method specs (the registry's spelling, plugins included: pih --plugin my_methods.py advise ...):
+  --prune CRITERION:RATIO | CRITERION:N:M    e.g. sparsegpt:0.5, wanda:2:4 (2 kept of every 4), magnitude:0.6
+  --quantize QUANTIZER:BITS[:OPTION...]      OPTION: gN (one scale per N input weights, e.g. g128) | channel
       (default) | tensor | asym (default) | sym | absmax (default) | mse | stochastic (rtn only).
       e.g. gptq:4, rtn:4:g128, rtn:3:sym:mse
   Both options repeat (up to 4 methods in all, every order is compared). The methods are listed prunes first.
+  pih advise predicts layer-wise methods (block removal changes no layer's error: use pih run).
 
 what it does:
   1. one pass over the calibration windows on the dense model; per linear layer (a stratified --layers fraction
@@ -81,64 +80,17 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-# -- spec syntax (no torch) ----------------------------------------------------------------------------------
+# -- spec syntax (no torch): the registry's command-line spelling of every method, plugins included ------------
 def parse_prune(text: str):
-    from ..methods import Prune
+    from .. import registry
 
-    parts = str(text).split(":")
-    crit = parts[0].strip().lower()
-    if crit not in ("magnitude", "wanda", "sparsegpt"):
-        raise PihError(f"--prune={text!r}: unknown criterion {crit!r}; use magnitude, wanda or sparsegpt "
-                       "(e.g. sparsegpt:0.5, wanda:2:4)")
-    try:
-        nums = [float(parts[1])] if len(parts) == 2 else [int(x) for x in parts[1:]] if len(parts) == 3 else None
-    except ValueError:
-        raise PihError(f"--prune={text!r}: expected CRITERION:RATIO or CRITERION:N:M with numbers") from None
-    try:
-        if nums is not None and len(nums) == 1:
-            return Prune(nums[0], criterion=crit)
-        if nums is not None:
-            n, m = nums
-            if not 0 < n < m:
-                raise PihError(f"N:M needs 0 < N < M (N kept of every M), got {n}:{m}")
-            return Prune(1 - n / m, criterion=crit, structure=f"{n}:{m}")
-    except PihError as exc:
-        raise PihError(f"--prune={text!r}: {exc}") from None
-    raise PihError(f"--prune={text!r}: expected CRITERION:RATIO or CRITERION:N:M (e.g. sparsegpt:0.5, wanda:2:4)")
+    return registry.parse_method(text, "prune")
 
 
 def parse_quantize(text: str):
-    from ..methods import Quantize
+    from .. import registry
 
-    parts = str(text).split(":")
-    kind = parts[0].strip().lower()
-    if kind not in ("rtn", "gptq") or len(parts) < 2:
-        raise PihError(f"--quantize={text!r}: expected rtn:BITS[:OPTION...] or gptq:BITS[:OPTION...] "
-                       "(e.g. gptq:4, rtn:4:g128)")
-    try:
-        bits = int(parts[1])
-    except ValueError:
-        raise PihError(f"--quantize={text!r}: the bit width {parts[1]!r} is not an integer") from None
-    kw = {"group": "channel", "symmetric": False, "scale": "absmax", "update": "gptq" if kind == "gptq" else "none"}
-    for opt in parts[2:]:
-        o = opt.strip().lower()
-        if o in ("channel", "tensor"):
-            kw["group"] = o
-        elif o.startswith("g") and o[1:].isdigit():
-            kw["group"] = int(o[1:])
-        elif o in ("sym", "asym"):
-            kw["symmetric"] = o == "sym"
-        elif o in ("absmax", "mse"):
-            kw["scale"] = o
-        elif o == "stochastic" and kind == "rtn":
-            kw["rounding"] = "stochastic"
-        else:
-            raise PihError(f"--quantize={text!r}: unknown option {opt!r}; options: gN, channel, tensor, sym, asym, "
-                           "absmax, mse, stochastic (rtn)")
-    try:
-        return Quantize(bits, **kw)
-    except PihError as exc:
-        raise PihError(f"--quantize={text!r}: {exc}") from None
+    return registry.parse_method(text, "quantize")
 
 
 def methods_from_args(args) -> tuple:

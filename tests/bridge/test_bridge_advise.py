@@ -51,12 +51,12 @@ def test_spec_parsing():
     assert parse_quantize("gptq:4") == Quantize(4, symmetric=False, update="gptq")
     assert parse_quantize("rtn:4:g128") == Quantize(4, group=128, symmetric=False)
     assert parse_quantize("rtn:3:sym:mse") == Quantize(3, symmetric=True, scale="mse")
-    for bad, match in [("sparsegpt", "CRITERION:RATIO"), ("loss:0.5", "unknown criterion"),
+    for bad, match in [("sparsegpt", "sparsegpt:RATIO"), ("loss:0.5", "unknown prune method"),
                        ("wanda:x", "numbers"), ("wanda:1.5", "ratio"), ("wanda:4:2", "0 < N < M")]:
         with pytest.raises(PihError, match=match):
             parse_prune(bad)
-    for bad, match in [("gptq", "BITS"), ("awq:4", "rtn:BITS"), ("gptq:four", "not an integer"),
-                       ("rtn:4:g0x", "unknown option"), ("rtn:0", "bit width"), ("gptq:4:stochastic", "unknown")]:
+    for bad, match in [("gptq", "bit width"), ("awq:4", "known: rtn, gptq"), ("gptq:four", "not an integer"),
+                       ("rtn:4:g0x", "unknown option"), ("rtn:0", "bit width"), ("gptq:4:stochastic", "rtn only")]:
         with pytest.raises(PihError, match=match):
             parse_quantize(bad)
 
