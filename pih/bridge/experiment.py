@@ -397,8 +397,7 @@ class Runner:
         self._snaps[self._base_key] = (self._state_dict(), CompressionState(rotated=cfg.rotate))
         self._rot_base: tuple[dict, Any] | None = None
         self._lam: dict | None = None
-        self._finals: dict[tuple, tuple[dict, dict]] = {}
-        self._last_state = None
+        self._finals: dict[tuple, tuple[dict, dict]] = {}  # memo of final weights (_remember)
 
     @property
     def notes(self) -> list[str]:
@@ -509,10 +508,9 @@ class Runner:
             "eval_seconds": round(time.time() - t1, 3), "rotated": state.rotated,
         }
         arrays = None
-        self._last_state = state
         role = "named" if task.point.get("name") else grid_role(pipeline)
-        if self.cfg.analysis and role == "P->Q":
-            self._finals[_labels(pipeline, settings)] = self._final_weights(state)
+        if self.cfg.analysis and role in ("P->Q", "Q->P"):  # kept for the pair analysis (a memo, see _pair)
+            self._remember(pipeline, settings, self._final_weights(state))
         if self.adjustments:
             extras["adjustments"] = [a.to_dict() for a in self.adjustments]
         failed = None
@@ -524,15 +522,29 @@ class Runner:
             extras["analysis"] = summary
         return Record(self.provenance, pipeline, value, dict(task.point), extras, arrays, failed=failed)
 
+    def _remember(self, pipeline, settings, weights) -> None:
+        """Memo of the final weights of the last few two-stage pipelines (the pair analysis of a Q→P task needs the
+        P→Q model, usually computed just before). A memo of a pure function: a miss recomputes the same weights."""
+        key = _labels(pipeline, settings)
+        self._finals.pop(key, None)
+        self._finals[key] = weights
+        while len(self._finals) > 2:
+            self._finals.pop(next(iter(self._finals)))
+
+    def _weights_of(self, pipeline, settings):
+        got = self._finals.get(_labels(pipeline, settings))
+        return got if got is not None else self._fresh(pipeline, settings)
+
     def _pair(self, qp_pipeline, settings):
+        """The pair analysis of Q→P and P→Q: a pure function of the pair (every model it needs comes from the memo
+        or is recompressed, never from what the previous task left behind)."""
         from .analysis import pair_analysis
 
         q, p = qp_pipeline
-        wqp, mqp = self._final_weights(state=self._last_state)
-        fin = self._finals.pop(_labels((p, q), settings), None)
+        wqp, mqp = self._weights_of((q, p), settings)
+        wpq, mpq = self._weights_of((p, q), settings)
         dense, _ = self.snapshot_weights((), settings)
         wq, _ = self.snapshot_weights((q,), settings)
-        wpq, mpq = fin if fin is not None else self._fresh((p, q), settings)
         names = list(dense)
         full = {n: torch_zeros_like_bool(dense[n]) for n in names}
         mpq = {n: mpq.get(n, full[n]) for n in names}

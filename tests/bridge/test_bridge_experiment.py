@@ -243,3 +243,24 @@ def test_seeds_run_into_one_store_with_a_noise_floor(tiny_folder, cache, tmp_pat
         parse_config({**raw, "experiment": {**raw["experiment"], "seed": 0}})
     with pytest.raises(PihError, match="seeds"):
         parse_config({**raw, "experiment": {**raw["experiment"], "seeds": [1, 1]}})
+
+
+def test_compute_is_a_pure_function_of_its_task(tiny_folder, cache, tmp_path, _raw):
+    """A Q->P point computed alone (its P->Q partner never computed in this process) gives the same record, pair
+    analysis included, as when the grid runs in order: nothing carried from the previous task decides a result."""
+    from pih import Task
+    from pih.bridge.experiment import Runner
+
+    raw = _raw(quantize={"bits": [3], "symmetric": False})
+    raw["experiment"]["cache"] = cache
+    raw["data"]["eval_tokens"] = 1024
+    cfg = parse_config(raw)
+    tasks = [Task(None, pl, pt) for pl, pt in grid_tasks(cfg)]
+    qp = next(t for t in tasks if len(t.pipeline) == 2 and t.pipeline[0].kind == "quantize")
+    in_order = Runner(cfg, progress=False)
+    recs = [in_order.compute(Task(in_order.provenance, t.pipeline, t.point)) for t in tasks]
+    alone = Runner(cfg, progress=False).compute(Task(in_order.provenance, qp.pipeline, qp.point))
+    ref = next(r for r in recs if r.pipeline == qp.pipeline)
+    assert alone.value == ref.value
+    for k, v in ref.extras["analysis"].items():
+        assert alone.extras["analysis"][k] == (pytest.approx(v, rel=1e-9, abs=1e-12) if isinstance(v, float) else v)
