@@ -45,7 +45,7 @@ def seed_summary_lines(ss: dict, indent: str = "   ") -> list[str]:
         gap = fmt(p["gap"], "+.3f") if p["gap"] is not None else f"cens:{p['censored']}"
         rows.append([p["prune"], p["quant"], gap, fmt(a["mean"], "+.4g"), fmt(a["sd"], ".3g"), fmt(a["floor"], ".3g"),
                      above])
-    out += table(["prune", "quant", "C*_P-C_Q", "mean A(Q->P)", "sd", "floor", ""], rows, "llrrrrl", indent)
+    out += table(["prune", "quant", "C*_P-C_Q", "mean A(Q->P)", "sd", "floor", "vs floor"], rows, "llrrrrl", indent)
     if ss.get("n_above_floor") is not None:
         out.append(f"{indent}{ss['n_above_floor']} of {ss['n_points']} points above their noise floor: quantize "
                    f"first wins at {ss['n_quantize_first_wins_above_floor']}, prune first at "
@@ -67,7 +67,11 @@ def seed_summary_lines(ss: dict, indent: str = "   ") -> list[str]:
     if pooled:
         lo, hi = pooled["ci"]
         per_seed = ", ".join(f"{k}: {v:+.2f}" for k, v in ss.get("pooled_by_seed", {}).items())
+        if pooled["n_clusters"] < 2 or lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+            ci = f"no interval: {pooled['n_clusters']} {pooled['cluster']} (a pooled figure needs two or more)"
+        else:
+            ci = (f"95% CI {fmt(lo, '+.2f')}..{fmt(hi, '+.2f')}, cluster bootstrap over {pooled['n_clusters']} "
+                  f"{pooled['cluster']}s")
         out.append(f"{indent}pooled Spearman rho over {pooled['n_points']} point means: {pooled['value']:+.3f} "
-                   f"(95% CI {fmt(lo, '+.2f')}..{fmt(hi, '+.2f')}, cluster bootstrap over {pooled['n_clusters']} "
-                   f"{pooled['cluster']}s)" + (f"; per seed {per_seed}" if per_seed else ""))
+                   f"({ci})" + (f"; per seed {per_seed}" if per_seed else ""))
     return out
