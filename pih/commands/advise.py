@@ -154,12 +154,12 @@ def run(args) -> int:
     from pathlib import Path
 
     methods = methods_from_args(args)
-    import torch
+    import torch  # noqa: F401 - loaded before the thread policy applies to it
 
     from ..bridge.advise import AdviseConfig, advise, human_report, write_report
+    from ..threads import set_threads
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = AdviseConfig(model=args.model, methods=methods, seed=args.seed, eval=args.data,
                        calibration=args.calibration or args.data, seqlen=args.seqlen,
                        calibration_size=args.calibration_size, eval_tokens=args.eval_tokens,
