@@ -282,7 +282,7 @@ class Runner:
         data_settings: dict[str, Any] = {}
         if self.lm.arch == "llama":
             td = text_data(self.lm.tokenizer, cfg.eval, cfg.calibration, cfg.seqlen, cfg.eval_tokens,
-                           cfg.calibration_size, cfg.seed, cfg.eval_split, cfg.calibration_split)
+                           cfg.calibration_size, cfg.seed, cfg.eval_split, cfg.calibration_split, cache=cfg.cache)
             self.eval_windows, self.calib, data_settings = td.eval_windows, td.calib, td.settings
             data, calibration, metric, seqlen = td.data, td.calibration, "neg_perplexity", cfg.seqlen
             n_eval = int(self.eval_windows.numel())
