@@ -53,12 +53,6 @@ def select_smallest(m: torch.Tensor, r: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-def _qdq(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: float) -> torch.Tensor:
-    """Round-to-nearest on the grid (scale, zero, maxq): ``pih.bridge.quant._qdq`` without noise."""
-    q = torch.clamp(torch.round(x / scale) + zero, 0, maxq)
-    return scale * (q - zero)
-
-
 def _block_loop(Wb: torch.Tensor, Hb: torch.Tensor, Mb: torch.Tensor, Sb: torch.Tensor, Zb: torch.Tensor,
                 maxq: float, quant: bool, nm_m: int, nm_k: int, topk: bool, db: torch.Tensor, Eb: torch.Tensor,
                 R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,14 +75,18 @@ def _block_loop(Wb: torch.Tensor, Hb: torch.Tensor, Mb: torch.Tensor, Sb: torch.
             else:
                 sel = select_smallest(tmp, R[i // nm_m], nm_k)
             Mb[i : i + nm_m].logical_or_(sel.t())  # in place: Mb is a view of the caller's mask
+        # the operations of pih.bridge.quant._qdq and of the Python loop, written into their destinations in place
         w = Wb[i]
+        q = Qb[i]
         if quant:
-            q = _qdq(w, Sb[i], Zb[i], maxq).masked_fill(Mb[i], 0)
+            s, z = Sb[i], Zb[i]
+            torch.div(w, s, out=q)
+            q.round_().add_(z).clamp_(0, maxq).sub_(z).mul_(s)  # s · (clamp(round(w / s) + z, 0, maxq) − z)
+            q.masked_fill_(Mb[i], 0)  # pruned entries of a quantized column
         else:
-            q = w.masked_fill(Mb[i], 0)
-        Qb[i] = q
-        err = (w - q) / Hb[i, i]
-        Wb[i + 1 :] -= Hb[i, i + 1 :, None] * err[None, :]  # column i itself is final: Qb[i]
+            q.copy_(w).masked_fill_(Mb[i], 0)  # pruned entries of a pruned column
+        err = (w - q).div_(Hb[i, i])  # contiguous: the update below reads it once per later column
+        Wb[i + 1 :].sub_(Hb[i, i + 1 :, None] * err[None, :])  # column i itself is final: Qb[i]
         Err[:, i] = err
     return Qb, Err
 
