@@ -6,9 +6,12 @@ scipy's OpenBLAS, an external BLAS torch links to) through threadpoolctl, so tha
 own size. ``n = 0`` leaves the libraries' defaults. ``numpy_analysis()`` pins the BLAS pools to one thread for a
 block of numpy work: the pair analysis and the grid statistics are many small dot products, where a second BLAS
 thread only spins (on a busy 2-core machine a 40k-element dot product went from 19 us to 104 us with OpenBLAS's 2
-threads, and the pair analysis of the smoke run from about 1 s to 5.7 s).
+threads; the pair analysis of the smoke run took 5.5 s with 2 BLAS threads and 0.4 s with one).
 
-The default is :data:`DEFAULT` = 1 thread (measured: ``experiments/measured/bench_threads_cpu.md``).
+The default is :data:`DEFAULT` = 1 thread. Measured on the 2-core machine (``benchmarks/bench_threads.py``,
+``experiments/measured/bench_threads_cpu.md``): a second thread halves GEMM-bound work on an idle machine, but with
+one other busy process it gains nothing there and makes GPTQ 1.3x and the numpy analysis 1.4x slower; one thread
+never collapses. On a machine known to be idle, ask for 2 (``threads = 2``).
 """
 
 from __future__ import annotations

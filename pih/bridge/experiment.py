@@ -62,6 +62,7 @@ from typing import Any
 
 from .. import Provenance, Prune, Quantize, Record, Store, Task, pipeline_label, run_sweep, spec_from_dict
 from ..errors import PihError, bad
+from ..threads import DEFAULT as DEFAULT_THREADS
 from ..threads import check_threads, numpy_analysis, set_threads
 from ._common import offline_env, seed_all
 
@@ -90,7 +91,7 @@ class ExperimentConfig:
     model_seeds: tuple[int, ...] | None = None
     device: str = "cpu"
     dtype: str = "float32"
-    threads: int = 1
+    threads: int = DEFAULT_THREADS  # pih.threads: torch and BLAS together
     analysis: bool = True
     unit_arrays: bool = False
     rotate: bool = False
@@ -160,7 +161,7 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfi
         model_seeds=_seed_list("model_seeds", ex.get("model_seeds")),
         device=_typed("experiment", "device", ex.get("device", "cpu"), str),
         dtype=_typed("experiment", "dtype", ex.get("dtype", "float32"), str),
-        threads=check_threads(ex.get("threads", 1), "experiment.threads"),
+        threads=check_threads(ex.get("threads", DEFAULT_THREADS), "experiment.threads"),
         analysis=_typed("experiment", "analysis", ex.get("analysis", True), bool),
         unit_arrays=_typed("experiment", "unit_arrays", ex.get("unit_arrays", False), bool),
         rotate=_typed("experiment", "rotate", ex.get("rotate", False), bool),
