@@ -76,15 +76,16 @@ def main(argv=None) -> int:
                     "losses, about 45 calibration forward passes on SmolLM2; pass --skip '' to include it)")
     args = ap.parse_args(argv)
 
-    import torch
+    import torch  # noqa: F401 - loaded before the thread policy applies to it
 
     from pih import Prune, Quantize, RemoveBlocks
     from pih.bridge.engine import BridgeSettings, CompressionState, apply_stage
     from pih.bridge.evaluate import perplexity
     from pih.bridge.experiment import ExperimentConfig, Runner
     from pih.bridge.rotate import rotate_model
+    from pih.threads import set_threads
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)  # torch and BLAS together
     cfg = ExperimentConfig(name="bench", model=args.model, threads=args.threads, analysis=False, eval="kjv",
                            calibration="kjv", seqlen=args.seqlen, eval_tokens=args.eval_tokens,
                            calibration_size=args.calibration_size,

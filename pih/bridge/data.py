@@ -219,9 +219,10 @@ class TextData:
 
 def text_data(tokenizer, eval_name: str, calibration_name: str, seqlen: int, eval_tokens: int | None,
               calibration_size: int, seed: int, eval_split: str | None = None,
-              calibration_split: str | None = None) -> TextData:
+              calibration_split: str | None = None, cache: str | None = None) -> TextData:
     """Load, split, tokenize once and window the evaluation and calibration texts (GPTQ/Wanda protocol).
-    ``eval_tokens=None`` evaluates every full window of the split."""
+    ``eval_tokens=None`` evaluates every full window of the split. Tokenized splits are cached by content in
+    ``cache`` (:func:`tokenize`): a warm run draws its calibration windows without tokenizing the split."""
     for key, val in (("data.eval_split", eval_split), ("data.calibration_split", calibration_split)):
         if val is not None and val not in SPLITS:
             raise bad(key, val, f"must be one of {SPLITS}")
@@ -229,9 +230,9 @@ def text_data(tokenizer, eval_name: str, calibration_name: str, seqlen: int, eva
     cal = ev if calibration_name == eval_name else load_corpus(calibration_name)
     es = eval_split or ev.default_split("eval")
     cs = calibration_split or cal.default_split("calibration")
-    eval_ids = tokenize(tokenizer, ev.split(es))
+    eval_ids = tokenize(tokenizer, ev.split(es), cache)
     windows = eval_windows(eval_ids, seqlen, eval_tokens, source=f"{es} split of {ev.name}")
-    calib = calibration_windows(tokenize(tokenizer, cal.split(cs)), seqlen, calibration_size, seed,
+    calib = calibration_windows(tokenize(tokenizer, cal.split(cs), cache), seqlen, calibration_size, seed,
                                 source=f"{cs} split of {cal.name}")
     settings = {"eval_split": es, "calibration_split": cs, "eval_split_rule": ev.rule,
                 "calibration_split_rule": cal.rule, "text_protocol": TEXT_PROTOCOL}
@@ -241,12 +242,64 @@ def text_data(tokenizer, eval_name: str, calibration_name: str, seqlen: int, eva
                     int(eval_ids.numel()))
 
 
-def tokenize(tokenizer, text: str):
-    """Tokenize ``text`` once into a 1-D LongTensor (the tokenizer's default special tokens included)."""
+TOKEN_CACHE_MIN_CHARS = 100_000  # shorter texts tokenize in well under a second: not cached
+TOKEN_CACHE_FORMAT = 1
+
+
+def tokenizer_identity(tokenizer) -> str | None:
+    """SHA-256 of everything that decides a fast tokenizer's ids: its class and its full serialized state
+    (vocabulary, merges, normalizer, pre-tokenizer, post-processor with the special tokens it adds). None for a
+    tokenizer without a serializable backend (its texts are then tokenized every time)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    to_str = getattr(backend, "to_str", None)
+    if to_str is None:
+        return None
+    try:
+        state = to_str()
+    except Exception:  # noqa: BLE001 - an unserializable backend: no identity, no cache
+        return None
+    return sha256_text(f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}\n{state}")
+
+
+def _token_cache_path(tokenizer, text: str, cache: str | None) -> Path | None:
+    if len(text) < TOKEN_CACHE_MIN_CHARS or os.environ.get("PIH_TOKEN_CACHE", "1") == "0":
+        return None
+    ident = tokenizer_identity(tokenizer)
+    if ident is None:
+        return None
+    from ._common import cache_dir
+
+    key = sha256_text(f"v{TOKEN_CACHE_FORMAT}:{ident}:{sha256_text(text)}:special=1")
+    return cache_dir(cache) / "tokens" / f"{key[:40]}.npy"
+
+
+def tokenize(tokenizer, text: str, cache: str | None = None):
+    """Tokenize ``text`` once into a 1-D LongTensor (the tokenizer's default special tokens included).
+
+    Long texts are cached by content: the ids of (tokenizer identity, SHA-256 of the text) are kept under
+    ``<cache>/tokens/`` (``cache``, else ``$PIH_CACHE`` or ``~/.cache/pih``) and read back instead of tokenizing
+    again, the same ids bit for bit. ``$PIH_TOKEN_CACHE=0`` turns the cache off."""
     import torch
 
+    path = _token_cache_path(tokenizer, text, cache)
+    if path is not None and path.is_file():
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False).astype(np.int64))
+        except (OSError, ValueError):  # a damaged cache file: tokenize again and rewrite it
+            pass
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=True, verbose=False).input_ids
-    return ids.reshape(-1).to(torch.long)
+    ids = ids.reshape(-1).to(torch.long)
+    if path is not None:
+        arr = ids.numpy()
+        small = np.uint16 if arr.size == 0 or (arr.min() >= 0 and arr.max() < 2**16) else np.int64
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        try:
+            np.save(tmp, arr.astype(small), allow_pickle=False)
+            os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
+        except OSError:  # a read-only cache: tokenizing again next time is all it costs
+            tmp.unlink(missing_ok=True)
+    return ids
 
 
 def eval_windows(ids, seqlen: int, max_tokens: int | None = None, source: str = "text"):

@@ -30,8 +30,8 @@ from ..methods import MixedPrecision, Prune, Quantize
 from ._common import bad
 from .conv import input_rows, matrix_shape, n_cols, set_weight_matrix, weight_matrix
 from .models import LoadedModel, linears_of
-from .prune import magnitude, sparsegpt, wanda
-from .quant import Grid, gptq, rtn
+from .prune import SELECTIONS, magnitude, sparsegpt, wanda
+from .quant import HESSIAN_DTYPES, Grid, gptq, rtn
 
 OFFGRID_POLICIES = ("requantize", "keep", "forbid")
 
@@ -47,6 +47,13 @@ class BridgeSettings:
     sequential: bool = True  # calibrate block i on the outputs of the compressed blocks < i
     batch_size: int = 8  # calibration / evaluation windows per forward
     mp_order: str = "as_listed"  # mixed precision: as_listed | progressive (high bits first) | regressive
+    # precision of the damped Hessian's Cholesky factors and inverse (GPTQ / SparseGPT): float32 is the reference
+    # code's (the same H⁻¹ bit for bit, hence the same weights); float64 the bridge's default before it
+    hessian_dtype: str = "float32"
+    # which weights a pruner takes: exact (exactly int(ratio · group) per comparison group, ties at random) or
+    # reference (the reference code's: SparseGPT/magnitude every score <= the sorted value at position k, i.e.
+    # k + 1 per block; Wanda ties by index; N:M by torch.topk)
+    selection: str = "exact"
 
     def __post_init__(self) -> None:
         if self.offgrid not in OFFGRID_POLICIES:
@@ -59,6 +66,10 @@ class BridgeSettings:
             raise bad("batch_size", self.batch_size, "must be a positive integer")
         if self.mp_order not in ("as_listed", "progressive", "regressive"):
             raise bad("mp_order", self.mp_order, "must be as_listed, progressive or regressive")
+        if self.hessian_dtype not in HESSIAN_DTYPES:
+            raise bad("hessian_dtype", self.hessian_dtype, f"must be one of {HESSIAN_DTYPES}")
+        if self.selection not in SELECTIONS:
+            raise bad("selection", self.selection, f"must be one of {SELECTIONS}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,15 +229,46 @@ class _Stats:
 
 def stats_and_outputs(block: nn.Module, inps, hessian: bool, only: set[str] | None = None):
     """One forward pass of ``block`` over ``inps``: the calibration statistics of its compressible layers (those
-    named in ``only``, default all) and the block's outputs."""
+    named in ``only``, default all) and the block's outputs.
+
+    Layers fed the same input tensor (q/k/v the attention's normalised input, gate/up the MLP's) share one
+    :class:`_Stats`: it is computed once per distinct input, so the Hessian of q, k and v is one product, and the
+    same floats as three separate ones. Sharing is decided in the first batch (the same tensor object, unmodified,
+    reaching two linear layers in one forward pass) and checked in every later one."""
     lins = {n: m for n, m in linears_of(block).items() if only is None or n in only}
     stats = {n: _Stats(n_cols(m), m.weight.device, hessian) for n, m in lins.items()}
-    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: stats[n].add(a[0], mod)) for n, m in lins.items()]
+    shares: dict[str, str] = {}  # layer -> the layer whose statistics it uses
+    seen: list[tuple[torch.Tensor, int, str]] = []  # this forward pass: (input, its version, the layer that took it)
+    calls = {"n": 0}
+
+    def start(module, args, kwargs):
+        seen.clear()
+        calls["n"] += 1
+
+    def hook(mod, a, o, n):
+        x = a[0]
+        src = next((m for t, v, m in seen if t is x and v == x._version and m != n), None)
+        if calls["n"] == 1 and stats[n].n == 0 and n not in shares and src is not None \
+                and isinstance(mod, nn.Linear) and isinstance(lins[src], nn.Linear):
+            shares[n] = shares.get(src, src)
+            stats[n] = stats[shares[n]]
+            return
+        if n in shares:
+            if src is None or shares.get(src, src) != shares[n]:  # pragma: no cover - a block's forward is fixed
+                raise RuntimeError(f"layer {n} shared the input of {shares[n]} in the first calibration batch but "
+                                   "not in a later one")
+            return
+        stats[n].add(x, mod)
+        seen.append((x, x._version, n))
+
+    hooks = [block.register_forward_pre_hook(start, with_kwargs=True)]
+    hooks += [m.register_forward_hook(lambda mod, a, o, n=n: hook(mod, a, o, n)) for n, m in lins.items()]
     try:
         outs = run_block(block, inps)
     finally:
         for h in hooks:
             h.remove()
+        seen.clear()
     return stats, outs
 
 
@@ -325,13 +367,14 @@ def compress_matrix(spec, W: torch.Tensor, H: torch.Tensor | None, norm2: torch.
     if isinstance(spec, Prune):
         nm = spec.nm
         if spec.criterion == "magnitude":
-            mask = magnitude(W, spec.ratio, nm, mask, gen)
+            mask = magnitude(W, spec.ratio, nm, mask, gen, settings.selection)
             newW = W.masked_fill(mask, 0)
         elif spec.criterion == "wanda":
-            mask = wanda(W, norm2, spec.ratio, nm, mask, gen)
+            mask = wanda(W, norm2, spec.ratio, nm, mask, gen, settings.selection)
             newW = W.masked_fill(mask, 0)
         elif spec.criterion == "sparsegpt":
-            newW, mask = sparsegpt(W, H, spec.ratio, nm, settings.blocksize, settings.percdamp, mask, gen)
+            newW, mask = sparsegpt(W, H, spec.ratio, nm, settings.blocksize, settings.percdamp, mask, gen,
+                                   settings.selection, settings.hessian_dtype)
             if grid is not None:
                 if settings.offgrid == "forbid":
                     raise bad("offgrid", "forbid", f"{spec.label} after quantization moves weights off the grid")
@@ -346,7 +389,7 @@ def compress_matrix(spec, W: torch.Tensor, H: torch.Tensor | None, norm2: torch.
     bits = q.bits if bits is None else bits
     if q.update == "gptq":
         newW, grid = gptq(W, H, bits, q.group, q.symmetric, q.scale, settings.act_order, settings.blocksize,
-                          settings.percdamp, mask)
+                          settings.percdamp, mask, settings.hessian_dtype)
     else:
         newW, grid = rtn(W, bits, q.group, q.symmetric, q.scale, mask, q.rounding, gen)
     return newW, mask, grid, 0, 0

@@ -13,7 +13,7 @@ Config (every key is checked; unknown keys are an error)::
     model_seeds = [0, 1]          # optional, instead of model_seed: the tiny model trained with each seed
     device = "cpu"                # cpu | cuda | auto
     dtype = "float32"
-    threads = 1                   # torch CPU threads (0 = leave torch's default)
+    threads = 1                   # torch and BLAS threads (pih.threads; 0 = the libraries' defaults)
     analysis = true               # Theorem 1 / interference per (P, Q) pair
     unit_arrays = false           # also store the per-weight arrays (small models only)
     rotate = false                # Hadamard-rotate the residual stream of the dense model first (exact)
@@ -62,6 +62,8 @@ from typing import Any
 from .. import Provenance, Prune, Quantize, Record, Store, Task, grid_role, run_sweep, spec_from_dict
 from .. import validate as V
 from ..errors import Interrupted, PihError, bad
+from ..threads import DEFAULT as DEFAULT_THREADS
+from ..threads import check_threads, numpy_analysis, set_threads
 from ._common import offline_env, seed_all
 
 offline_env()
@@ -89,7 +91,7 @@ class ExperimentConfig:
     model_seeds: tuple[int, ...] | None = None
     device: str = "cpu"
     dtype: str = "float32"
-    threads: int = 1
+    threads: int = DEFAULT_THREADS  # pih.threads: torch and BLAS together
     analysis: bool = True
     unit_arrays: bool = False
     rotate: bool = False
@@ -159,7 +161,7 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfi
         model_seeds=_seed_list("model_seeds", ex.get("model_seeds")),
         device=_typed("experiment", "device", ex.get("device", "cpu"), str),
         dtype=_typed("experiment", "dtype", ex.get("dtype", "float32"), str),
-        threads=_typed("experiment", "threads", ex.get("threads", 1), int),
+        threads=check_threads(ex.get("threads", DEFAULT_THREADS), "experiment.threads"),
         analysis=_typed("experiment", "analysis", ex.get("analysis", True), bool),
         unit_arrays=_typed("experiment", "unit_arrays", ex.get("unit_arrays", False), bool),
         rotate=_typed("experiment", "rotate", ex.get("rotate", False), bool),
@@ -341,7 +343,7 @@ class Runner:
     """Holds the model, the data and the cache of compressed stage prefixes for one experiment."""
 
     def __init__(self, cfg: ExperimentConfig, progress: bool = True):
-        import torch
+        import torch  # noqa: F401 - loaded before the thread policy applies to it
 
         from .data import text_data
         from .engine import BridgeSettings, CompressionState
@@ -349,8 +351,7 @@ class Runner:
 
         self.cfg, self.progress = cfg, progress
         self.adjustments: list[V.Adjustment] = []
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
+        set_threads(cfg.threads, "experiment.threads")  # torch and BLAS together (pih.threads)
         seed_all(cfg.seed)
         mseed = 0 if cfg.model_seed is None else cfg.model_seed
         self.lm = load_model(cfg.model, cfg.device, cfg.dtype, cache=cfg.cache, seed=mseed, train_if_missing=True,
@@ -361,7 +362,7 @@ class Runner:
         data_settings: dict[str, Any] = {}
         if self.lm.arch == "llama":
             td = text_data(self.lm.tokenizer, cfg.eval, cfg.calibration, cfg.seqlen, cfg.eval_tokens,
-                           cfg.calibration_size, cfg.seed, cfg.eval_split, cfg.calibration_split)
+                           cfg.calibration_size, cfg.seed, cfg.eval_split, cfg.calibration_split, cache=cfg.cache)
             self.eval_windows, self.calib, data_settings = td.eval_windows, td.calib, td.settings
             data, calibration, metric, seqlen = td.data, td.calibration, "neg_perplexity", cfg.seqlen
             if isinstance(cfg.eval_tokens, int):  # printed now and stored in every record
@@ -549,7 +550,9 @@ class Runner:
         full = {n: torch_zeros_like_bool(dense[n]) for n in names}
         mpq = {n: mpq.get(n, full[n]) for n in names}
         mqp = {n: mqp.get(n, full[n]) for n in names}
-        return pair_analysis(dense, wq, wpq, wqp, mpq, mqp, self.sensitivities(), self.cfg.unit_arrays)
+        lam = self.sensitivities()
+        with numpy_analysis():
+            return pair_analysis(dense, wq, wpq, wqp, mpq, mqp, lam, self.cfg.unit_arrays)
 
     def _final_weights(self, state):
         from .engine import effective_weights
@@ -639,7 +642,8 @@ def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progres
         runners.append(runner)
         if len(runs) > 1:
             runner.release()
-    out = summarize(cfg, runners, recs, store)
+    with numpy_analysis():
+        out = summarize(cfg, runners, recs, store)
     if save is not None:
         out["saved"] = saved[0] if len(saved) == 1 else {"folder": str(Path(save).expanduser()), "runs": saved}
     return out

@@ -11,12 +11,12 @@ input columns per scale.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ._common import bad
+from .sweep import obs_sweep, obs_sweep_compiled, use_compiled
 
 
 @dataclass
@@ -132,9 +132,19 @@ def rtn(w: torch.Tensor, bits: int, group="channel", symmetric: bool = True, sca
     return (q.masked_fill(mask, 0) if mask is not None else q), grid
 
 
-def prepare_hessian(H: torch.Tensor, w: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dead columns zeroed, damping added, and the upper Cholesky factor of H^-1 (as GPTQ/SparseGPT)."""
-    H = H.clone().double()
+HESSIAN_DTYPES = ("float32", "float64")
+
+
+def prepare_hessian(H: torch.Tensor, w: torch.Tensor, percdamp: float, dtype: str = "float32"
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dead columns zeroed, damping added, and the upper Cholesky factor of H^-1 (as GPTQ/SparseGPT).
+
+    ``dtype`` is the precision of the damping, the Cholesky factorisations and the inverse: ``float32`` (the
+    reference code's: the same factor bit for bit, given the same Hessian) or ``float64`` (then rounded to
+    float32 for the sweep, which always runs in float32 as the reference's does)."""
+    if dtype not in HESSIAN_DTYPES:
+        raise bad("hessian_dtype", dtype, f"must be one of {HESSIAN_DTYPES}")
+    H = H.clone().to(getattr(torch, dtype))
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     w[:, dead] = 0
@@ -146,64 +156,26 @@ def prepare_hessian(H: torch.Tensor, w: torch.Tensor, percdamp: float) -> tuple[
     except RuntimeError as exc:  # pragma: no cover - damping makes this rare
         raise bad("percdamp", percdamp, "the damped Hessian is not positive definite; raise the damping") from exc
     Hinv = torch.cholesky_inverse(L)
-    Hinv = torch.linalg.cholesky(Hinv, upper=True)
-    return Hinv.float(), dead
-
-
-def obs_sweep(W: torch.Tensor, Hinv: torch.Tensor, blocksize: int,
-              column: Callable[[int, int, torch.Tensor], torch.Tensor],
-              start_block: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """The column sweep GPTQ and SparseGPT share (the lazy-batch OBS update of both reference implementations).
-
-    Columns are replaced in order: ``column(c, i, Wb)`` returns the new column ``c`` (the ``i``-th of its block)
-    from its current, error-compensated value ``Wb[i]``; its error (w − q)/[H⁻¹]_cc is fed at once into the later
-    columns of the block and, once per block, into the columns after it (``W`` is updated in place). ``Hinv`` is
-    the upper Cholesky factor of H⁻¹ (:func:`prepare_hessian`). ``Wb`` holds the block's current columns as rows
-    (``Wb[i]`` is column ``i1 + i``) so that each column is contiguous; ``start_block(i1, i2, Wb)`` runs before a
-    block's first column. The arithmetic is the reference code's, operation for operation (same results), and
-    runs on one CPU thread: these small per-column operations only lose from a second thread (on a busy 2-core
-    machine 2 threads made them about 20x slower). Returns the new weights.
-    """
-    rows, cols = W.shape
-    Q = torch.zeros_like(W)
-    threads = torch.get_num_threads()
-    one = W.device.type == "cpu" and threads > 1
-    if one:
-        torch.set_num_threads(1)
     try:
-        for i1 in range(0, cols, blocksize):
-            i2 = min(i1 + blocksize, cols)
-            Wb = W[:, i1:i2].t().contiguous()
-            Qb = torch.zeros_like(Wb)
-            Err = torch.zeros(rows, i2 - i1, dtype=W.dtype, device=W.device)  # as the reference: same product
-            Hb = Hinv[i1:i2, i1:i2]
-            if start_block is not None:
-                start_block(i1, i2, Wb)
-            for i in range(i2 - i1):
-                w = Wb[i]
-                q = column(i1 + i, i, Wb)
-                Qb[i] = q
-                err = (w - q) / Hb[i, i]
-                Wb[i + 1 :] -= Hb[i, i + 1 :, None] * err[None, :]  # column i itself is final: Qb[i]
-                Err[:, i] = err
-            Q[:, i1:i2] = Qb.t()
-            W[:, i2:] -= Err @ Hinv[i1:i2, i2:]
-    finally:
-        if one:
-            torch.set_num_threads(threads)
-    return Q
+        Hinv = torch.linalg.cholesky(Hinv, upper=True)
+    except RuntimeError as exc:  # pragma: no cover - a float32 inverse of an ill-conditioned Hessian
+        raise bad("percdamp", percdamp, f"the inverse of the damped Hessian is not positive definite in {dtype}; "
+                  "raise the damping or set hessian_dtype = 'float64'") from exc
+    return Hinv.float(), dead
 
 
 def gptq(w: torch.Tensor, H: torch.Tensor, bits: int, group="channel", symmetric: bool = False,
          scale_mode: str = "absmax", act_order: bool = False, blocksize: int = 128, percdamp: float = 0.01,
-         mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Grid]:
+         mask: torch.Tensor | None = None, hessian_dtype: str = "float32", compiled: bool | None = None
+         ) -> tuple[torch.Tensor, Grid]:
     """GPTQ (Frantar et al. 2023): quantize columns in order, feeding each column's error into the rest.
 
     ``H`` is the calibration Hessian 2/n·XXᵀ of the layer input. Lazy batch updates over ``blocksize`` columns;
     ``act_order`` processes columns by decreasing diag(H). Per-channel grids are fitted once on the whole
     matrix; grouped grids when the first column of each group is reached (on W as of the lazy block's start, as
     the reference code does), on the kept weights only. Entries in ``mask`` (pruned) are forced to zero and their
-    error is compensated like any other.
+    error is compensated like any other. ``hessian_dtype``: the precision of H⁻¹ (:func:`prepare_hessian`);
+    ``compiled``: the compiled column sweep (default) or the Python loop (``pih.bridge.sweep``; bitwise equal).
     """
     W = w.detach().clone().float()
     rows, cols = W.shape
@@ -216,7 +188,7 @@ def gptq(w: torch.Tensor, H: torch.Tensor, bits: int, group="channel", symmetric
         perm = torch.argsort(torch.diag(Hf), descending=True)
         W, M = W[:, perm], M[:, perm]
         Hf = Hf[perm][:, perm]
-    Hinv, _ = prepare_hessian(Hf, W, percdamp)
+    Hinv, _ = prepare_hessian(Hf, W, percdamp, hessian_dtype)
     # Grid parameters: per column (scale, zero) of shape (rows,)
     if g is None:
         s, z = find_params(W.reshape(1, -1), bits, symmetric, scale_mode)
@@ -232,19 +204,30 @@ def gptq(w: torch.Tensor, H: torch.Tensor, bits: int, group="channel", symmetric
         col_z = torch.empty(rows, cols, device=W.device)
         fixed = False
 
-    def column(c: int, i: int, Wb: torch.Tensor) -> torch.Tensor:
-        if not fixed and c % g == 0:
-            # the group's grid from W as of the start of this lazy block (updated by the earlier blocks, not by the
-            # columns before c in this block), as the reference GPTQ code fits it: W[:, i1:i2] is not touched
-            # until the block ends (the sweep works on its copy Wb)
-            # ... on the weights it will represent: pruned positions (forced to 0, which every grid holds
-            # exactly) are left out, whatever value the sweep's compensation has pushed into them
-            s, z = find_params(W[:, c : c + g].masked_fill(M[:, c : c + g], 0), bits, symmetric, scale_mode)
-            col_s[:, c : c + g] = s[:, None]
-            col_z[:, c : c + g] = z[:, None]
-        return _qdq(Wb[i], col_s[:, c], col_z[:, c], maxq).masked_fill(M[:, c], 0)
+    def fit_group(c: int) -> None:
+        # the group's grid from W as of the start of this lazy block (updated by the earlier blocks, not by the
+        # columns before c in this block), as the reference GPTQ code fits it: W[:, i1:i2] is not touched
+        # until the block ends (the sweep works on its copy Wb)
+        # ... on the weights it will represent: pruned positions (forced to 0, which every grid holds
+        # exactly) are left out, whatever value the sweep's compensation has pushed into them
+        s, z = find_params(W[:, c : c + g].masked_fill(M[:, c : c + g], 0), bits, symmetric, scale_mode)
+        col_s[:, c : c + g] = s[:, None]
+        col_z[:, c : c + g] = z[:, None]
 
-    Q = obs_sweep(W, Hinv, blocksize, column)
+    if use_compiled(compiled):
+        def start_block(i1: int, i2: int, Wb: torch.Tensor) -> None:
+            # W[:, c : c + g] is the same at the block's start as when the sweep reaches column c: fit them now
+            for c in range(-(-i1 // g) * g, i2, g):
+                fit_group(c)
+
+        Q = obs_sweep_compiled(W, Hinv, blocksize, M, col_s, col_z, maxq, None if fixed else start_block)
+    else:
+        def column(c: int, i: int, Wb: torch.Tensor) -> torch.Tensor:
+            if not fixed and c % g == 0:
+                fit_group(c)
+            return _qdq(Wb[i], col_s[:, c], col_z[:, c], maxq).masked_fill(M[:, c], 0)
+
+        Q = obs_sweep(W, Hinv, blocksize, column)
     if perm is not None:
         inv = torch.argsort(perm)
         Q, col_s, col_z = Q[:, inv], col_s[:, inv], col_z[:, inv]

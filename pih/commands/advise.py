@@ -121,16 +121,16 @@ def run(args) -> int:
     for flag in ("report", "store"):
         if getattr(args, flag):
             V.check_output_folder(f"--{flag}", getattr(args, flag))
-    import torch
+    import torch  # noqa: F401 - loaded before the thread policy applies to it
 
     from ..bridge.experiment import model_max_positions
 
     V.check_seqlen(seqlen, model_max_positions(args.model, args.cache, args.seed), args.model, "--seqlen")
 
     from ..bridge.advise import AdviseConfig, advise, human_report, write_report
+    from ..threads import set_threads
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = AdviseConfig(model=args.model, methods=methods, seed=args.seed, eval=args.data,
                        calibration=args.calibration or args.data, seqlen=args.seqlen,
                        calibration_size=args.calibration_size, eval_tokens=args.eval_tokens,

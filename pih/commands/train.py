@@ -33,7 +33,7 @@ def _train(args: argparse.Namespace) -> int:
     check_threads("--threads", args.threads)
     if args.steps is not None:
         check_int("--steps", args.steps, 1)
-    import torch
+    import torch  # noqa: F401 - loaded before the thread policy applies to it
 
     from pih.bridge.train import tiny_deit_folder, tiny_llama_folder, tiny_resnet_folder
     from pih.errors import bad
@@ -51,8 +51,9 @@ def _train(args: argparse.Namespace) -> int:
         steps = int(rest[1])
     if data and args.data and data != args.data:
         raise bad("data", args.data, f"conflicts with the data in {args.model}")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    from ..threads import set_threads
+
+    set_threads(args.threads)
     fn = fns[name]
     data = data or args.data or ("kjv" if name == "tiny-llama" else "digits")
     if args.force:
