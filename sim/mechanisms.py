@@ -222,9 +222,18 @@ def fake_quant(x, scale, zero, bits, symmetric: bool, rounding: str = "nearest",
 
 
 def quant_levels(x, scale, zero, lo, hi, rounding: str = "nearest", key=None):
-    """Quantize-dequantize ``x`` onto the integer levels lo..hi (offset by ``zero``) times ``scale``."""
-    q = jnp.clip(_round(x / scale, rounding, key) + zero, lo, hi)
+    """Quantize-dequantize ``x`` onto the integer levels lo..hi (offset by ``zero``) times ``scale``.
+
+    ``x / scale`` is a true division, as the bridge's (:func:`_divide`): a reciprocal one ulp off would move the
+    ties of the full grid (−amax/s = −2^(b−1) + ½ exactly) to the other level."""
+    q = jnp.clip(_round(_divide(x, scale), rounding, key) + zero, lo, hi)
     return (q - zero) * scale
+
+
+def _divide(x, d):
+    """``x / d`` as a true division (as numpy and torch divide): XLA rewrites a division by a broadcast value into
+    a multiplication by its reciprocal, one ulp off; a barrier on the broadcast divisor keeps the division."""
+    return x / lax.optimization_barrier(jnp.broadcast_to(d, jnp.shape(x)))
 
 
 class QGrid(NamedTuple):
@@ -270,12 +279,12 @@ def _params_from_range(G, bits, symmetric, shrink, grid: str = "full"):
         hi = jnp.maximum(jnp.max(G, axis=-1, keepdims=True), 0.0)
         hi = jnp.maximum(-lo, hi)
         lo = jnp.where(lo < 0, -hi, lo)
-        scale = (hi - lo) * shrink / (2.0**bits - 1)
+        scale = _divide((hi - lo) * shrink, 2.0**bits - 1)
         zero = jnp.zeros_like(scale)
     else:
         lo = jnp.minimum(jnp.min(G, axis=-1, keepdims=True), 0.0) * shrink
         hi = jnp.maximum(jnp.max(G, axis=-1, keepdims=True), 0.0) * shrink
-        scale = (hi - lo) / (2.0**bits - 1)
+        scale = _divide(hi - lo, 2.0**bits - 1)
         scale = jnp.where(scale > 0, scale, 1.0)
         zero = jnp.round(-lo / scale)
     scale = jnp.where(scale > 0, scale, 1.0)  # an all-zero group: any scale represents it exactly
