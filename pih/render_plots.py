@@ -39,9 +39,9 @@ def _colours(keys: list, plt) -> dict:
     return {k: cycle[i % len(cycle)] for i, k in enumerate(uniq)}
 
 
-def panels_figure(fig_data: dict, path: Path) -> Path:
+def panels_figure(fig_data: dict):
     """Panels of lines (``gap``, ``lines``) or point clouds (``scatter``) with one legend for all of them and the
-    bit width written at every point."""
+    bit width written at every point; returns the matplotlib figure."""
     plt = _pyplot()
     kind = fig_data["kind"]
     panels = fig_data["panels"]
@@ -78,12 +78,10 @@ def panels_figure(fig_data: dict, path: Path) -> Path:
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(8, len(handles)), fontsize=7,
                    frameon=False)
     fig.tight_layout(rect=(0, 0.9 / (3.6 * rows), 1, 1 - 0.3 / (3.6 * rows)))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def snr_figure(fig_data: dict, path: Path) -> Path:
+def snr_figure(fig_data: dict):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for s in fig_data["series"]:
@@ -93,14 +91,15 @@ def snr_figure(fig_data: dict, path: Path) -> Path:
     ax.set_ylabel("SNR (dB)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def draw(fig_data: dict, path: Path) -> Path:
-    """Draw one figure from its data (see the module docstring)."""
-    return snr_figure(fig_data, path) if fig_data["kind"] == "snr" else panels_figure(fig_data, path)
+    """Draw one figure from its data (see the module docstring) into the PNG ``path``."""
+    fig = snr_figure(fig_data) if fig_data["kind"] == "snr" else panels_figure(fig_data)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return Path(path)
 
 
 # -- the simulation's reports ----------------------------------------------------------------------------------------
