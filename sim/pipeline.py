@@ -344,9 +344,5 @@ run_pipeline_jit = jax.jit(run_pipeline, static_argnames=("pipeline", "method_id
 run_pair_jit = jax.jit(run_pair, static_argnames=("prune", "quant", "options"))
 
 
-def as_numpy(tree):
-    return jax.tree_util.tree_map(np.asarray, tree)
-
-
 __all__ = ["P_ID", "PAIR_PIPELINES", "Q_ID", "PairResult", "RunOut", "SimOptions", "canonical",
            "execute", "run_pair", "run_pipeline", "stage_from_spec"]

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pih.analysis import order_advantage_of
 from pih.errors import bad
 from pih.methods import Joint, MixedPrecision, Prune, Quantize
 from pih.metrics import monotonicity
@@ -412,15 +413,15 @@ def preset_mixed(out: Path, quick: bool, seeds, assumptions, progress, **_) -> P
     disjoint_delta, disjoint_A = 0.0, 0.0
     for seed in range(size.seeds):
         for bh, bl in MIXED_BITS:
-            M = {o: by[(seed, f"{o} {bh}->{bl}")].value for o in MIXED_ORDERS}
-            dhl = by[(seed, f"disjoint_hi_lo {bh}->{bl}")]
-            d = max(abs(dhl.extras["M_of_the_sum_of_alone_errors"] - M["disjoint_hi_lo"]),
-                    abs(M["disjoint_hi_lo"] - M["disjoint_lo_hi"]))
+            rec = {o: by[(seed, f"{o} {bh}->{bl}")] for o in MIXED_ORDERS}
+            a_disjoint = abs(order_advantage_of(rec["disjoint_hi_lo"], rec["disjoint_lo_hi"]))
+            dhl = rec["disjoint_hi_lo"]
+            d = max(abs(dhl.extras["M_of_the_sum_of_alone_errors"] - dhl.value), a_disjoint)
             disjoint_delta = max(disjoint_delta, dhl.extras["max_abs_row_delta"])
-            disjoint_A = max(disjoint_A, abs(M["disjoint_hi_lo"] - M["disjoint_lo_hi"]))
+            disjoint_A = max(disjoint_A, a_disjoint)
             rows.append({"seed": seed, "bits_hi": bh, "bits_lo": bl,
-                         "A_progressive": M["progressive"] - M["regressive"],
-                         "M_progressive": M["progressive"], "M_regressive": M["regressive"],
+                         "A_progressive": order_advantage_of(rec["progressive"], rec["regressive"]),
+                         "M_progressive": rec["progressive"].value, "M_regressive": rec["regressive"].value,
                          "delta_disjoint": d})
     by_bits: dict[str, list[float]] = {}
     for r in rows:

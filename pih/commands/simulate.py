@@ -14,7 +14,7 @@ def register(sub) -> None:
         description="Compress generated weight tensors with real mechanisms (JAX, float64) and measure: "
         "kuzmin (SNR baseline), harma (magnitude x max-scaled quantization), disjoint (Theorems 1-2), "
         "interference, mixed-precision, survey (every pruner x quantizer pairing), multistage (P->Q->P and "
-        "SparseGPT's joint mode). Writes OUT/store (records), "
+        "SparseGPT's joint mode), chain (multi-layer chains, sequential calibration). Writes OUT/store (records), "
         "OUT/report.md, PNG plots and OUT/summary.json; a rerun resumes from the store.",
     )
     p.add_argument("--preset", required=True, choices=PRESET_NAMES, help="which experiment")
