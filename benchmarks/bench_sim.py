@@ -67,7 +67,7 @@ def np_keep(score, key, ratio, removed=None, lexsort=True):
     x ^= x >> sh
     x = (x * c[1]) & mask
     x ^= x >> sh
-    k = int(np.round(ratio * n))
+    k = int(ratio * n)  # pih.methods.n_pruned
     if k <= 0:
         return np.ones(score.shape, bool)
     if k >= n:
@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     per_seed = len(RATIOS) * len(BITS)
     n_seeds = max(1, -(-args.points // per_seed))
     ms = ModelSpec(shape=(args.shape, args.shape), n_samples=args.samples, dist="student_t", act_outliers=4)
-    pa = Pairing("magnitude x RTN", Prune(0.5), Quantize(4))
+    pa = Pairing("magnitude x RTN", Prune(0.5), Quantize(4, grid="odd"))  # np_rtn's grid
     print(f"devices: {jax.devices()}; layer {args.shape}x{args.shape}, {args.samples} samples; grid "
           f"{len(RATIOS)} ratios x {len(BITS)} bit widths", file=sys.stderr)
 

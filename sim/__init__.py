@@ -1,44 +1,94 @@
 """sim: a JAX simulation that compresses real tensors and measures the error.
 
-Importing ``sim`` turns on float64 in JAX (``jax_enable_x64``); ``pih`` itself never imports JAX.
+Process-wide JAX settings (a choice, recorded in :data:`JAX_SETTINGS`): importing ``sim`` turns on float64 in JAX
+(``jax_enable_x64``) for the whole process, and turns XLA's XNNPACK CPU fusions off unless ``XLA_FLAGS`` names
+them. float64 cannot be scoped to the simulation's own calls: its kernels are registered in ``pih.registry`` and
+called by other code (the conformance and parity suites, user plugins) on arrays made outside any sim entry
+point, and a JAX array's dtype is fixed when it is made, so a scoped switch would silently hand those callers
+float32 results. So the switch is global and never silent: it is recorded in :data:`JAX_SETTINGS`, and when JAX
+had already computed in float32 before ``sim`` was imported (arrays made before keep float32, later ones default
+to float64), a ``pih.PihWarning`` says so. ``pih`` itself never imports JAX.
 
 Layout:
 - :mod:`sim.tensors`      weight and activation generators, a loader for exported tensors
 - :mod:`sim.mechanisms`   pruning and quantization as pure JAX functions
-- :mod:`sim.pipeline`     stages, pipelines in any order, per-unit errors and owner maps, vmapped sweeps
+- :mod:`sim.kernels`      one kernel per registered method (``pih.registry``'s contract), ``SimOptions``
+- :mod:`sim.pipeline`     the executor loop: pipelines of core specs, per-unit errors and owner maps, pairs
+- :mod:`sim.sweep`        grids: tasks through ``pih.run_sweep``, analysed by ``pih.analyze_grid``
 - :mod:`sim.assumptions`  assumption sets (A1, A2 and user variants) as values
 - :mod:`sim.kuzmin`       the analytic N(0,1) / Student-t SNR baseline (exact integration and Monte Carlo)
-- :mod:`sim.presets`      the presets behind ``pih simulate``
+- :mod:`sim.presets`      the presets behind ``pih simulate`` (data; ``pih.render_plots`` draws them)
 """
 
 import os
+import sys
+import warnings
 
 # XLA's CPU runtime with XNNPACK fusions was seen to hang for good (every thread idle, the result never ready) on
 # the deep sequential programs of sim.chain on a 2-core machine; the simulation runs in float64, which XNNPACK
 # does not accelerate, so it is turned off unless the user set it. Read when the backend starts (first use).
+_xla_before = os.environ.get("XLA_FLAGS")
 if "xla_cpu_use_xnnpack" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_xnnpack=false").strip()
+_jax_running = "jax" in sys.modules
 
 import jax  # noqa: E402
 
+
+def _jax_in_use() -> bool:
+    """Whether JAX had computed anything before sim was imported (its backend started)."""
+    if not _jax_running:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # a JAX without that function: imported at all counts as in use
+        return True
+
+
+_x64_before = bool(jax.config.jax_enable_x64)
 jax.config.update("jax_enable_x64", True)
 
+JAX_SETTINGS = {  # what importing sim changed for the whole process: {setting: {"before": ..., "after": ...}}
+    "jax_enable_x64": {"before": _x64_before, "after": True},
+    "XLA_FLAGS": {"before": _xla_before, "after": os.environ["XLA_FLAGS"]},
+}
+if not _x64_before and _jax_in_use():
+    from pih.errors import PihWarning
+
+    warnings.warn("importing sim turned on jax_enable_x64 for the whole process (the simulation runs in float64): "
+                  "JAX arrays made before keep their float32 dtype, arrays made from now on default to float64",
+                  PihWarning, stacklevel=2)
+
+from . import kernels  # noqa: E402  (registers the simulation's kernels in pih.registry)
 from .assumptions import A1, A2, A2_SEEN, ASSUMPTION_SETS, AssumptionSet  # noqa: E402
-from .pipeline import Model, PairResult, run_pair, run_pipeline, stage_from_spec  # noqa: E402
-from .tensors import activations, layer, load_tensors, make_model  # noqa: E402
+from .kernels import SimOptions  # noqa: E402
+from .pipeline import PairResult, run_pair, run_pipeline, stage_from_spec  # noqa: E402
+from .predict import predict_grid  # noqa: E402
+from .sweep import Grid, ModelSpec, Pairing, run_grid  # noqa: E402
+from .tensors import Model, activations, layer, load_tensors, make_model  # noqa: E402
 
 __all__ = [
     "A1",
     "A2",
     "A2_SEEN",
     "ASSUMPTION_SETS",
+    "JAX_SETTINGS",
     "AssumptionSet",
+    "Grid",
     "Model",
+    "ModelSpec",
     "PairResult",
+    "Pairing",
+    "SimOptions",
     "activations",
+    "kernels",
     "layer",
     "load_tensors",
     "make_model",
+    "predict_grid",
+    "run_grid",
     "run_pair",
     "run_pipeline",
     "stage_from_spec",

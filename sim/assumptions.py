@@ -25,7 +25,6 @@ A sweep takes an assumption set and uses nothing else from it, so a new set need
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -95,15 +94,23 @@ class AssumptionSet:
         if self.rounding not in (None, "nearest", "stochastic", "down"):
             raise bad("rounding", self.rounding, "must be None, nearest, stochastic or down")
 
-    def adapt(self, stage):
-        """The stage as this assumption set says it behaves."""
-        if stage.kind == "prune" and self.prune_reference is not None:
-            return dataclasses.replace(stage, reference=self.prune_reference)
-        if stage.kind == "quantize" and self.rounding is not None:
-            return dataclasses.replace(stage, rounding=self.rounding)
-        if stage.kind in ("mixed", "joint") and self.rounding is not None:
-            return dataclasses.replace(stage, quant=dataclasses.replace(stage.quant, rounding=self.rounding))
-        return stage
+    def adapt(self, spec):
+        """The spec as this assumption set says it behaves: a quantizer's rounding (``pih.MixedPrecision`` has
+        no rounding to change, and keeps its own)."""
+        from pih.methods import Joint, Quantize
+
+        if self.rounding is None:
+            return spec
+        if isinstance(spec, Quantize):
+            return spec.replace(rounding=self.rounding)
+        if isinstance(spec, Joint):
+            return Joint(spec.prune, spec.quant.replace(rounding=self.rounding))
+        return spec
+
+    def adapt_options(self, options):
+        """The simulation options (:class:`sim.kernels.SimOptions`) as this set says the methods behave: the
+        pruner's reference model."""
+        return options if self.prune_reference is None else options.replace(reference=self.prune_reference)
 
     def metric(self, weight_err, output_err, dense_output, dense_weight, lam) -> float:
         """M of a compressed model from its per-unit errors."""
@@ -120,7 +127,12 @@ ASSUMPTION_SETS: dict[str, AssumptionSet] = {}
 
 
 def register(a: AssumptionSet) -> AssumptionSet:
-    """Make ``a`` available by name (``pih simulate --assumptions NAME``)."""
+    """Make ``a`` available by name (``pih simulate --assumptions NAME``); a name already registered is refused
+    (tests that register one restore the registry with ``pih.registry.scoped()``)."""
+    if not isinstance(a, AssumptionSet):
+        raise bad("assumptions", a, "register an AssumptionSet")
+    if a.name in ASSUMPTION_SETS:
+        raise bad("name", a.name, "an assumption set of that name is already registered")
     ASSUMPTION_SETS[a.name] = a
     return a
 
@@ -151,3 +163,7 @@ CORRELATED = register(AssumptionSet(
 ASYM_NOISE = register(AssumptionSet(
     "asym-noise", "A2 with biased (round-down) quantization noise", prune_reference="phi", rounding="down"))
 WEIGHT = register(AssumptionSet("A1-weight", "A1 on weight errors ||w − w'||²", error="weight"))
+
+# The sets ``pih compare`` scores when none is named: the built-in ones, an explicit list (a set a user or a test
+# registers is used when named, never added to the defaults behind their back).
+COMPARE_DEFAULTS = ("A1", "A1-lambda", "A2", "A2-seen", "A2-nearest", "ppl", "correlated", "asym-noise", "A1-weight")

@@ -12,8 +12,9 @@ calibrate block by block on the outputs of blocks already compressed. This modul
 - the performance is measured at the chain's output on held-out inputs: M = −||f'(X) − f(X)||² / ||f(X)||².
   Nothing about the order or the CER enters: the chain compresses actual tensors and measures the error.
 
-The per-layer mechanisms are the simulation's own (``sim.pipeline._layer_prune`` / ``_layer_quant``), so a
-chain of depth 1 with dense calibration is the single-layer simulation (a test pins that).
+The per-layer kernels and the executor loop are the simulation's own (:func:`sim.pipeline.execute` with the
+registered kernels), so a chain of depth 1 with dense calibration is the single-layer simulation (a test pins
+that).
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from tqdm.auto import tqdm
 
 from pih.errors import bad
 from pih.methods import Prune, Quantize
-from pih.records import Provenance, Record, Store
+from pih.records import Provenance, Record, Store, Task, grid_coords, grid_role, run_sweep
+from pih.registry import Stats
 
 from . import pipeline as pl
+from .kernels import DEFAULT, LayerContext, SimOptions
 from .tensors import activations, layer
 
 ACTIVATIONS = ("gelu", "relu", "tanh", "linear")
@@ -105,43 +108,41 @@ def forward(spec: ChainSpec, W, X) -> jax.Array:
     return h
 
 
-def compress(spec: ChainSpec, W0, Xc, stages: tuple, params: tuple, keys, calibration: str = "sequential"):
-    """Apply ``stages`` (in order; ``params``: one scalar per stage, ratio or bits) to the chain, layer by layer.
+def compress(spec: ChainSpec, W0, Xc, pipeline: tuple, settings: tuple, keys, calibration: str = "sequential",
+             options: SimOptions | None = None):
+    """Apply ``pipeline`` (core specs, in order; ``settings``: one per stage, ratio or bits) to the chain, layer by
+    layer, through the simulation's one executor loop (:func:`sim.pipeline.execute`).
 
     With ``calibration="sequential"`` layer ``l`` of a stage is calibrated on the outputs of layers ``< l`` as
     compressed so far (this stage and all earlier ones); with ``"dense"`` on the dense chain's inputs to layer
     ``l``. A pruning mask survives later stages exactly. Returns (W', keep).
     """
+    options = DEFAULT if options is None else options
     L = W0.shape[0]
     dense_in = []
     h = Xc
     for l in range(L):
         dense_in.append(h)
         h = _step(spec, W0[l], h)
-    W = W0
-    keep = jnp.ones(W0.shape, bool)
-    last_q, last_b = None, None
     ones = jnp.ones((W0.shape[1],))
-    for si, (st, p) in enumerate(zip(stages, params, strict=True)):
-        lk = jax.random.split(keys[si], L)
-        h = Xc
-        newW, newK = [], []
+
+    def in_sequence(stage, kernel, W, state, key, setting):
+        lk = jax.random.split(key, L)
+        h, outs, states = Xc, [], []
         for l in range(L):
             x = h if calibration == "sequential" else dense_in[l]
             H = x @ x.T
-            if st.kind == "prune":
-                wl, kl = pl._layer_prune(st, W[l], H, keep[l], W0[l], ones, p, lk[l], last_q, last_b)
-            elif st.kind == "quantize":
-                wl, kl = pl._layer_quant(st, W[l], H, keep[l], jnp.maximum(p, 2.0), lk[l]), keep[l]
-            else:  # pragma: no cover - guarded in run_chain_grid
-                raise bad("stage", st, "chains take prune and quantize stages")
-            newW.append(wl)
-            newK.append(kl)
+            wl, sl = kernel(stage, W[l], Stats(H=H, norm2=jnp.diag(H)), jax.tree_util.tree_map(lambda a, _l=l: a[_l],
+                            state), lk[l], setting, options=options, ctx=LayerContext(W0[l], ones))
+            outs.append(wl)
+            states.append(sl)
             h = _step(spec, wl, h)  # the next layer sees this layer as compressed
-        W, keep = jnp.stack(newW), jnp.stack(newK)
-        if st.kind == "quantize":
-            last_q, last_b = st, p
-    return W, keep
+        return jnp.stack(outs), jax.tree_util.tree_map(lambda *a: jnp.stack(a), *states)
+
+    values = pl.stage_settings(pipeline, settings, L)
+    stages = tuple(pl.canonical(s) for s in pipeline)
+    W, state, *_ = pl.execute(stages, values, keys, W0, in_sequence, tuple(range(len(stages))), options.offgrid)
+    return W, ~state.pruned
 
 
 def _metrics(spec: ChainSpec, W0, W, Xc, Xe):
@@ -156,34 +157,38 @@ def _metrics(spec: ChainSpec, W0, W, Xc, Xe):
     return m_chain, -num / den
 
 
-@partial(jax.jit, static_argnames=("spec", "stages", "calibration"))
-def _grid_one(spec, stages, calibration, W0, Xc, Xe, keys, params):
+@partial(jax.jit, static_argnames=("spec", "pipeline", "calibration", "options"))
+def _grid_one(spec, pipeline, calibration, options, W0, Xc, Xe, keys, params):
     """M (at the output, layer-wise) of one pipeline over the grid: ``params`` (n_settings, n_stages)."""
 
     def run(prm):
-        W, _ = compress(spec, W0, Xc, stages, tuple(prm[i] for i in range(len(stages))), keys, calibration)
+        W, _ = compress(spec, W0, Xc, pipeline, tuple(prm[i] for i in range(len(pipeline))), keys, calibration,
+                        options)
         return _metrics(spec, W0, W, Xc, Xe)
 
     return jax.vmap(run)(params)
 
 
-def _grid(spec, pstage, qstage, calibration, W0, Xc, Xe, key, ratios, bits):
-    """M of P alone per ratio (1, R), Q alone per bit width (B, 1), P→Q and Q→P per (bits, ratio) (B, R), at the
-    output and layer-wise. Shared keys: a method
-    uses the same randomness in every order. One jitted program per pipeline: a single program holding the four
+def _grid(spec, prune, quant, calibration, W0, Xc, Xe, key, ratios, bits, options=None):
+    """M of the four pipelines of :data:`sim.pipeline.PAIR_PIPELINES`: P alone per ratio (1, R), Q alone per bit
+    width (B, 1), P→Q and Q→P per (bits, ratio) (B, R), at the output and layer-wise. Shared keys: a method uses
+    the same randomness in every order. One jitted program per pipeline: a single program holding the four
     independent pipelines was seen to hang XLA's CPU runtime (all threads idle, the result never ready)."""
-    kp, kq = jax.random.split(key)
+    options = DEFAULT if options is None else options
+    mkeys = jax.random.split(key)
     R, B = jnp.asarray(ratios, jnp.float64), jnp.asarray(bits, jnp.float64)
     r, b = jnp.meshgrid(R, B, indexing="xy")
-    r, b = r.ravel(), b.ravel()  # bits-major: index = bi * R + ri
+    grid = {pl.P_ID: r.ravel(), pl.Q_ID: b.ravel()}  # bits-major: index = bi * R + ri
+    alone = {pl.P_ID: (R[:, None], (1, len(ratios))), pl.Q_ID: (B[:, None], (len(bits), 1))}
+    methods = (pl.canonical(prune), pl.canonical(quant))
     out = {}
-    # each method alone once per setting of its own: P as (1, R), Q as (B, 1)
-    for name, stages, params, keys, shape in (
-            ("P", (pstage,), R[:, None], (kp,), (1, len(ratios))),
-            ("Q", (qstage,), B[:, None], (kq,), (len(bits), 1)),
-            ("PQ", (pstage, qstage), jnp.stack([r, b], 1), (kp, kq), (len(bits), len(ratios))),
-            ("QP", (qstage, pstage), jnp.stack([b, r], 1), (kq, kp), (len(bits), len(ratios)))):
-        m_out, m_lw = jax.device_get(_grid_one(spec, stages, calibration, W0, Xc, Xe, jnp.stack(keys), params))
+    for name, ids in pl.PAIR_PIPELINES:
+        if len(ids) == 1:
+            params, shape = alone[ids[0]]
+        else:
+            params, shape = jnp.stack([grid[i] for i in ids], 1), (len(bits), len(ratios))
+        m_out, m_lw = jax.device_get(_grid_one(spec, tuple(methods[i] for i in ids), calibration, options, W0, Xc,
+                                               Xe, jnp.stack([mkeys[i] for i in ids]), params))
         out[name] = (np.asarray(m_out).reshape(shape), np.asarray(m_lw).reshape(shape))
     return out
 
@@ -198,62 +203,77 @@ def provenance(spec: ChainSpec, calibration: str, view: str, seed: int) -> Prove
                                 "n_eval": spec.n_eval})
 
 
+VIEWS = ("output", "layerwise")
+
+
+def chain_tasks(spec, prune, quant, ratios, bits, seeds, calibration) -> list[Task]:
+    """Per seed and view: P alone per ratio, Q alone per bit width, both orders per (bits, ratio)."""
+    tasks = []
+    for seed in seeds:
+        for view in VIEWS:
+            prov = provenance(spec, calibration, view, int(seed))
+            tasks += [Task(prov, (prune.replace(ratio=r),)) for r in ratios]
+            tasks += [Task(prov, (quant.replace(bits=b),)) for b in bits]
+            for b in bits:
+                for r in ratios:
+                    P, Q = prune.replace(ratio=r), quant.replace(bits=b)
+                    tasks += [Task(prov, (P, Q)), Task(prov, (Q, P))]
+    return tasks
+
+
+_ROLE = {"P": "P", "Q": "Q", "P->Q": "PQ", "Q->P": "QP"}
+
+
+def compute_seed(spec: ChainSpec, prune, quant, calibration, tasks: list[Task]) -> list[Record]:
+    """The records of one seed's tasks (both views) from one run of the four pipelines; ratios and bits are read
+    from the tasks."""
+    seed = tasks[0].provenance.seed
+    coords = [grid_coords(t.pipeline) for t in tasks]
+    ratios = sorted({r for r, _ in coords if r is not None})
+    bits = sorted({b for _, b in coords if b is not None})
+    W0, Xc, Xe = spec.make(seed)
+    res = _grid(spec, prune, quant, calibration, W0, Xc, Xe, jax.random.PRNGKey(seed), ratios, bits)
+    out = []
+    for t, (r, b) in zip(tasks, coords, strict=True):
+        vi = VIEWS.index(t.provenance.settings["view"])
+        name = _ROLE[grid_role(t.pipeline)]
+        bi = 0 if name == "P" else bits.index(b)
+        ri = 0 if name == "Q" else ratios.index(r)
+        out.append(Record(t.provenance, t.pipeline, float(np.asarray(res[name][vi])[bi, ri])))
+    return out
+
+
 def run_chain_grid(spec: ChainSpec, prune: Prune, quant: Quantize, ratios, bits, seeds, calibration="sequential",
                    store: Store | None = None, progress: bool = True) -> list[Record]:
     """Records of the grid (each method alone, both orders) at the chain's output and in the layer-wise view.
 
-    With a ``store``, each finished seed is appended at once and a rerun skips seeds already stored.
+    The tasks go through ``pih.run_sweep`` (one group per seed): with a ``store``, each finished seed is stored at
+    once and a rerun computes only seeds with missing records.
     """
     if calibration not in CALIBRATION:
         raise bad("calibration", calibration, f"must be one of {CALIBRATION}")
-    if not isinstance(prune, Prune) or prune.structure not in ("unstructured", "nm"):
+    if not isinstance(prune, Prune) or prune.structure not in ("unstructured", "nm") and prune.nm is None:
         raise bad("prune", prune, "chains take unstructured or N:M pih.Prune specs")
     if not isinstance(quant, Quantize):
         raise bad("quant", quant, "must be a pih.Quantize spec")
     if quant.rotation:
         raise bad("quant.rotation", quant.rotation, "rotation is not modelled in chains")
-    pstage, _ = pl.stage_from_spec(prune)
-    qstage, _ = pl.stage_from_spec(quant)
+    pl.stage_from_spec(prune)
+    pl.stage_from_spec(quant)
     ratios = [float(r) for r in ratios]
     bits = [int(b) for b in bits]
     for r in ratios:
         prune.replace(ratio=r)
     for b in bits:
         quant.replace(bits=b)
-    out: list[Record] = []
-    for seed in tqdm(list(seeds), desc=f"chain {prune.criterion} x {quant.label}", file=sys.stderr,
-                     disable=not progress, leave=False):
-        recs = _records(spec, prune, quant, ratios, bits, int(seed), calibration, None)
-        if store is not None and all(store.has(r.key) for r in recs):
-            got = {r.key: r for r in store.records()}
-            out += [got[r.key] for r in recs]
-            continue
-        W0, Xc, Xe = spec.make(int(seed))
-        res = _grid(spec, pstage, qstage, calibration, W0, Xc, Xe, jax.random.PRNGKey(int(seed)), ratios, bits)
-        recs = _records(spec, prune, quant, ratios, bits, int(seed), calibration, res)
-        if store is not None:
-            for r in recs:
-                if not store.has(r.key):
-                    store.append(r)
-        out += recs
-    return out
-
-
-def _records(spec, prune, quant, ratios, bits, seed, calibration, res) -> list[Record]:
-    recs = []
-    for vi, view in enumerate(("output", "layerwise")):
-        prov = provenance(spec, calibration, view, seed)
-
-        def val(k, bi, ri, _vi=vi):
-            return 0.0 if res is None else float(np.asarray(res[k][_vi])[bi, ri])
-
-        for ri, r in enumerate(ratios):
-            recs.append(Record(prov, (prune.replace(ratio=r),), val("P", 0, ri), {"ratio": r}))
-        for bi, b in enumerate(bits):
-            recs.append(Record(prov, (quant.replace(bits=b),), val("Q", bi, 0), {"bits": b}))
-        for bi, b in enumerate(bits):
-            for ri, r in enumerate(ratios):
-                P, Q = prune.replace(ratio=r), quant.replace(bits=b)
-                recs.append(Record(prov, (P, Q), val("PQ", bi, ri), {"ratio": r, "bits": b}))
-                recs.append(Record(prov, (Q, P), val("QP", bi, ri), {"ratio": r, "bits": b}))
-    return recs
+    tasks = chain_tasks(spec, prune, quant, ratios, bits, seeds, calibration)
+    compute = partial(compute_seed, spec, prune, quant, calibration)
+    desc = f"chain {prune.criterion} x {quant.label}"
+    if store is not None:
+        return run_sweep(store, tasks, compute_group=compute, group_by=lambda t: t.provenance.seed,
+                         progress=progress, desc=desc)
+    groups: dict[int, list[Task]] = {}
+    for t in tasks:
+        groups.setdefault(t.provenance.seed, []).append(t)
+    return [r for g in tqdm(list(groups.values()), desc=desc, file=sys.stderr, disable=not progress, leave=False)
+            for r in compute(g)]

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pih.methods import n_pruned
+
 from .tensors import activations, layer
 
 
@@ -24,7 +26,8 @@ def _inputs(seed: int, shape=(16, 32)):
 
 
 def check_pruner(prune, ratios=(0.0, 0.25, 0.5, 0.9), exact_count: bool = True, updates: bool = False) -> None:
-    """A pruner zeroes exactly the weights its mask removes, removes round(ratio·n) of them (``exact_count``),
+    """A pruner zeroes exactly the weights its mask removes, removes ``pih.methods.n_pruned(ratio, n)`` =
+    int(ratio·n) of them (``exact_count``),
     leaves the others unchanged (unless ``updates``), is deterministic by key, and breaks ties at random."""
     W, H = _inputs(0)
     n = W.size
@@ -35,7 +38,8 @@ def check_pruner(prune, ratios=(0.0, 0.25, 0.5, 0.9), exact_count: bool = True, 
         if not updates:
             assert np.array_equal(Wp[keep], np.asarray(W)[keep]), f"ratio={r}: kept weights were changed"
         if exact_count:
-            assert (~keep).sum() == round(r * n), f"ratio={r}: pruned {(~keep).sum()} of {n}, not {round(r * n)}"
+            k = n_pruned(r, n)
+            assert (~keep).sum() == k, f"ratio={r}: pruned {(~keep).sum()} of {n}, not {k}"
         Wp2, _ = prune(W, H, r, jax.random.PRNGKey(1))
         assert np.array_equal(Wp, np.asarray(Wp2)), f"ratio={r}: not deterministic for a fixed key"
     # ties: an all-equal tensor must be pruned at random positions, not in index order

@@ -4,21 +4,35 @@ Conventions: W is (out_features, in_features); H = X Xᵀ is the (in, in) Gram m
 ``keep`` is a boolean mask, True where a weight is kept. Settings that change from run to run (pruning ratio,
 bit width) are traced values, so one compiled function serves a whole sweep; settings that change the code path
 (criterion, structure, group size) are static Python values. Ties in every ranking are broken at random with an
-explicit key (index order would give spurious trends).
+explicit key (index order would give spurious trends); ``key`` may instead be an array of tie-break priorities
+(uniform in [0, 1), one per weight, as the kernel contract of :mod:`pih.registry` allows): ties are then ranked
+by it, lexicographically after the score, exactly as the torch bridge ranks them with its own draws, and
+stochastic rounding uses it as its noise. Counts are :func:`pih.methods.n_pruned`'s (``int(ratio · n)``).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+
+def is_priorities(key) -> bool:
+    """True when ``key`` is an array of tie-break priorities (floating point) rather than a JAX PRNG key."""
+    return jnp.issubdtype(getattr(key, "dtype", jnp.uint32), jnp.floating)
+
 # --------------------------------------------------------------------------------------------- rankings
 
 
 def ranks(score: jax.Array, key: jax.Array, axis: int | None = None) -> jax.Array:
-    """Rank of each entry (0 = smallest) along ``axis`` (None: the whole array), ties broken at random."""
-    u = jax.random.uniform(key, score.shape)
+    """Rank of each entry (0 = smallest) along ``axis`` (None: the whole array), ties broken at random (or by
+    ``key`` itself when it is an array of priorities of ``score``'s size)."""
+    if is_priorities(key):
+        u = jnp.reshape(key, score.shape)
+    else:
+        u = jax.random.uniform(key, score.shape)
     if axis is None:
         flat = score.reshape(-1)
         iota = jnp.arange(flat.size)
@@ -37,8 +51,9 @@ def ranks(score: jax.Array, key: jax.Array, axis: int | None = None) -> jax.Arra
 
 
 def n_pruned(ratio, n: int) -> jax.Array:
-    """How many of ``n`` units a ratio removes (rounded to nearest)."""
-    return jnp.round(ratio * n).astype(jnp.int64)
+    """How many of ``n`` units a ratio removes: ``int(ratio · n)``, :func:`pih.methods.n_pruned` for a traced
+    ratio (the product in float64, then floored: ratios are >= 0)."""
+    return jnp.floor(jnp.asarray(ratio, jnp.float64) * n).astype(jnp.int64)
 
 
 def _index_bits(n: int) -> int:
@@ -87,9 +102,13 @@ def sort_keys(score, key, axis=None, removed=None) -> jax.Array:
 
 def keep_lowest_removed(score, ratio, key, axis=None, removed=None) -> jax.Array:
     """Keep mask removing the ``ratio`` fraction with the lowest score (per slice along ``axis``; ``removed``
-    entries go first), ties broken at random by ``key``. Scores must be >= 0."""
+    entries go first), ties broken at random by ``key`` (or ranked by it, for an array of priorities). Scores must
+    be >= 0."""
     n = score.size if axis is None else score.shape[axis]
     k = n_pruned(ratio, n)
+    if is_priorities(key):  # exact (score, priority) order, removed entries first: the bridge's ranking
+        s = jnp.abs(score) if removed is None else jnp.where(removed, -jnp.inf, jnp.abs(score))
+        return ranks(s, key, axis) >= k
     keys = sort_keys(score, key, axis, removed)
     if axis is None:
         srt = jnp.sort(keys.reshape(-1))
@@ -104,11 +123,12 @@ def keep_lowest_removed(score, ratio, key, axis=None, removed=None) -> jax.Array
 
 
 def prune_scores(W, H, criterion: str) -> jax.Array:
-    """Per-weight saliency: magnitude |W|, Wanda |W_ij|·||X_j||, SparseGPT-free OBS score W²/[H⁻¹]_jj."""
+    """Per-weight saliency: magnitude |W|, Wanda |W_ij|·||X_j|| (``H`` the Gram matrix or its diagonal)."""
     if criterion == "magnitude":
         return jnp.abs(W)
     if criterion == "wanda":
-        return jnp.abs(W) * jnp.sqrt(jnp.diag(H))[None, :]
+        norm2 = H if H.ndim == 1 else jnp.diag(H)  # ||X_j||² per input column
+        return jnp.abs(W) * jnp.sqrt(norm2)[None, :]
     raise ValueError(f"criterion={criterion!r}: no per-weight score (use the OBS path for sparsegpt)")
 
 
@@ -187,6 +207,8 @@ def _round(x, rounding: str, key):
     if rounding == "nearest":
         return jnp.round(x)
     if rounding == "stochastic":
+        if is_priorities(key):  # explicit uniform noise, one per entry (the bridge's draws)
+            return jnp.floor(x + jnp.reshape(key, x.shape))
         return jnp.floor(x + jax.random.uniform(key, x.shape))
     if rounding == "down":  # biased (non-zero-mean) noise, for assumption variants
         return jnp.floor(x)
@@ -196,20 +218,73 @@ def _round(x, rounding: str, key):
 def fake_quant(x, scale, zero, bits, symmetric: bool, rounding: str = "nearest", key=None):
     """Quantize-dequantize ``x`` on the uniform grid with ``scale`` and integer ``zero`` point."""
     lo, hi = _levels(bits, symmetric)
-    q = jnp.clip(_round(x / scale, rounding, key) + zero, lo, hi)
+    return quant_levels(x, scale, zero, lo, hi, rounding, key)
+
+
+def quant_levels(x, scale, zero, lo, hi, rounding: str = "nearest", key=None):
+    """Quantize-dequantize ``x`` onto the integer levels lo..hi (offset by ``zero``) times ``scale``.
+
+    ``x / scale`` is a true division, as the bridge's (:func:`_divide`): a reciprocal one ulp off would move the
+    ties of the full grid (−amax/s = −2^(b−1) + ½ exactly) to the other level."""
+    q = jnp.clip(_round(_divide(x, scale), rounding, key) + zero, lo, hi)
     return (q - zero) * scale
 
 
-def _params_from_range(G, bits, symmetric, shrink):
-    """Scale and zero point per group (last axis) from the group's range, shrunk by ``shrink``."""
-    if symmetric:
+def _divide(x, d):
+    """``x / d`` as a true division (as numpy and torch divide): XLA rewrites a division by a broadcast value into
+    a multiplication by its reciprocal, one ulp off; a barrier on the broadcast divisor keeps the division."""
+    return x / lax.optimization_barrier(jnp.broadcast_to(d, jnp.shape(x)))
+
+
+class QGrid(NamedTuple):
+    """A quantization grid as a per-weight (scale, zero) map with integer levels lo..hi; ``valid`` False where no
+    quantizer fitted one (a layer mixed precision left untouched, a rotated quantizer's basis)."""
+
+    scale: jax.Array
+    zero: jax.Array
+    lo: jax.Array
+    hi: jax.Array
+    valid: jax.Array
+
+    def snap(self, W, keep=None):
+        """``W`` rounded to nearest onto this grid (where valid; pruned entries stay zero)."""
+        Q = jnp.where(self.valid, quant_levels(W, self.scale, self.zero, self.lo, self.hi), W)
+        return Q if keep is None else Q * keep
+
+    def off_grid(self, W):
+        """Entries of ``W`` not on this grid (within 1e-6 of their step, as the bridge's ``Grid.on_grid``)."""
+        return self.valid & (jnp.abs(self.snap(W) - W) > 1e-6 * jnp.abs(self.scale))
+
+
+def make_grid(scale, zero, bits, symmetric: bool, shape, valid=True) -> QGrid:
+    lo, hi = _levels(bits, symmetric)
+    f = jnp.float64
+    return QGrid(jnp.broadcast_to(scale, shape).astype(f), jnp.broadcast_to(zero, shape).astype(f),
+                 jnp.asarray(lo, f), jnp.asarray(hi, f), jnp.asarray(valid))
+
+
+def _params_from_range(G, bits, symmetric, shrink, grid: str = "full"):
+    """Scale and zero point per group (last axis) from the group's range, shrunk by ``shrink``.
+
+    grid "odd" (symmetric): s = amax / (2^(b−1) − 1), Q(−x) = −Q(x). grid "full": the GPTQ reference grid (the
+    bridge's ``find_params``): s = (xmax − xmin) / (2^b − 1) over the range [min(x, 0), max(x, 0)]; symmetric:
+    xmax = max|x|, xmin = −xmax when some x < 0 (else 0), the zero point in the middle (signed levels
+    −2^(b−1)..2^(b−1)−1 here)."""
+    if symmetric and grid == "odd":
         amax = jnp.max(jnp.abs(G), axis=-1, keepdims=True) * shrink
         scale = amax / (2.0 ** (bits - 1) - 1)
+        zero = jnp.zeros_like(scale)
+    elif symmetric:
+        lo = jnp.minimum(jnp.min(G, axis=-1, keepdims=True), 0.0)
+        hi = jnp.maximum(jnp.max(G, axis=-1, keepdims=True), 0.0)
+        hi = jnp.maximum(-lo, hi)
+        lo = jnp.where(lo < 0, -hi, lo)
+        scale = _divide((hi - lo) * shrink, 2.0**bits - 1)
         zero = jnp.zeros_like(scale)
     else:
         lo = jnp.minimum(jnp.min(G, axis=-1, keepdims=True), 0.0) * shrink
         hi = jnp.maximum(jnp.max(G, axis=-1, keepdims=True), 0.0) * shrink
-        scale = (hi - lo) / (2.0**bits - 1)
+        scale = _divide(hi - lo, 2.0**bits - 1)
         scale = jnp.where(scale > 0, scale, 1.0)
         zero = jnp.round(-lo / scale)
     scale = jnp.where(scale > 0, scale, 1.0)  # an all-zero group: any scale represents it exactly
@@ -219,104 +294,109 @@ def _params_from_range(G, bits, symmetric, shrink):
 N_SHRINK = 48
 
 
-def group_params(G, bits, symmetric: bool, scale_mode: str):
+def group_params(G, bits, symmetric: bool, scale_mode: str, grid: str = "full"):
     """Scale/zero per group of G (..., g): absmax (the group's largest magnitude or range) or MSE-optimal
-    (the shrink of the absmax range, on a grid of N_SHRINK values in (0, 1], that minimises the group's MSE)."""
+    (the shrink of the absmax range, on a grid of N_SHRINK values in (0, 1], that minimises the group's MSE);
+    ``grid``: "full" | "odd" (see :func:`_params_from_range`)."""
     if scale_mode == "absmax":
-        return _params_from_range(G, bits, symmetric, 1.0)
+        return _params_from_range(G, bits, symmetric, 1.0, grid)
     if scale_mode != "mse":
         raise ValueError(f"scale={scale_mode!r}: must be absmax or mse")
 
     def body(t, best):
         bs, bz, be = best
         shrink = 1.0 - t / N_SHRINK * 0.95
-        s, z = _params_from_range(G, bits, symmetric, shrink)
+        s, z = _params_from_range(G, bits, symmetric, shrink, grid)
         e = jnp.sum((fake_quant(G, s, z, bits, symmetric) - G) ** 2, axis=-1, keepdims=True)
         better = e < be
         return jnp.where(better, s, bs), jnp.where(better, z, bz), jnp.where(better, e, be)
 
-    s0, z0 = _params_from_range(G, bits, symmetric, 1.0)
+    s0, z0 = _params_from_range(G, bits, symmetric, 1.0, grid)
     e0 = jnp.sum((fake_quant(G, s0, z0, bits, symmetric) - G) ** 2, axis=-1, keepdims=True)
     s, z, _ = lax.fori_loop(1, N_SHRINK, body, (s0, z0, e0))
     return s, z
 
 
 def quantize_rtn(W, bits, key, group="channel", symmetric=True, scale_mode="absmax", rounding="nearest",
-                 keep=None):
-    """Round-to-nearest (or stochastic) quantization with one scale per group; keeps ``keep``'s zeros exactly."""
+                 keep=None, grid: str = "full", with_grid: bool = False):
+    """Round-to-nearest (or stochastic) quantization with one scale per group; keeps ``keep``'s zeros exactly.
+    ``with_grid``: also return the :class:`QGrid`."""
     G = _grouped(W, group)
-    s, z = group_params(G, bits, symmetric, scale_mode)
-    Q = fake_quant(G, s, z, bits, symmetric, rounding, key).reshape(W.shape)
-    return Q if keep is None else Q * keep
+    s, z = group_params(G, bits, symmetric, scale_mode, grid)
+    noise = _grouped(key, group) if is_priorities(key) else key
+    Q = fake_quant(G, s, z, bits, symmetric, rounding, noise).reshape(W.shape)
+    Q = Q if keep is None else Q * keep
+    if not with_grid:
+        return Q
+    shape = G.shape
+    return Q, make_grid(jnp.broadcast_to(s, shape).reshape(W.shape), jnp.broadcast_to(z, shape).reshape(W.shape),
+                        bits, symmetric, W.shape)
 
 
 # --------------------------------------------------------------------------------------------- OBS family
 
 
-def inverse_hessian_factor(H, damp: float = 0.01):
-    """Upper Cholesky factor U of (H + damp·mean(diag H)·I)⁻¹ (so H⁻¹ = UᵀU), as SparseGPT and GPTQ use it."""
+def inverse_hessian_factor(H, percdamp: float = 0.01):
+    """Upper Cholesky factor U of (H + percdamp·mean(diag H)·I)⁻¹ (so H⁻¹ = UᵀU), as SparseGPT and GPTQ use it."""
     i = H.shape[0]
     d = jnp.diag(H)
     H = H + jnp.diag(jnp.where(d == 0, 1.0, 0.0))  # inputs that never fire
-    H = H + damp * jnp.mean(jnp.diag(H)) * jnp.eye(i)
+    H = H + percdamp * jnp.mean(jnp.diag(H)) * jnp.eye(i)
     Hinv = jnp.linalg.inv(H)
     Hinv = 0.5 * (Hinv + Hinv.T)
     return jnp.linalg.cholesky(Hinv).T
 
 
 def obs_sweep(W, H, key, ratio=0.0, bits=8, *, prune: str | None = None, nm=None, quant: dict | None = None,
-              keep=None, blocksize: int = 128, damp: float = 0.01):
+              keep=None, blocksize: int = 128, percdamp: float = 0.01, act_order: bool = False,
+              with_grid: bool = False):
     """Column-by-column OBS reconstruction (SparseGPT / GPTQ / SparseGPT's joint mode).
 
     Columns are processed left to right; each column is replaced by its pruned and/or quantized value and the
     error, scaled by the inverse-Hessian factor, is pushed into the columns to the right. prune: None, or
     "unstructured" (in each block of ``blocksize`` columns remove the ``ratio`` fraction with the lowest
     w²/[H⁻¹]_jj², as SparseGPT) or "nm" (N:M with ``nm``). quant: None, or dict(group, symmetric, scale,
-    rounding): quantize every kept weight (GPTQ), scales fitted on the updated weights at each group's start.
-    ``keep``: an existing mask kept exactly (pruned weights stay zero). Returns (W', keep).
+    rounding, grid): quantize every kept weight (GPTQ). Grids: per tensor or channel fitted once, at the start;
+    a group's when its first column is reached, on W as of the start of its block of ``blocksize`` columns (the
+    lazy block of the reference code) and on the kept weights only. ``keep``: an existing mask kept exactly
+    (pruned weights stay zero). ``act_order``: GPTQ's column order by decreasing diag(H) (groups consecutive in
+    that order). Returns (W', keep), and the :class:`QGrid` with ``with_grid``.
     """
+    if act_order:
+        if prune is not None or quant is None:
+            raise ValueError("act_order is GPTQ's option: quantization without pruning")
+        perm = jnp.argsort(-jnp.diag(H))
+        inv = jnp.argsort(perm)
+        pk = key[:, perm] if is_priorities(key) else key
+        res = obs_sweep(W[:, perm], H[perm][:, perm], pk, ratio, bits, quant=quant,
+                        keep=None if keep is None else keep[:, perm], blocksize=blocksize, percdamp=percdamp,
+                        with_grid=with_grid)
+        out = (res[0][:, inv], res[1][:, inv])
+        if with_grid:
+            g = res[2]
+            out += (g._replace(scale=g.scale[:, inv], zero=g.zero[:, inv]),)
+        return out
     o, i = W.shape
     B = min(blocksize, i)
     if i % B:
         raise ValueError(f"blocksize={blocksize}: must divide in_features={i}")
-    U = inverse_hessian_factor(H, damp)
+    U = inverse_hessian_factor(H, percdamp)
     du = jnp.diag(U)
     keep = jnp.ones(W.shape, bool) if keep is None else keep
     W = W * keep
-    kprune, kround = jax.random.split(key)
+    prio = is_priorities(key)
+    kprune, kround = (key, key) if prio else jax.random.split(key)
     if quant is not None:
         group = quant["group"]
+        qgrid = quant.get("grid", "full")
         g = i if group in ("channel", "tensor") else int(group)
         if group == "tensor":
-            s_t, z_t = group_params(W.reshape(1, -1), bits, quant["symmetric"], quant["scale"])
+            s_t, z_t = group_params(W.reshape(1, -1), bits, quant["symmetric"], quant["scale"], qgrid)
             s0 = jnp.full((o, i // g), s_t[0, 0])
             z0 = jnp.full((o, i // g), z_t[0, 0])
         else:
             s0 = jnp.ones((o, i // g))
             z0 = jnp.zeros((o, i // g))
-
-    def col(j, st):
-        W, keep, s, z = st
-        w = W[:, j]
-        kj = keep[:, j]
-        if quant is not None:
-            gi = j // g
-            if group != "tensor":
-                def refit(args):
-                    s, z = args
-                    Gm = lax.dynamic_slice(W * keep, (0, gi * g), (o, g))
-                    sn, zn = group_params(Gm, bits, quant["symmetric"], quant["scale"])
-                    return s.at[:, gi].set(sn[:, 0]), z.at[:, gi].set(zn[:, 0])
-
-                s, z = lax.cond(j % g == 0, refit, lambda a: a, (s, z))
-            q = fake_quant(w, s[:, gi], z[:, gi], bits, quant["symmetric"], quant["rounding"],
-                           jax.random.fold_in(kround, j)) * kj
-        else:
-            q = w * kj
-        err = (w - q) / U[j, j]
-        W = W - jnp.outer(err, U[j])
-        W = W.at[:, j].set(q)
-        return W, keep, s, z
 
     def block(bi, st):
         W, keep, s, z = st
@@ -325,7 +405,7 @@ def obs_sweep(W, H, key, ratio=0.0, bits=8, *, prune: str | None = None, nm=None
             Wb = lax.dynamic_slice(W, (0, j0), (o, B))
             kb = lax.dynamic_slice(keep, (0, j0), (o, B))
             sc = Wb**2 / lax.dynamic_slice(du, (j0,), (B,))[None, :] ** 2
-            kk = jax.random.fold_in(kprune, bi)
+            kk = lax.dynamic_slice(kprune, (0, j0), (o, B)) if prio else jax.random.fold_in(kprune, bi)
             if prune == "nm":
                 n, m = nm
                 r = ranks(jnp.where(kb, sc, -1.0).reshape(o, B // m, m), kk, axis=-1).reshape(o, B)
@@ -333,13 +413,43 @@ def obs_sweep(W, H, key, ratio=0.0, bits=8, *, prune: str | None = None, nm=None
             else:
                 newk = keep_lowest_removed(sc, ratio, kk, removed=~kb)
             keep = lax.dynamic_update_slice(keep, newk & kb, (0, j0))
-        W, keep, s, z = lax.fori_loop(j0, j0 + B, col, (W, keep, s, z))
-        return W, keep, s, z
+        W0b = W  # W as of this block's start: the grids of the groups that start in it are fitted on it
+
+        def col(j, st):
+            W, keep, s, z = st
+            w = W[:, j]
+            kj = keep[:, j]
+            if quant is not None:
+                gi = j // g
+                if group != "tensor":
+                    def refit(args):
+                        s, z = args
+                        Gm = lax.dynamic_slice(W0b * keep, (0, gi * g), (o, g))
+                        sn, zn = group_params(Gm, bits, quant["symmetric"], quant["scale"], qgrid)
+                        return s.at[:, gi].set(sn[:, 0]), z.at[:, gi].set(zn[:, 0])
+
+                    s, z = lax.cond(j % g == 0, refit, lambda a: a, (s, z))
+                kr = lax.dynamic_index_in_dim(kround, j, axis=1, keepdims=False) if prio else \
+                    jax.random.fold_in(kround, j)
+                q = fake_quant(w, s[:, gi], z[:, gi], bits, quant["symmetric"], quant["rounding"], kr) * kj
+            else:
+                q = w * kj
+            err = (w - q) / U[j, j]
+            W = W - jnp.outer(err, U[j])
+            W = W.at[:, j].set(q)
+            return W, keep, s, z
+
+        return lax.fori_loop(j0, j0 + B, col, (W, keep, s, z))
 
     if quant is None:
         s0 = z0 = jnp.zeros((1, 1))
-    W, keep, _, _ = lax.fori_loop(0, i // B, block, (W, keep, s0, z0))
-    return W * keep, keep
+    W, keep, s, z = lax.fori_loop(0, i // B, block, (W, keep, s0, z0))
+    if not with_grid:
+        return W * keep, keep
+    if quant is None:
+        raise ValueError("with_grid needs a quantizer")
+    cols = jnp.arange(i) // g
+    return W * keep, keep, make_grid(s[:, cols], z[:, cols], bits, quant["symmetric"], W.shape)
 
 
 # --------------------------------------------------------------------------------------------- rotation

@@ -1,186 +1,189 @@
-"""Pipelines of compression stages on a model, per-unit errors, owner maps, both orders of a pair, sweeps.
+"""Pipelines of core specs on a model: one executor loop, per-unit errors, owner maps, both orders of a pair.
 
-A *stage* is the static part of a method (what code runs); its numeric setting (pruning ratio, bit width, or
-one bit width per layer) is a traced parameter, so one jitted function serves a whole grid and ``jax.vmap``
-runs settings and seeds side by side. ``stage_from_spec`` maps the core's specs (``pih.Prune``,
-``pih.Quantize``, ``pih.MixedPrecision``) onto stages; a few simulation-only options (the pruner's reference
-model, biased rounding, the policy for weights a pruner's update moves off the quantization grid) are fields
-of the stage.
+A pipeline is a tuple of core specs (``pih.Prune``, ``pih.Quantize``, ``pih.MixedPrecision``, ``pih.Joint``) in
+application order, ``(P, Q)`` is Q∘P; ``settings`` holds each stage's numeric setting (the pruning ratio, the bit
+width, one bit width per layer — 0 leaves a layer untouched —, or (ratio, bits) for a joint stage) as traced
+values, so one compiled function serves a whole grid and ``jax.vmap`` runs settings and seeds side by side. The
+static part of a stage is its spec with that numeric field replaced by a canonical value
+(:func:`stage_from_spec`), which is what the compiled functions are keyed on. Simulation-only settings are one
+:class:`sim.kernels.SimOptions`.
 
-Order is data: a pipeline is a tuple of stages in application order, ``(P, Q)`` is Q∘P.
+Every stage runs through :func:`execute`: the registered ``"sim"`` kernel of its method
+(:func:`pih.registry.kernel_for`), applied to each layer, with the mask, the grid and the off-grid policy in a
+:class:`pih.registry.KernelState`. :func:`run_pipeline` (independent layers, vmapped), :func:`run_pair` (four
+pipelines given as data), :mod:`sim.chain` (layers in sequence, calibrated on the compressed prefix) and
+:mod:`sim.predict` all run that one loop.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pih import registry
 from pih.errors import bad
-from pih.methods import MixedPrecision, Prune, Quantize
+from pih.methods import Joint, MixedPrecision, Prune, Quantize
+from pih.registry import Stats
 from pih.validate import check_spec
 
 from . import mechanisms as mech
+from .kernels import DEFAULT, LayerContext, Layers, SimOptions, ensure_registered, initial_state
 from .tensors import Model
 
 P_ID, Q_ID = 0, 1  # method indices in owner maps of a (pruning, quantization) pair
+CANONICAL_BITS = 16  # the bit width a stage's static spec carries (its real one is a traced setting)
 
 
-@dataclass(frozen=True)
-class PruneStage:
-    """Static part of a pruning method.
-
-    criterion: magnitude | wanda | sparsegpt | loss. structure: unstructured | row | block (whole layers) | nm.
-    per: ranking scope for unstructured magnitude/Wanda ("tensor" or "row"; Wanda's own choice is "row").
-    reference: for row/block removal with criterion loss: "seen" (output of the model the pruner is given)
-    or "phi" (marginal degradation relative to the original model: A2's well-designed pruner).
-    after_quant: what happens to weights a SparseGPT update moves off an earlier quantizer's grid:
-    "keep" (left off-grid), "requantize" (the earlier quantizer is applied again, round to nearest, mask kept)
-    or "mask_only" (SparseGPT's mask, no update).
-    """
-
-    criterion: str = "magnitude"
-    structure: str = "unstructured"
-    nm: tuple[int, int] | None = None
-    per: str = "tensor"
-    reference: str = "seen"
-    after_quant: str = "keep"
-    blocksize: int = 128
-    damp: float = 0.01
-    kind = "prune"
-    n_params = 1
-
-    def __post_init__(self):
-        if self.criterion not in ("magnitude", "wanda", "sparsegpt", "loss"):
-            raise bad("criterion", self.criterion, "must be magnitude, wanda, sparsegpt or loss")
-        if self.structure not in ("unstructured", "row", "block", "nm"):
-            raise bad("structure", self.structure, "must be unstructured, row, block or nm")
-        if self.structure == "nm" and self.nm is None:
-            raise bad("nm", self.nm, "structure 'nm' needs nm=(N, M)")
-        if self.per not in ("tensor", "row"):
-            raise bad("per", self.per, "must be tensor or row")
-        if self.reference not in ("seen", "phi"):
-            raise bad("reference", self.reference, "must be seen or phi")
-        if self.after_quant not in ("keep", "requantize", "mask_only"):
-            raise bad("after_quant", self.after_quant, "must be keep, requantize or mask_only")
+def canonical(spec):
+    """The static part of a stage: ``spec`` with its numeric setting replaced by a fixed value (an N:M pruner
+    keeps the ratio its structure implies)."""
+    if isinstance(spec, Prune):
+        return spec if spec.nm else spec.replace(ratio=0.0)
+    if isinstance(spec, Quantize):
+        return spec.replace(bits=CANONICAL_BITS)
+    if isinstance(spec, MixedPrecision):
+        return spec.replace(bits=(CANONICAL_BITS,))
+    if isinstance(spec, Joint):
+        return Joint(canonical(spec.prune), canonical(spec.quant))
+    raise bad("spec", spec, "expected pih.Prune, pih.Quantize, pih.MixedPrecision or pih.Joint")
 
 
-@dataclass(frozen=True)
-class QuantStage:
-    """Static part of a quantizer. group: "channel" | "tensor" | int; update: none | gptq;
-    rounding: nearest | stochastic | down (biased; for assumption variants)."""
-
-    group: int | str = "channel"
-    symmetric: bool = True
-    scale: str = "absmax"
-    update: str = "none"
-    rounding: str = "nearest"
-    blocksize: int = 128
-    damp: float = 0.01
-    kind = "quantize"
-    n_params = 1
-
-    def __post_init__(self):
-        if not (self.group in ("channel", "tensor") or (isinstance(self.group, int) and self.group > 0)):
-            raise bad("group", self.group, "must be 'channel', 'tensor' or a positive integer")
-        if self.scale not in ("absmax", "mse"):
-            raise bad("scale", self.scale, "must be absmax or mse")
-        if self.update not in ("none", "gptq"):
-            raise bad("update", self.update, "must be none or gptq")
-        if self.rounding not in ("nearest", "stochastic", "down"):
-            raise bad("rounding", self.rounding, "must be nearest, stochastic or down")
-
-    def as_dict(self):
-        return {"group": self.group, "symmetric": self.symmetric, "scale": self.scale, "rounding": self.rounding}
-
-
-@dataclass(frozen=True)
-class JointStage:
-    """SparseGPT's joint mode: prune and quantize in one OBS sweep (params: ratio, bits)."""
-
-    prune: PruneStage
-    quant: QuantStage
-    kind = "joint"
-    n_params = 2
-
-
-@dataclass(frozen=True)
-class MixedStage:
-    """Mixed precision: one bit width per layer (param vector of length L; 0 leaves a layer untouched)."""
-
-    quant: QuantStage
-    kind = "mixed"
-    n_params = -1  # one per layer
+def setting_of(spec):
+    """A spec's numeric setting: ratio, bits, the bits tuple, or (ratio, bits)."""
+    if isinstance(spec, Prune):
+        return spec.ratio
+    if isinstance(spec, Joint):
+        return (spec.prune.ratio, spec.quant.bits)
+    return spec.bits
 
 
 def stage_from_spec(spec) -> tuple[object, object]:
-    """(stage, setting) for a core spec. Prune → (PruneStage, ratio); Quantize → (QuantStage, bits);
-    MixedPrecision → (MixedStage, bits tuple). The spec's rotation, if any, is reported by ``spec_rotation``."""
-    if isinstance(spec, Prune):
-        nm = spec.nm
-        structure = "nm" if nm else spec.structure
-        if structure == "head":
-            raise bad("structure", spec.structure, "the simulation has no attention heads; use row or block")
-        per = "row" if spec.criterion == "wanda" else "tensor"
-        return PruneStage(spec.criterion, structure, nm, per), spec.ratio
-    check_spec(spec)  # the rules every backend shares (pih.validate)
-    if isinstance(spec, Quantize):
-        return QuantStage(spec.group, spec.symmetric, spec.scale, spec.update, spec.rounding), spec.bits
-    if isinstance(spec, MixedPrecision):
-        q = QuantStage(spec.group, spec.symmetric, spec.scale, spec.update)
-        return MixedStage(q), tuple(spec.bits)
-    raise bad("spec", spec, "expected pih.Prune, pih.Quantize or pih.MixedPrecision")
+    """(static stage, setting) for a core spec, after the checks every backend shares (``pih.validate``) and a
+    clear error when the simulation has no kernel for it."""
+    if isinstance(spec, Prune) and spec.structure == "head":
+        raise bad("structure", spec.structure, "the simulation has no attention heads; use row or block")
+    if isinstance(spec, Joint):
+        check_spec(spec.quant)
+    else:
+        check_spec(spec)
+    ensure_registered()
+    stage = canonical(spec)
+    registry.kernel_for(stage, "sim")
+    return stage, setting_of(spec)
 
 
 def spec_rotation(specs) -> str | None:
-    rots = {getattr(s, "rotation", None) for s in specs} - {None}
+    rots = {getattr(s.quant if isinstance(s, Joint) else s, "rotation", None) for s in specs} - {None}
     return rots.pop() if rots else None
 
 
-# --------------------------------------------------------------------------------------------- one stage
+# --------------------------------------------------------------------------------------------- the one loop
 
 
-def _layer_prune(st: PruneStage, W, H, keep, W0, lam, ratio, key, last_quant: QuantStage | None, bits_prev):
-    """Apply a pruning stage to one layer."""
-    if st.structure == "row":
-        crit = "magnitude" if st.criterion == "magnitude" else "loss"
-        return mech.prune_rows(W, H, ratio, key, crit, W0, lam, st.reference, keep)
-    if st.criterion == "sparsegpt":
-        if st.after_quant == "mask_only" and last_quant is not None:
-            _, k = mech.obs_sweep(W, H, key, ratio, prune="nm" if st.nm else "unstructured", nm=st.nm,
-                                  keep=keep, blocksize=st.blocksize, damp=st.damp)
-            return W * k, k
-        Wn, k = mech.obs_sweep(W, H, key, ratio, prune="nm" if st.nm else "unstructured", nm=st.nm, keep=keep,
-                               blocksize=st.blocksize, damp=st.damp)
-        if st.after_quant == "requantize" and last_quant is not None:
-            Wn = mech.quantize_rtn(Wn, bits_prev, key, last_quant.group, last_quant.symmetric, last_quant.scale,
-                                   "nearest", k)
-        return Wn, k
-    if st.criterion == "loss":
-        raise bad("criterion", "loss", "the loss criterion is for row or block removal")
-    if st.structure == "nm":
-        return mech.prune_nm(W, H, key, st.nm[0], st.nm[1], st.criterion, keep)
-    return mech.prune_unstructured(W, H, ratio, key, st.criterion, st.per, keep)
+def _n_settings(spec, n_layers: int) -> int:
+    return {"mixed": n_layers, "joint": 2}.get(spec.kind, 1)
 
 
-def _layer_quant(st: QuantStage, W, H, keep, bits, key):
-    if st.update == "gptq":
-        Wq, _ = mech.obs_sweep(W, H, key, 0.0, bits, quant=st.as_dict(), keep=keep, blocksize=st.blocksize,
-                               damp=st.damp)
-        return Wq
-    return mech.quantize_rtn(W, bits, key, st.group, st.symmetric, st.scale, st.rounding, keep)
+def stage_settings(pipeline, settings, n_layers: int) -> list:
+    """One array per stage: a scalar (ratio or bits), (L,) bit widths (mixed), (2,) (joint). ``settings``: None
+    (the specs' own), one value per stage, or the same concatenated into one flat vector."""
+    if settings is None:
+        settings = [setting_of(s) for s in pipeline]
+    if not isinstance(settings, (tuple, list)):  # a flat vector
+        flat = jnp.asarray(settings, jnp.float64).reshape(-1)
+        sizes = [_n_settings(s, n_layers) for s in pipeline]
+        if flat.size != sum(sizes):
+            raise bad("settings", f"{flat.size} values", f"the pipeline takes {sum(sizes)}")
+        settings = jnp.split(flat, np.cumsum(sizes)[:-1].tolist()) if len(sizes) > 1 else [flat]
+    if len(settings) != len(pipeline):
+        raise bad("settings", f"{len(settings)} settings", f"one per stage ({len(pipeline)})")
+    out = []
+    for spec, v in zip(pipeline, settings, strict=True):
+        v = jnp.asarray(v, jnp.float64)
+        if spec.kind == "mixed":
+            out.append(jnp.broadcast_to(v, (n_layers,)))
+        elif spec.kind == "joint":
+            out.append(jnp.reshape(v, (2,)))
+        else:
+            out.append(jnp.atleast_1d(v)[0])
+    return out
 
 
-def _layer_joint(st: JointStage, W, H, keep, ratio, bits, key):
-    p = st.prune
-    if p.criterion != "sparsegpt" or p.structure not in ("unstructured", "nm"):
-        raise bad("joint", p, "the joint mode is SparseGPT's (criterion sparsegpt, unstructured or N:M)")
-    return mech.obs_sweep(W, H, key, ratio, bits, prune="nm" if p.nm else "unstructured", nm=p.nm,
-                          quant=st.quant.as_dict(), keep=keep, blocksize=p.blocksize, damp=p.damp)
+def _account(spec, mid, before, after, W_before, owners, free, setting):
+    """Owner map and free zeros after one stage: a pruner owns what it removed (free zeros: removed weights that
+    were already exactly zero), a quantizer the kept weights of the layers it quantized, a joint stage both."""
+    if spec.kind == "prune":
+        now = after.pruned & ~before.pruned
+        return jnp.where(now, jnp.int8(mid), owners), free + jnp.sum(now & (W_before == 0))
+    if spec.kind == "joint":
+        now = after.pruned & ~before.pruned
+        return jnp.where(now, jnp.int8(mid[0]), jnp.where(~after.pruned, jnp.int8(mid[1]), owners)), free
+    touched = jnp.broadcast_to(setting > 0, owners.shape[:1])
+    owners = jnp.where(touched[:, None, None] & ~after.pruned, jnp.int8(mid), owners)
+    return owners, free
+
+
+def check_options(pipeline, options: SimOptions) -> None:
+    """What no kernel can see on its own: an off-grid policy that needs a grid in the weights' basis."""
+    rotated = spec_rotation(pipeline) is not None and options.rotation_scope == "quantizer"
+    if rotated and options.offgrid == "requantize":
+        seen_q = False
+        for s in pipeline:
+            if s.kind in ("quantize", "mixed", "joint"):
+                seen_q = True
+            elif seen_q and registry.method_of(s).updates_kept:
+                raise bad("offgrid", "requantize", f"{s.criterion} after a quantizer that rotates inside itself "
+                          "(rotation_scope='quantizer') has no grid in the weights' basis to requantize onto")
+
+
+def execute(pipeline, settings, keys, W, apply, method_ids, offgrid: str):
+    """The executor: for each stage, its registered "sim" kernel applied to every layer by ``apply(spec, kernel,
+    W, state, key, setting) -> (W, state)``; returns (W, state, owners, free zeros, weights moved off a grid,
+    kept weights counted with them)."""
+    ensure_registered()
+    state = initial_state(W.shape, offgrid)
+    owners = jnp.full(W.shape, -1, jnp.int8)
+    free = moved = kept = jnp.zeros((), jnp.int64)
+    for spec, setting, key, mid in zip(pipeline, settings, keys, method_ids, strict=True):
+        kernel = registry.kernel_for(spec, "sim")
+        before = state.replace(moved=jnp.zeros_like(state.moved), kept=jnp.zeros_like(state.kept))
+        W_new, state = apply(spec, kernel, W, before, key, setting)
+        owners, free = _account(spec, mid, before, state, W, owners, free, setting)
+        moved, kept = moved + jnp.sum(state.moved), kept + jnp.sum(state.kept)
+        W = W_new
+    return W, state, owners, free, moved, kept
+
+
+def independent_layers(H, W0, lam, options: SimOptions, R=None):
+    """``apply`` for a model of independent layers (every layer on its own dense inputs): the kernel vmapped over
+    layers; model-scope kernels (block removal) see every layer; a quantizer of rotation scope "quantizer"
+    rotates, quantizes and rotates back, and the mask is re-applied in the original basis."""
+
+    def apply(spec, kernel, W, state, key, setting):
+        if registry.scope_of(spec) == "model":
+            out, st = kernel(spec, Layers(W, H, W0, lam), None, state, key, setting, options=options)
+            return out.W, st
+        L = W.shape[0]
+        lkeys = key if mech.is_priorities(key) else jax.random.split(key, L)
+        rotate = R is not None and options.rotation_scope == "quantizer" and spec.kind in ("quantize", "mixed")
+
+        def one(w, h, st, k, s, w0, lm):
+            if rotate:
+                inner = initial_state(w.shape, st.offgrid)
+                Wq, _ = kernel(spec, w @ R, Stats(H=R.T @ h @ R, norm2=jnp.diag(R.T @ h @ R)), inner, k, s,
+                               options=options)
+                no_grid = mech.make_grid(1.0, 0.0, 2.0, True, w.shape, valid=False)
+                return Wq @ R.T * ~st.pruned, st.replace(grid=no_grid if st.grid is None else
+                                                        st.grid._replace(valid=jnp.zeros((), bool)))
+            return kernel(spec, w, Stats(H=h, norm2=jnp.diag(h)), st, k, s, options=options, ctx=LayerContext(w0, lm))
+
+        s_axis = 0 if spec.kind == "mixed" else None
+        return jax.vmap(one, in_axes=(0, 0, 0, 0, s_axis, 0, 0))(W, H, state, lkeys, setting, W0, lam)
+
+    return apply
 
 
 class RunOut(NamedTuple):
@@ -193,6 +196,8 @@ class RunOut(NamedTuple):
     weight_err: jax.Array  # per row ||w - w'||² (L, o)
     output_err: jax.Array  # per row ||(w - w')X||² (L, o)
     free_zeros: jax.Array  # weights a pruning stage removed that were already exactly zero
+    offgrid_moved: jax.Array  # kept weights an updating pruner moved off an earlier grid (before the policy)
+    offgrid_kept: jax.Array  # the kept weights they were counted among
 
 
 def _row_output_err(D, X, H=None):
@@ -203,119 +208,70 @@ def _row_output_err(D, X, H=None):
     return jnp.sum((D @ H) * D, axis=2)
 
 
-def _row_errs(W0, Wn, X, W0X, H=None):
-    """(per-row ||w − w'||², per-row ||(w − w')X||²). (Computing the output error as ||wX − w'X||² from a
-    cached wX measured slower: the difference is fused into one pass either way.)"""
+def _row_errs(W0, Wn, X, H=None):
+    """(per-row ||w − w'||², per-row ||(w − w')X||²)."""
     D = W0 - Wn
     return jnp.sum(D * D, axis=2), _row_output_err(D, X, H)
 
 
-def _split_params(stages, params, n_layers):
-    out, pos = [], 0
-    for st in stages:
-        n = n_layers if st.n_params == -1 else st.n_params
-        out.append(params[pos: pos + n])
-        pos += n
-    return out
-
-
-def n_params(stages, n_layers: int) -> int:
-    return sum(n_layers if st.n_params == -1 else st.n_params for st in stages)
-
-
-def run_pipeline(model: Model, stages: tuple, params, key, method_ids: tuple | None = None, lam=None,
-                 rotation: str | None = None, rotation_scope: str = "model") -> RunOut:
-    """Apply ``stages`` in order to every layer of ``model`` and measure the result against it.
-
-    params: one array per stage (ratio; bits; (ratio, bits) for joint; one bit width per layer for mixed), or
-    the same concatenated into one flat vector. Pass a tuple when vmapping over settings: a concatenated vector
-    would batch every stage over every setting.
-    method_ids: the owner index of each stage (joint: a (prune, quant) pair); default
-    P_ID for pruning, Q_ID for quantization. lam: per-row sensitivities (L, o) used by loss/reference pruners.
-    rotation="hadamard": with scope "model" the whole pipeline acts on W R and Rᵀ X (a function-preserving
-    change of basis, as QuaRot fuses it); with scope "quantizer" each quantizer rotates, quantizes and rotates
-    back, and the existing mask is re-applied in the original basis.
-    """
+def _basis(model: Model, rotation, options: SimOptions):
+    """(R or None, W0 and X in the basis the methods act in)."""
     W0, X = model.W, model.X
-    L, o, i = W0.shape
-    if rotation not in (None, "hadamard"):
-        raise bad("rotation", rotation, "must be None or 'hadamard'")
-    if rotation_scope not in ("model", "quantizer"):
-        raise bad("rotation_scope", rotation_scope, "must be model or quantizer")
-    R = mech.hadamard(i) if rotation else None
-    if R is not None and rotation_scope == "model":
-        W0r, Xr = W0 @ R, jnp.swapaxes(R, 0, 1)[None] @ X
-    else:
-        W0r, Xr = W0, X
-    H = Xr @ jnp.swapaxes(Xr, 1, 2)
-    if isinstance(params, (tuple, list)):  # one array per stage (keeps vmapped settings apart)
-        per_stage = [jnp.atleast_1d(jnp.asarray(p, dtype=jnp.float64)) for p in params]
-    else:
-        per_stage = _split_params(stages, jnp.asarray(params, dtype=jnp.float64), L)
+    R = mech.hadamard(W0.shape[2]) if rotation else None
+    if R is not None and options.rotation_scope == "model":
+        return R, W0 @ R, jnp.swapaxes(R, 0, 1)[None] @ X
+    return R, W0, X
+
+
+def _stage_keys(key, n: int):
+    key = jnp.asarray(key)
+    if mech.is_priorities(key):
+        return key  # (n_stages, L, o, i) priorities
+    keys = key if key.ndim == 2 else jax.random.split(key, n)
+    if keys.shape[0] != n:
+        raise bad("key", f"{keys.shape[0]} keys", f"one key per stage ({n}) or a single key")
+    return keys
+
+
+def run_pipeline(model: Model, pipeline: tuple, settings=None, key=None, method_ids: tuple | None = None,
+                 lam=None, options: SimOptions | None = None, rotation: str | None = None,
+                 errors: bool = True) -> RunOut:
+    """Apply ``pipeline`` (core specs, in order) to every layer of ``model`` and measure the result against it.
+
+    settings: see :func:`stage_settings` (None: the specs' own). Pass a tuple when vmapping over settings: a
+    concatenated vector would batch every stage over every setting. key: one key per stage (stacked), or one key
+    split into as many. method_ids: the owner index of each stage (joint: a (prune, quant) pair); default P_ID
+    for pruning, Q_ID for quantization. lam: per-row sensitivities (L, o) used by loss/reference pruners. A
+    Hadamard rotation (``Quantize.rotation``) acts as ``options.rotation_scope`` says: "model", the whole pipeline
+    acts on W R and Rᵀ X (a function-preserving change of basis, as QuaRot fuses it); "quantizer", each quantizer
+    rotates, quantizes and rotates back. ``rotation``: the rotation of the experiment when the pipeline's own
+    specs do not carry it (:func:`run_pair` gives P alone the basis of its pair). ``errors=False``: leave the
+    per-row errors to the caller (None).
+    """
+    options = DEFAULT if options is None else options
+    pipeline = tuple(pipeline)
+    check_options(pipeline, options)
+    L, o, _ = model.W.shape
+    settings = stage_settings(pipeline, settings, L)
+    pipeline = tuple(canonical(s) for s in pipeline)
     if method_ids is None:
         method_ids = tuple((P_ID, Q_ID) if s.kind == "joint" else (P_ID if s.kind == "prune" else Q_ID)
-                           for s in stages)
+                           for s in pipeline)
+    R, W0r, Xr = _basis(model, rotation or spec_rotation(pipeline), options)
+    H = Xr @ jnp.swapaxes(Xr, 1, 2)
     lam = jnp.ones((L, o)) if lam is None else jnp.asarray(lam)
-    W = W0r
-    keep = jnp.ones(W.shape, bool)
-    owners = jnp.full(W.shape, -1, jnp.int8)
-    free = jnp.zeros((), jnp.int64)
-    last_q, last_bits = None, None
-    key = jnp.asarray(key)
-    keys = key if key.ndim == 2 else jax.random.split(key, len(stages))
-    if keys.shape[0] != len(stages):
-        raise bad("key", f"{keys.shape[0]} keys", f"one key per stage ({len(stages)}) or a single key")
-    for si, (st, p, k) in enumerate(zip(stages, per_stage, keys, strict=True)):
-        lk = jax.random.split(k, L)
-        mid = method_ids[si]
-        if st.kind == "prune" and st.structure == "block":
-            crit = "magnitude" if st.criterion == "magnitude" else "loss"
-            per_row = jax.vmap(lambda w, h, w0, lm, _c=crit, _r=st.reference: mech.row_scores(w, h, _c, w0, lm, _r))(
-                W, H, W0r, lam)
-            alive = keep.any(axis=(1, 2))
-            score = jnp.where(alive, per_row.sum(axis=1), -jnp.inf)
-            kl = mech.ranks(score, k) >= mech.n_pruned(p[0], L)
-            newkeep = keep & kl[:, None, None]
-            Wn = W * newkeep
-        elif st.kind == "prune":
-            Wn, newkeep = jax.vmap(
-                lambda w, h, kp, w0, lm, kk, _st=st, _p=p, _q=last_q, _b=last_bits: _layer_prune(
-                    _st, w, h, kp, w0, lm, _p[0], kk, _q, _b))(W, H, keep, W0r, lam, lk)
-        elif st.kind in ("quantize", "mixed"):
-            q = st if st.kind == "quantize" else st.quant
-            bits = jnp.broadcast_to(p[0], (L,)) if st.kind == "quantize" else p
-
-            def one(w, h, kp, b, kk, _q=q):
-                if R is not None and rotation_scope == "quantizer":
-                    return _layer_quant(_q, w @ R, R.T @ h @ R, None, b, kk) @ R.T * kp
-                return _layer_quant(_q, w, h, kp, b, kk)
-
-            Wq = jax.vmap(one)(W, H, keep, jnp.maximum(bits, 2.0), lk)
-            touched = bits > 0
-            Wn = jnp.where(touched[:, None, None], Wq, W)
-            owners = jnp.where(touched[:, None, None] & keep, jnp.int8(mid), owners)
-            W = Wn
-            last_q, last_bits = q, p[0]
-            continue
-        elif st.kind == "joint":
-            Wn, newkeep = jax.vmap(
-                lambda w, h, kp, kk, _st=st, _p=p: _layer_joint(_st, w, h, kp, _p[0], _p[1], kk))(W, H, keep, lk)
-            pruned_now = keep & ~newkeep
-            owners = jnp.where(pruned_now, jnp.int8(mid[0]), jnp.where(newkeep, jnp.int8(mid[1]), owners))
-            W, keep = Wn, newkeep
-            continue
-        else:  # pragma: no cover
-            raise bad("stage", st, "unknown stage kind")
-        pruned_now = keep & ~newkeep
-        free = free + jnp.sum(pruned_now & (W == 0))
-        owners = jnp.where(pruned_now, jnp.int8(mid), owners)
-        W, keep = Wn, newkeep
-    we, eo = _row_errs(W0r, W, Xr, W0r @ Xr, H)
-    Wout = W @ R.T if (R is not None and rotation_scope == "model") else W
-    return RunOut(Wout, W, keep, owners, we, eo, free)
+    keys = _stage_keys(jax.random.PRNGKey(0) if key is None else key, len(pipeline))
+    W, state, owners, free, moved, kept = execute(pipeline, settings, keys, W0r,
+                                                  independent_layers(H, W0r, lam, options, R), method_ids,
+                                                  options.offgrid)
+    we, eo = _row_errs(W0r, W, Xr, H) if errors else (None, None)
+    Wout = W @ R.T if (R is not None and options.rotation_scope == "model") else W
+    return RunOut(Wout, W, ~state.pruned, owners, we, eo, free, moved, kept)
 
 
 # --------------------------------------------------------------------------------------------- a pair
+
+PAIR_PIPELINES = (("P", (P_ID,)), ("Q", (Q_ID,)), ("PQ", (P_ID, Q_ID)), ("QP", (Q_ID, P_ID)))  # as data
 
 
 class PairResult(NamedTuple):
@@ -352,47 +308,41 @@ def _row_owner(out: RunOut):
     return jnp.where(jnp.any(out.keep, axis=2), Q_ID, P_ID).astype(jnp.int8)
 
 
-def run_pair(model: Model, pstage: PruneStage, qstage, p, b, key, lam=None, rotation=None,
-             rotation_scope="model") -> PairResult:
-    """Run P alone, Q alone, P→Q and Q→P with shared keys (the same tie-breaks in both orders)."""
-    kp, kq = jax.random.split(key)
+def run_pair(model: Model, prune, quant, p, b, key, lam=None, options: SimOptions | None = None) -> PairResult:
+    """Run the four pipelines of :data:`PAIR_PIPELINES` (P alone, Q alone, P→Q, Q→P) with shared keys: each
+    method has one key, the same in every order, so it draws the same tie-breaks whether it runs first or
+    second."""
+    options = DEFAULT if options is None else options
+    methods = (prune, quant)
     L = model.W.shape[0]
-    qb = jnp.broadcast_to(jnp.asarray(b, jnp.float64), (L,)) if qstage.kind == "mixed" else jnp.atleast_1d(b)
-    pp = jnp.atleast_1d(jnp.asarray(p, jnp.float64))
-
-    def pipeline(stages, params, skeys):  # one key per method, the same in every order
-        return run_pipeline(model, stages, params, jnp.stack(skeys), lam=lam, rotation=rotation,
-                            rotation_scope=rotation_scope)
-
-    P_alone = pipeline((pstage,), (pp,), (kp,))
-    Q_alone = pipeline((qstage,), (qb,), (kq,))
-    PF = pipeline((pstage, qstage), (pp, qb), (kp, kq))
-    QF = pipeline((qstage, pstage), (qb, pp), (kq, kp))
-    W0, X = model.W, model.X
-    if rotation is not None and rotation_scope == "model":
-        R = mech.hadamard(W0.shape[2])
-        W0, X = W0 @ R, R.T[None] @ X
+    values = (jnp.asarray(p, jnp.float64),
+              jnp.broadcast_to(jnp.asarray(b, jnp.float64), (L,)) if quant.kind == "mixed" else b)
+    mkeys = jax.random.split(key)
+    rotation = spec_rotation(methods)  # one basis for the four pipelines (P alone included)
+    out = {name: run_pipeline(model, tuple(methods[i] for i in ids), tuple(values[i] for i in ids),
+                              jnp.stack([mkeys[i] for i in ids]), method_ids=ids, lam=lam, options=options,
+                              rotation=rotation, errors=False)
+           for name, ids in PAIR_PIPELINES}
+    _, W0, X = _basis(model, rotation, options)
     rem_w = jnp.sum(W0 * W0, axis=2)
-    W0X = W0 @ X
-    rem_o = jnp.sum(W0X**2, axis=2) if X.shape[2] < X.shape[1] else _row_output_err(W0, X)
-
-    def disjoint(out):
-        return _row_errs(W0, jnp.where(out.keep, Q_alone.Wact, 0.0), X, W0X)
-
-    pdw, pdo = disjoint(PF)
-    qdw, qdo = disjoint(QF)
-    return PairResult(P_alone.weight_err, P_alone.output_err, Q_alone.weight_err, Q_alone.output_err,
-                      PF.weight_err, PF.output_err, QF.weight_err, QF.output_err, rem_w, rem_o,
-                      _row_owner(PF), _row_owner(QF), PF.free_zeros, QF.free_zeros, rem_o, pdw, pdo, qdw, qdo)
-
-
-run_pipeline_jit = jax.jit(run_pipeline, static_argnames=("stages", "method_ids", "rotation", "rotation_scope"))
-run_pair_jit = jax.jit(run_pair, static_argnames=("pstage", "qstage", "rotation", "rotation_scope"))
+    rem_o = jnp.sum((W0 @ X) ** 2, axis=2) if X.shape[2] < X.shape[1] else _row_output_err(W0, X)
+    P_, Q_, PF, QF = (out[k] for k in ("P", "Q", "PQ", "QP"))
+    # the four results and the disjoint reconstructions (each weight as its owner alone leaves it) measured in one
+    # batched computation: equal weights give bitwise equal errors (errors computed apart were seen to differ by
+    # 1e-15, XLA summing the same product in another order)
+    Ws = jnp.stack([P_.Wact, Q_.Wact, PF.Wact, QF.Wact, jnp.where(PF.keep, Q_.Wact, 0.0),
+                    jnp.where(QF.keep, Q_.Wact, 0.0)])
+    D = W0[None] - Ws
+    we = jnp.sum(D * D, axis=3)
+    eo = jax.vmap(lambda d: _row_output_err(d, X))(D)
+    return PairResult(we[0], eo[0], we[1], eo[1], we[2], eo[2], we[3], eo[3], rem_w, rem_o, _row_owner(PF),
+                      _row_owner(QF), PF.free_zeros, QF.free_zeros, rem_o, we[4], eo[4], we[5], eo[5])
 
 
-def with_reference(stage: PruneStage, reference: str) -> PruneStage:
-    return dataclasses.replace(stage, reference=reference)
+run_pipeline_jit = jax.jit(run_pipeline, static_argnames=("pipeline", "method_ids", "options", "rotation",
+                                                         "errors"))
+run_pair_jit = jax.jit(run_pair, static_argnames=("prune", "quant", "options"))
 
 
-def as_numpy(tree):
-    return jax.tree_util.tree_map(np.asarray, tree)
+__all__ = ["P_ID", "PAIR_PIPELINES", "Q_ID", "PairResult", "RunOut", "SimOptions", "canonical",
+           "execute", "run_pair", "run_pipeline", "stage_from_spec"]

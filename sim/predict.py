@@ -2,13 +2,13 @@
 
 Given the weights of a model's linear layers and their dense calibration inputs (exported by the torch bridge,
 :func:`pih.bridge.export.export_layers`, read by :func:`sim.tensors.load_tensors`), and the same pruning and
-quantization specs a bridge run used, :func:`predict_grid` runs the simulation's mechanisms (stages from the specs,
-adapted by each assumption set) on every layer — P alone, Q alone, P→Q and Q→P, with the same per-method keys in
+quantization specs a bridge run used, :func:`predict_grid` runs the simulation's kernels (the specs as each
+assumption set says the methods behave) on every layer — P alone, Q alone, P→Q and Q→P, with the same per-method keys in
 both orders — collects the per-row weight and output errors over all layers, and maps them to M with the
 assumption set's metric. The prediction is A(Q→P) = M(Q first) − M(P first). Nothing here looks at a measured
 perplexity: every number comes from compressing the tensors.
 
-Layers of the same shape are stacked and run through one jitted call per (shape, stages) — the same function
+Layers of the same shape are stacked and run through one jitted call per (shape, specs) — the same function
 :func:`sim.sweep.run_grid` uses (``grid_one_seed``), so on one group of layers the two give the same A. Each layer
 is compressed on its own dense inputs (the simulation has no block structure: no sequential calibration on
 already-compressed inputs, no nonlinearity between layers); that is part of what the comparison tests.
@@ -16,7 +16,6 @@ already-compressed inputs, no nonlinearity between layers); that is part of what
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Iterable, Mapping
 
@@ -28,7 +27,9 @@ from tqdm.auto import tqdm
 from pih.errors import bad
 from pih.methods import Prune, Quantize
 
+from . import pipeline as pl
 from .assumptions import AssumptionSet, get
+from .kernels import SimOptions
 from .sweep import Pairing, grid_one_seed
 from .tensors import Model, models_from_tensors
 
@@ -74,35 +75,39 @@ def _common_spec(specs, kind: type, what: str):
 
 def predict_grid(layers, prune_specs: Iterable[Prune], quant_specs: Iterable[Quantize],
                  assumption_sets: Iterable[AssumptionSet | str], seed: int = 0, progress: bool = True,
-                 options: dict | None = None, max_samples: int | None = DEFAULT_MAX_SAMPLES) -> list[dict]:
+                 options: SimOptions | dict | None = None, max_samples: int | None = DEFAULT_MAX_SAMPLES) -> list[dict]:
     """Predicted A(Q→P) for every (prune spec, quant spec) point and assumption set.
 
     Returns one dict per (assumption set, bits, ratio): {prune, quant, assumption_set, A_pred, M_pf, M_qf, M_P,
     M_Q, n_changed_rows, free_zeros_qf}; ``A_pred = M_qf − M_pf`` (M_qf: Q first, P∘Q; M_pf: P first, Q∘P).
-    ``options``: the simulation-only stage options of :class:`sim.sweep.Pairing` (e.g. ``after_quant``).
+    ``options``: the simulation-only options (:class:`sim.kernels.SimOptions` or a dict of its fields, e.g.
+    ``{"offgrid": "requantize"}``, the bridge's policy).
     ``seed`` keys the tie-breaks and stochastic rounding (group g of layers uses ``fold_in(PRNGKey(seed), g)``,
     group 0 ``PRNGKey(seed)`` as ``run_grid``) and the assumption set's sensitivities.
     """
     P = _common_spec(prune_specs, Prune, "prune_specs")
     Q = _common_spec(quant_specs, Quantize, "quant_specs")
+    for spec in (*P, *Q):
+        pl.stage_from_spec(spec)  # the shared rules, and a kernel for it
     sets = [get(a) if isinstance(a, str) else a for a in assumption_sets]
     if not sets:
         raise bad("assumption_sets", sets, "give at least one assumption set")
     groups = layer_groups(layers, max_samples)
     ratios = np.array([p.ratio for p in P], dtype=float)
     bits = np.array([q.bits for q in Q], dtype=float)
-    pairing = Pairing("predict", P[0], Q[0], dict(options or {}))
+    pairing = Pairing("predict", P[0], Q[0], SimOptions.of(options))
     n_rows = sum(m.W.shape[0] * m.W.shape[1] for _, m in groups)
     cache: dict[tuple, list[dict]] = {}
     out: list[dict] = []
     bar = tqdm(total=len(sets) * len(groups), desc="sim predict", file=sys.stderr, disable=not progress)
     for a in sets:
-        pstage, qstage = pairing.stages(a)
+        prune, quant, opts = pairing.under(a)
+        prune, quant = pl.canonical(prune), pl.canonical(quant)
         lam_all = np.asarray(a.sensitivity((n_rows,), int(seed)), dtype=float).reshape(-1)
-        uses_lam = pstage.structure in ("row", "block") or pstage.criterion == "loss"
+        uses_lam = prune.structure in ("row", "block") or prune.criterion == "loss"
         if not uses_lam:  # the reference model and λ only matter to row/block/loss pruners: one compile, one run
-            pstage = dataclasses.replace(pstage, reference="seen")
-        ck = (pstage, qstage, getattr(a.sensitivity, "__name__", id(a.sensitivity)) if uses_lam else None)
+            opts = opts.replace(reference="seen")
+        ck = (prune, quant, opts, getattr(a.sensitivity, "__name__", id(a.sensitivity)) if uses_lam else None)
         if ck not in cache:
             res, pos = [], 0
             for g, (_, m) in enumerate(groups):
@@ -113,8 +118,7 @@ def predict_grid(layers, prune_specs: Iterable[Prune], quant_specs: Iterable[Qua
                 if g:
                     key = jax.random.fold_in(key, g)
                 r = grid_one_seed(m.W, m.X, key, jnp.asarray(lam), jnp.asarray(ratios), jnp.asarray(bits),
-                                  pstage=pstage, qstage=qstage, rotation=pairing.rotation,
-                                  rotation_scope=pairing.rotation_scope)
+                                  prune=prune, quant=quant, options=opts)
                 # (B, R, L, o) -> (B, R, L*o); scalars per point stay (B, R)
                 res.append({k: np.asarray(v).reshape(len(bits), len(ratios), -1) for k, v in r._asdict().items()})
                 bar.update(1)

@@ -1,9 +1,11 @@
 """Grids of (pruning ratio, bit width, seed) for a (pruning, quantization) pairing, under an assumption set.
 
-The work per seed is one jitted call: ``lax.map`` over seeds (one at a time, bounded memory), ``vmap`` over
-bit widths and ratios inside (anything that does not depend on a setting, such as the ranking of the original
-weights or of the quantized weights, is computed once by the batching rules). Performance, CER and A(Q→P) are
-computed afterwards in numpy from the measured per-unit errors, by the assumption set and the core's metrics.
+One grid path: :func:`grid_tasks` makes the core's ``pih.Task`` of every record (each method alone at each of its
+settings, both orders at every (ratio, bits); the point is empty: ratio, bits and order are read from the
+pipeline), ``pih.run_sweep`` computes the missing ones, one compiled call per seed (:func:`compute_seeds`:
+``vmap`` over bit widths and ratios inside; one seed per local device when there are several; anything that does
+not depend on a setting is computed once by the batching rules), and ``pih.analyze_grid`` gives the CER, the gap
+C*_P − C_Q, the censoring and A(Q→P) from the records. :class:`Grid` lays them out as arrays for reports and plots.
 """
 
 from __future__ import annotations
@@ -11,58 +13,55 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from pih.analysis import GridAnalysis, analyze_grid
 from pih.errors import bad
-from pih.methods import MixedPrecision, Prune, Quantize
-from pih.metrics import QuantCurve, ratio_16_over_b
+from pih.methods import Prune, Quantize
+from pih.metrics import ratio_16_over_b
 from pih.ownership import theorem1
-from pih.records import Provenance, Record, Store
+from pih.records import Provenance, Record, Store, Task, grid_coords, grid_role, run_sweep
 from pih.validate import check_bits
 
 from . import pipeline as pl
 from .assumptions import A1, AssumptionSet
+from .kernels import DEFAULT, SimOptions
 from .tensors import Model, make_model
 
 
 @dataclass(frozen=True)
 class Pairing:
-    """A pruning method and a quantization method (core specs; their ratio/bits are replaced by the grid), and
-    simulation-only options: per (ranking scope), reference (pruner's reference model), after_quant (SparseGPT
-    after a quantizer), rotation_scope (model | quantizer)."""
+    """A pruning method and a quantizer (core specs; their ratio/bits are replaced by the grid's) and the
+    simulation-only options (:class:`sim.kernels.SimOptions`, or a dict of its fields)."""
 
     name: str
     prune: Prune
-    quant: Quantize | MixedPrecision
-    options: dict = field(default_factory=dict)
+    quant: Quantize
+    options: SimOptions = field(default_factory=SimOptions)
 
-    def stages(self, assumptions: AssumptionSet = A1):
-        ps, _ = pl.stage_from_spec(self.prune)
-        qs, _ = pl.stage_from_spec(self.quant)
-        o = dict(self.options)
-        known = {"per", "reference", "after_quant", "rotation_scope"}
-        if set(o) - known:
-            raise bad("options", sorted(set(o) - known), f"unknown simulation options; allowed: {sorted(known)}")
-        ps = ps.__class__(**{**ps.__dict__, **{k: v for k, v in o.items() if k in ("per", "reference",
-                                                                                 "after_quant")}})
-        return assumptions.adapt(ps), assumptions.adapt(qs)
+    def __post_init__(self) -> None:
+        if not isinstance(self.prune, Prune):
+            raise bad("prune", self.prune, "a pairing's pruner is a pih.Prune spec")
+        if not isinstance(self.quant, Quantize):
+            raise bad("quant", self.quant, "a pairing's quantizer is a pih.Quantize spec (mixed precision: the "
+                      "mixed-precision preset)")
+        object.__setattr__(self, "options", SimOptions.of(self.options))
+
+    def under(self, assumptions: AssumptionSet) -> tuple[Prune, Quantize, SimOptions]:
+        """(pruner, quantizer, options) as the assumption set says the methods behave."""
+        return assumptions.adapt(self.prune), assumptions.adapt(self.quant), assumptions.adapt_options(self.options)
 
     @property
     def rotation(self):
-        return getattr(self.quant, "rotation", None)
-
-    @property
-    def rotation_scope(self) -> str:
-        return self.options.get("rotation_scope", "model")
+        return self.quant.rotation
 
     def to_dict(self) -> dict:
         return {"name": self.name, "prune": self.prune.to_dict(), "quant": self.quant.to_dict(),
-                "options": dict(self.options)}
+                "options": self.options.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -93,174 +92,71 @@ class ModelSpec:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
-@partial(jax.jit, static_argnames=("pstage", "qstage", "rotation", "rotation_scope"))
-def grid_one_seed(W, X, key, lam, ratios, bits, pstage, qstage, rotation=None, rotation_scope="model"):
-    """PairResult with leading axes (len(bits), len(ratios)) for one model."""
+@partial(jax.jit, static_argnames=("prune", "quant", "options"))
+def grid_one_seed(W, X, key, lam, ratios, bits, prune, quant, options=DEFAULT):
+    """PairResult with leading axes (len(bits), len(ratios)) for one model (``prune``, ``quant``: canonical
+    specs, :func:`sim.pipeline.canonical`)."""
     m = Model(W, X)
 
     def point(p, b):
-        return pl.run_pair(m, pstage, qstage, p, b, key, lam, rotation, rotation_scope)
+        return pl.run_pair(m, prune, quant, p, b, key, lam, options)
 
     return jax.vmap(lambda b: jax.vmap(lambda p: point(p, b))(ratios))(bits)
 
 
 @lru_cache(maxsize=32)
-def _grid_pmap(pstage, qstage, rotation, rotation_scope):
+def _grid_pmap(prune, quant, options):
     """The per-seed grid, one seed per local device (``XLA_FLAGS=--xla_force_host_platform_device_count=N``
     makes N CPU devices: seeds then run on separate cores)."""
 
     def one(W, X, key, lam, ratios, bits):
-        return grid_one_seed.__wrapped__(W, X, key, lam, ratios, bits, pstage, qstage, rotation, rotation_scope)
+        return grid_one_seed.__wrapped__(W, X, key, lam, ratios, bits, prune, quant, options)
 
     return jax.pmap(one, in_axes=(0, 0, 0, 0, None, None))
 
 
-@dataclass
-class Grid:
-    """Measured grid for one pairing: per (seed, bits, ratio) metrics and the derived CER and A(Q→P)."""
+def provenance(pairing: Pairing, assumptions: AssumptionSet, model: ModelSpec, seed: int,
+               options: SimOptions) -> Provenance:
+    return Provenance(backend="sim", model=model.label, data="synthetic", metric=f"M[{assumptions.name}]",
+                      calibration=f"synthetic activations sigma={model.act_sigma} outliers={model.act_outliers}",
+                      calibration_size=model.n_samples, seed=seed,
+                      settings={"model": model.to_dict(), "assumptions": assumptions.to_dict(),
+                                "pairing": pairing.name, "options": options.to_dict()})
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """Everything a grid's records depend on besides their tasks: what :func:`compute_seeds` is given."""
 
     pairing: Pairing
     assumptions: AssumptionSet
     model: ModelSpec
-    seeds: np.ndarray
-    ratios: np.ndarray
-    bits: np.ndarray
-    M_P: np.ndarray  # (S, R)
-    M_Q: np.ndarray  # (S, B)
-    M_pf: np.ndarray  # (S, B, R)  P first, Q∘P
-    M_qf: np.ndarray  # (S, B, R)  Q first, P∘Q
-    cer_P: np.ndarray  # (S, R)  NaN where censored
-    censored: np.ndarray  # (S, R) str: '' | weaker | stronger
-    curve_monotone: np.ndarray  # (S,)
-    n_changed: np.ndarray  # (S, B, R) rows whose owner differs between orders
-    free_zeros_qf: np.ndarray  # (S, B, R) pruned weights that the quantizer had already set to zero
-    delta_pf: np.ndarray  # (S, B, R) interference of P first: M(disjoint reconstruction) − M(actual)
-    delta_qf: np.ndarray  # (S, B, R) the same for Q first
-    t1_residual: np.ndarray  # (S, B, R) A(Q→P) measured − Theorem 1 over row units (A1 linear terms)
-    arrays: list = field(default_factory=list, repr=False)  # per seed: dict of numpy row-level arrays
+    prune: Prune  # the pairing's pruner under the assumption set (its ratio replaced by each task's)
+    quant: Quantize
+    options: SimOptions
 
-    @property
-    def A(self) -> np.ndarray:
-        """A(Q→P) = M(P∘Q) − M(Q∘P) (positive: quantizing first is better)."""
-        return self.M_qf - self.M_pf
+    def P(self, r) -> Prune:
+        return self.prune if self.prune.nm else self.prune.replace(ratio=float(r))
 
-    @property
-    def x(self) -> np.ndarray:
-        """C*_P − C_Q per (S, B, R); NaN where C*_P is censored."""
-        cq = np.asarray(ratio_16_over_b(self.bits), dtype=float)
-        return self.cer_P[:, None, :] - cq[None, :, None]
+    def Q(self, b) -> Quantize:
+        return self.quant.replace(bits=int(b))
 
-    def points(self) -> dict[str, np.ndarray]:
-        """Flat arrays over (seed, bits, ratio) of x, A and the settings, uncensored points only."""
-        S, B, R = self.M_pf.shape
-        s, b, r = np.meshgrid(self.seeds, self.bits, self.ratios, indexing="ij")
-        x = self.x
-        ok = np.isfinite(x)
-        return {"seed": s[ok], "bits": b[ok], "ratio": r[ok], "x": x[ok], "A": self.A[ok],
-                "n_censored": int((~ok).sum()), "n_total": int(S * B * R)}
+
+def grid_tasks(cfg: GridConfig, ratios, bits, seeds) -> list[Task]:
+    """Per seed: P alone per ratio, Q alone per bit width, both orders per (bits, ratio)."""
+    tasks = []
+    for seed in seeds:
+        prov = provenance(cfg.pairing, cfg.assumptions, cfg.model, int(seed), cfg.options)
+        tasks += [Task(prov, (cfg.P(r),)) for r in ratios]
+        tasks += [Task(prov, (cfg.Q(b),)) for b in bits]
+        for b in bits:
+            for r in ratios:
+                tasks += [Task(prov, (cfg.P(r), cfg.Q(b))), Task(prov, (cfg.Q(b), cfg.P(r)))]
+    return tasks
 
 
 def _metric(a: AssumptionSet, we, eo, arr, lam):
     return a.metric(we, eo, arr["dense_output"], arr["removal_weight"], lam)
-
-
-def run_grid(pairing: Pairing, ratios, bits, seeds, model: ModelSpec = ModelSpec(),
-             assumptions: AssumptionSet = A1, store: Store | None = None, progress: bool = True,
-             convention=ratio_16_over_b, isotonic: bool = False, keep_arrays: bool = False) -> Grid:
-    """Measure the grid seed by seed; with a ``store``, each finished seed's records are appended at once and a
-    rerun recomputes only seeds whose records are missing (their values are read back)."""
-    ratios = np.asarray(ratios, dtype=float)
-    bits = np.asarray(bits, dtype=float)
-    seeds = np.asarray(seeds, dtype=int)
-    for r in ratios:
-        pairing.prune.replace(ratio=float(r)) if not pairing.prune.nm else None
-    check_bits("bits", bits.tolist(), getattr(pairing.quant, "symmetric", True))  # pih.validate: shared rules
-    if len(bits) < 2:
-        raise bad("bits", bits.tolist(), "the CER needs the quantizer at two or more bit widths")
-    pstage, qstage = pairing.stages(assumptions)
-    S, B, R = len(seeds), len(bits), len(ratios)
-    out = {k: np.full(sh, np.nan) for k, sh in
-           (("M_P", (S, R)), ("M_Q", (S, B)), ("M_pf", (S, B, R)), ("M_qf", (S, B, R)))}
-    n_changed = np.zeros((S, B, R), int)
-    free = np.zeros((S, B, R), int)
-    extra = {k: np.full((S, B, R), np.nan) for k in ("delta_pf", "delta_qf", "t1_residual")}
-    arrays = []
-    stored = {d["key"]: d for d in store.raw()} if store is not None else {}  # read the store once
-    n_dev = jax.local_device_count()
-    pending: dict[int, tuple] = {}
-
-    def compute(todo: list[int]) -> None:
-        """Measure the seeds ``todo`` (indices into ``seeds``), one per device when there are several."""
-        ms_ = [model.make(int(seeds[si])) for si in todo]
-        lams = [np.asarray(assumptions.sensitivity(tuple(m.W.shape[:2]), int(seeds[si])), dtype=float)
-                for m, si in zip(ms_, todo, strict=True)]
-        keys = [jax.random.PRNGKey(int(seeds[si])) for si in todo]
-        if n_dev > 1 and len(todo) > 1:
-            f = _grid_pmap(pstage, qstage, pairing.rotation, pairing.rotation_scope)
-            res = f(jnp.stack([m.W for m in ms_]), jnp.stack([m.X for m in ms_]), jnp.stack(keys),
-                    jnp.asarray(np.stack(lams)), jnp.asarray(ratios), jnp.asarray(bits))
-            for j, si in enumerate(todo):
-                pending[si] = ({k: np.asarray(v[j]) for k, v in res._asdict().items()}, lams[j])
-        else:
-            for m, lam, key, si in zip(ms_, lams, keys, todo, strict=True):
-                res = grid_one_seed(m.W, m.X, key, jnp.asarray(lam), jnp.asarray(ratios), jnp.asarray(bits),
-                                    pstage=pstage, qstage=qstage, rotation=pairing.rotation,
-                                    rotation_scope=pairing.rotation_scope)
-                pending[si] = ({k: np.asarray(v) for k, v in res._asdict().items()}, lam)
-
-    for si, seed in enumerate(tqdm(seeds, desc=f"sim {pairing.name}", file=sys.stderr, disable=not progress)):
-        recs = None
-        if store is not None:
-            recs = _seed_records(pairing, assumptions, model, int(seed), ratios, bits)
-            if all(r.key in stored for r in recs):
-                vals = {r.key: Record.from_dict(stored[r.key]) for r in recs}
-                _fill_from_records(out, n_changed, free, si, recs, vals, extra)
-                continue
-        if si not in pending:
-            chunk = [sj for sj in range(si, min(si + n_dev, S))
-                     if store is None or not all(r.key in stored for r in
-                                                 _seed_records(pairing, assumptions, model, int(seeds[sj]),
-                                                               ratios, bits))]
-            compute(chunk or [si])
-        arr, lam = pending.pop(si)
-        a = assumptions
-        for bi in range(B):
-            out["M_Q"][si, bi] = _metric(a, arr["q_weight"][bi, 0], arr["q_output"][bi, 0], _at(arr, bi, 0), lam)
-            for ri in range(R):
-                at = _at(arr, bi, ri)
-                if bi == 0:
-                    out["M_P"][si, ri] = _metric(a, at["p_weight"], at["p_output"], at, lam)
-                out["M_pf"][si, bi, ri] = _metric(a, at["pf_weight"], at["pf_output"], at, lam)
-                out["M_qf"][si, bi, ri] = _metric(a, at["qf_weight"], at["qf_output"], at, lam)
-                n_changed[si, bi, ri] = int((at["pf_row_owner"] != at["qf_row_owner"]).sum())
-                free[si, bi, ri] = int(at["qf_free_zeros"])
-                extra["delta_pf"][si, bi, ri] = (
-                    _metric(a, at["pf_disjoint_weight"], at["pf_disjoint_output"], at, lam) - out["M_pf"][si, bi, ri])
-                extra["delta_qf"][si, bi, ri] = (
-                    _metric(a, at["qf_disjoint_weight"], at["qf_disjoint_output"], at, lam) - out["M_qf"][si, bi, ri])
-                extra["t1_residual"][si, bi, ri] = (out["M_qf"][si, bi, ri] - out["M_pf"][si, bi, ri]) - t1_rows(
-                    a, at, lam)
-        if keep_arrays:
-            arrays.append(arr)
-        if store is not None:
-            for rec in _seed_records(pairing, assumptions, model, int(seed), ratios, bits, out, si, n_changed,
-                                     free, arr, extra):
-                store.append(rec, exist_ok=True)  # a key another process stored meanwhile is left as it is
-    cer = np.full((S, R), np.nan)
-    cens = np.full((S, R), "", dtype=object)
-    mono = np.ones(S, bool)
-    for si in range(S):
-        curve = QuantCurve(bits, out["M_Q"][si], ratio=convention, isotonic=isotonic)
-        mono[si] = curve.monotone
-        for ri in range(R):
-            c = curve.cer(out["M_P"][si, ri])
-            if c.censored:
-                cens[si, ri] = c.censored
-            else:
-                cer[si, ri] = c.value
-    return Grid(pairing, assumptions, model, seeds, ratios, bits, out["M_P"], out["M_Q"], out["M_pf"],
-                out["M_qf"], cer, cens, mono, n_changed, free, extra["delta_pf"], extra["delta_qf"],
-                extra["t1_residual"], arrays)
 
 
 def t1_rows(a: AssumptionSet, at: dict, lam) -> float:
@@ -275,70 +171,181 @@ def t1_rows(a: AssumptionSet, at: dict, lam) -> float:
     return t1.advantage / float(lam @ dense)
 
 
-def _at(arr, bi, ri):
-    return {k: v[bi, ri] for k, v in arr.items()}
+def _point_record(cfg: GridConfig, task: Task, arr: dict, lam, ri: dict, bi: dict) -> Record:
+    """The record of one task from its seed's measured arrays (leading axes: bits, ratios)."""
+    a, (r, b), role = cfg.assumptions, grid_coords(task.pipeline), grid_role(task.pipeline)
+
+    def at(i, j):
+        return {k: v[i, j] for k, v in arr.items()}
+
+    if role == "P":
+        x = at(0, ri[r])
+        return Record(task.provenance, task.pipeline, _metric(a, x["p_weight"], x["p_output"], x, lam))
+    if role == "Q":
+        x = at(bi[b], 0)
+        return Record(task.provenance, task.pipeline, _metric(a, x["q_weight"], x["q_output"], x, lam))
+    x = at(bi[b], ri[r])
+    m_pf = _metric(a, x["pf_weight"], x["pf_output"], x, lam)
+    m_qf = _metric(a, x["qf_weight"], x["qf_output"], x, lam)
+    extras = {"n_changed_rows": int((x["pf_row_owner"] != x["qf_row_owner"]).sum()),
+              "free_zeros_q_first": int(x["qf_free_zeros"]),
+              "delta_pf": _metric(a, x["pf_disjoint_weight"], x["pf_disjoint_output"], x, lam) - m_pf,
+              "delta_qf": _metric(a, x["qf_disjoint_weight"], x["qf_disjoint_output"], x, lam) - m_qf,
+              "t1_residual": (m_qf - m_pf) - t1_rows(a, x, lam)}
+    if role == "P->Q":
+        arrays = {k: x[k] for k in ("pf_output", "qf_output", "pf_weight", "qf_weight", "pf_row_owner",
+                                    "qf_row_owner")}
+        return Record(task.provenance, task.pipeline, m_pf, extras=extras, arrays=arrays)
+    return Record(task.provenance, task.pipeline, m_qf, extras=extras)
 
 
-def provenance(pairing: Pairing, assumptions: AssumptionSet, model: ModelSpec, seed: int) -> Provenance:
-    return Provenance(backend="sim", model=model.label, data="synthetic", metric=f"M[{assumptions.name}]",
-                      calibration=f"synthetic activations sigma={model.act_sigma} outliers={model.act_outliers}",
-                      calibration_size=model.n_samples, seed=seed,
-                      settings={"model": model.to_dict(), "assumptions": assumptions.to_dict(),
-                                "pairing": pairing.name, "options": dict(pairing.options),
-                                "rotation": pairing.rotation, "rotation_scope": pairing.rotation_scope})
+def compute_seeds(cfg: GridConfig, tasks: list[Task]) -> list[Record]:
+    """The records of ``tasks`` (a whole number of seeds): one compiled call per seed (one seed per local device
+    when there are several), then each task's record from its own pipeline's errors. A pure function of its
+    tasks: ratios, bits and seeds are read from them."""
+    coords = [grid_coords(t.pipeline) for t in tasks]
+    ratios = sorted({r for r, _ in coords if r is not None})
+    bits = sorted({b for _, b in coords if b is not None})
+    seeds = sorted({t.provenance.seed for t in tasks})
+    prune, quant = pl.canonical(cfg.prune), pl.canonical(cfg.quant)
+    models = {s: cfg.model.make(s) for s in seeds}
+    lams = {s: np.asarray(cfg.assumptions.sensitivity(tuple(models[s].W.shape[:2]), s), dtype=float) for s in seeds}
+    R, B = jnp.asarray(ratios, jnp.float64), jnp.asarray(bits, jnp.float64)
+    if jax.local_device_count() > 1 and len(seeds) > 1:
+        f = _grid_pmap(prune, quant, cfg.options)
+        res = f(jnp.stack([models[s].W for s in seeds]), jnp.stack([models[s].X for s in seeds]),
+                jnp.stack([jax.random.PRNGKey(s) for s in seeds]), jnp.asarray(np.stack([lams[s] for s in seeds])),
+                R, B)
+        arrs = {s: {k: np.asarray(v[j]) for k, v in res._asdict().items()} for j, s in enumerate(seeds)}
+    else:
+        arrs = {}
+        for s in seeds:
+            res = grid_one_seed(models[s].W, models[s].X, jax.random.PRNGKey(s), jnp.asarray(lams[s]), R, B,
+                                prune=prune, quant=quant, options=cfg.options)
+            arrs[s] = {k: np.asarray(v) for k, v in res._asdict().items()}
+    ri = {r: i for i, r in enumerate(ratios)}
+    bi = {b: i for i, b in enumerate(bits)}
+    return [_point_record(cfg, t, arrs[t.provenance.seed], lams[t.provenance.seed], ri, bi) for t in tasks]
 
 
-def _seed_records(pairing, assumptions, model, seed, ratios, bits, out=None, si=0, n_changed=None, free=None,
-                  arr=None, extra=None) -> list[Record]:
-    """The records of one seed: P alone per ratio, Q alone per bit width, both orders per (bits, ratio).
-    Without measured values (``out`` None) the records carry a placeholder value and serve for their keys."""
-    prov = provenance(pairing, assumptions, model, seed)
-    recs = []
+@dataclass
+class Grid:
+    """A measured grid for one pairing, as arrays over (seed S, bits B, ratio R), from its records and their
+    analysis (``pih.analyze_grid``: the CER, the gap, the censoring and A(Q→P) are its)."""
 
-    def P(r):
-        return pairing.prune if pairing.prune.nm else pairing.prune.replace(ratio=float(r))
+    pairing: Pairing
+    assumptions: AssumptionSet
+    model: ModelSpec
+    seeds: np.ndarray
+    ratios: np.ndarray
+    bits: np.ndarray
+    M_P: np.ndarray  # (S, R)
+    M_Q: np.ndarray  # (S, B)
+    M_pf: np.ndarray  # (S, B, R)  P first, Q∘P
+    M_qf: np.ndarray  # (S, B, R)  Q first, P∘Q
+    A: np.ndarray  # (S, B, R)  A(Q→P) = M(P∘Q) − M(Q∘P) (positive: quantizing first is better)
+    x: np.ndarray  # (S, B, R)  C*_P − C_Q; NaN where C*_P is censored
+    cer_P: np.ndarray  # (S, R)  NaN where censored
+    censored: np.ndarray  # (S, R) str: '' | weaker | stronger | no-curve
+    curve_monotone: np.ndarray  # (S,)
+    n_changed: np.ndarray  # (S, B, R) rows whose owner differs between orders
+    free_zeros_qf: np.ndarray  # (S, B, R) pruned weights that the quantizer had already set to zero
+    delta_pf: np.ndarray  # (S, B, R) interference of P first: M(disjoint reconstruction) − M(actual)
+    delta_qf: np.ndarray  # (S, B, R) the same for Q first
+    t1_residual: np.ndarray  # (S, B, R) A(Q→P) measured − Theorem 1 over row units (A1 linear terms)
+    analysis: GridAnalysis | None = field(default=None, repr=False)
+    records: list = field(default_factory=list, repr=False)
 
-    def Q(b):
-        q = pairing.quant
-        return q.replace(bits=int(b)) if isinstance(q, Quantize) else q
-
-    def val(name, *idx):
-        return 0.0 if out is None else float(out[name][(si, *idx)])
-
-    for ri, r in enumerate(ratios):
-        recs.append(Record(prov, (P(r),), val("M_P", ri), {"ratio": float(r)}))
-    for bi, b in enumerate(bits):
-        recs.append(Record(prov, (Q(b),), val("M_Q", bi), {"bits": float(b)}))
-    for bi, b in enumerate(bits):
-        for ri, r in enumerate(ratios):
-            pt = {"ratio": float(r), "bits": float(b)}
-            ex = {} if out is None else {"n_changed_rows": int(n_changed[si, bi, ri]),
-                                         "free_zeros_q_first": int(free[si, bi, ri]),
-                                         **{k: float(v[si, bi, ri]) for k, v in extra.items()}}
-            arrays = None
-            if arr is not None:
-                at = _at(arr, bi, ri)
-                arrays = {k: at[k] for k in ("pf_output", "qf_output", "pf_weight", "qf_weight", "pf_row_owner",
-                                             "qf_row_owner")}
-            recs.append(Record(prov, (P(r), Q(b)), val("M_pf", bi, ri), pt, ex, arrays))
-            recs.append(Record(prov, (Q(b), P(r)), val("M_qf", bi, ri), pt, ex))
-    return recs
+    def points(self) -> dict[str, np.ndarray]:
+        """Flat arrays over (seed, bits, ratio) of x, A and the settings, uncensored points only."""
+        S, B, R = self.M_pf.shape
+        s, b, r = np.meshgrid(self.seeds, self.bits, self.ratios, indexing="ij")
+        ok = np.isfinite(self.x)
+        return {"seed": s[ok], "bits": b[ok], "ratio": r[ok], "x": self.x[ok], "A": self.A[ok],
+                "n_censored": int((~ok).sum()), "n_total": int(S * B * R)}
 
 
-def _fill_from_records(out, n_changed, free, si, recs, vals: dict[str, Any], extra) -> None:
-    R = out["M_P"].shape[1]
-    B = out["M_Q"].shape[1]
-    it = iter(recs)
-    for ri in range(R):
-        out["M_P"][si, ri] = vals[next(it).key].value
-    for bi in range(B):
-        out["M_Q"][si, bi] = vals[next(it).key].value
-    for bi in range(B):
-        for ri in range(R):
-            r1 = vals[next(it).key]
-            out["M_pf"][si, bi, ri] = r1.value
-            out["M_qf"][si, bi, ri] = vals[next(it).key].value
-            n_changed[si, bi, ri] = r1.extras.get("n_changed_rows", 0)
-            free[si, bi, ri] = r1.extras.get("free_zeros_q_first", 0)
-            for k, v in extra.items():
-                v[si, bi, ri] = r1.extras.get(k, np.nan)
+def grid_from_records(pairing: Pairing, assumptions: AssumptionSet, model: ModelSpec, records: list[Record],
+                      convention=ratio_16_over_b, isotonic: bool = False, n_boot: int = 500) -> Grid:
+    """Lay out a grid's records as arrays; A, the CER, the gap and the censoring from ``pih.analyze_grid``."""
+    seeds = sorted({r.provenance.seed for r in records})
+    ratios = sorted({r.coords[0] for r in records if r.coords[0] is not None})
+    bits = sorted({r.coords[1] for r in records if r.coords[1] is not None})
+    si, ri, bi = ({v: i for i, v in enumerate(x)} for x in (seeds, ratios, bits))
+    S, B, R = len(seeds), len(bits), len(ratios)
+    a = {k: np.full(sh, np.nan) for k, sh in (("M_P", (S, R)), ("M_Q", (S, B)), ("M_pf", (S, B, R)),
+                                               ("M_qf", (S, B, R)), ("A", (S, B, R)), ("x", (S, B, R)),
+                                               ("cer_P", (S, R)), ("delta_pf", (S, B, R)), ("delta_qf", (S, B, R)),
+                                               ("t1_residual", (S, B, R)))}
+    n_changed, free = np.zeros((S, B, R), int), np.zeros((S, B, R), int)
+    censored = np.full((S, R), "", dtype=object)
+    for rec in records:
+        s, (r, b) = si[rec.provenance.seed], rec.coords
+        role = rec.role
+        if role == "P":
+            a["M_P"][s, ri[r]] = rec.value
+        elif role == "Q":
+            a["M_Q"][s, bi[b]] = rec.value
+        elif role in ("P->Q", "Q->P"):
+            a["M_pf" if role == "P->Q" else "M_qf"][s, bi[b], ri[r]] = rec.value
+            if role == "P->Q":
+                n_changed[s, bi[b], ri[r]] = rec.extras.get("n_changed_rows", 0)
+                free[s, bi[b], ri[r]] = rec.extras.get("free_zeros_q_first", 0)
+                for k in ("delta_pf", "delta_qf", "t1_residual"):
+                    a[k][s, bi[b], ri[r]] = rec.extras.get(k, np.nan)
+    an = analyze_grid(records, ratio=convention, isotonic=isotonic, n_boot=n_boot, seed=0, cluster_by="seed")
+    for row in an.rows:
+        s, b, r = si[row.seed], bi[row.quant.bits], ri[row.prune.ratio]
+        a["A"][s, b, r] = row.advantage_qp
+        a["x"][s, b, r] = np.nan if row.gap is None else row.gap
+        a["cer_P"][s, r] = np.nan if row.cer_prune is None else row.cer_prune
+        censored[s, r] = row.cer_censored or ""
+    mono = np.array([all(c["monotone"] for k, c in an.curves.items() if k.startswith(f"seed={sd} "))
+                     for sd in seeds], dtype=bool)
+    return Grid(pairing, assumptions, model, np.asarray(seeds), np.asarray(ratios, float), np.asarray(bits, float),
+                a["M_P"], a["M_Q"], a["M_pf"], a["M_qf"], a["A"], a["x"], a["cer_P"], censored, mono, n_changed, free,
+                a["delta_pf"], a["delta_qf"], a["t1_residual"], an, records)
+
+
+def run_grid(pairing: Pairing, ratios, bits, seeds, model: ModelSpec = ModelSpec(),
+             assumptions: AssumptionSet = A1, store: Store | None = None, progress: bool = True,
+             convention=ratio_16_over_b, isotonic: bool = False, n_boot: int = 500) -> Grid:
+    """Measure the grid: its tasks through ``pih.run_sweep`` (with a ``store``, each finished group of seeds is
+    stored at once and a rerun computes only groups with missing records), then :func:`grid_from_records`."""
+    ratios = [float(r) for r in np.asarray(ratios, dtype=float)]
+    bits = [int(b) for b in np.asarray(bits)]
+    seeds = [int(s) for s in np.asarray(seeds, dtype=int)]
+    if pairing.prune.nm:
+        if any(abs(r - pairing.prune.ratio) > 1e-9 for r in ratios):
+            raise bad("ratios", ratios, f"{pairing.prune.structure} implies ratio {pairing.prune.ratio:g}")
+        ratios = [pairing.prune.ratio]
+    for r in ratios:
+        pairing.prune.replace(ratio=r)
+    for b in bits:
+        pairing.quant.replace(bits=b)
+    check_bits("bits", bits, pairing.quant.symmetric)  # pih.validate: shared rules
+    if len(bits) < 2:
+        raise bad("bits", bits, "the CER needs the quantizer at two or more bit widths")
+    prune, quant, options = pairing.under(assumptions)
+    pl.stage_from_spec(prune)
+    pl.stage_from_spec(quant.replace(bits=bits[0]))
+    pl.check_options((prune, quant), options)
+    cfg = GridConfig(pairing, assumptions, model, prune, quant, options)
+    tasks = grid_tasks(cfg, ratios, bits, seeds)
+    chunk = max(1, jax.local_device_count())
+    pos = {s: i // chunk for i, s in enumerate(seeds)}
+
+    def group_by(t: Task) -> int:
+        return pos[t.provenance.seed]
+
+    compute = partial(compute_seeds, cfg)
+    desc = f"sim {pairing.name}"
+    if store is not None:
+        records = run_sweep(store, tasks, compute_group=compute, group_by=group_by, progress=progress, desc=desc)
+    else:
+        groups: dict[int, list[Task]] = {}
+        for t in tasks:
+            groups.setdefault(group_by(t), []).append(t)
+        records = [r for g in tqdm(list(groups.values()), desc=desc, file=sys.stderr, disable=not progress)
+                   for r in compute(g)]
+    return grid_from_records(pairing, assumptions, model, records, convention, isotonic, n_boot)

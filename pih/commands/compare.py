@@ -61,13 +61,13 @@ def _records(stores: list[str]):
 
 
 def _assumption_names(names: list[str] | None) -> list[str]:
-    from sim.assumptions import ASSUMPTION_SETS
+    from sim.assumptions import ASSUMPTION_SETS, COMPARE_DEFAULTS
 
     from ..compare import MEASURED_LAYERS
 
     allowed = [*ASSUMPTION_SETS, MEASURED_LAYERS]
-    if names is None:
-        return allowed
+    if names is None:  # an explicit list: a set registered later (a plugin, a test) is used only when named
+        return [*COMPARE_DEFAULTS, MEASURED_LAYERS]
     for n in names:
         if n not in allowed:
             raise bad("--assumptions", n, f"unknown assumption set; allowed: {allowed}")
@@ -177,10 +177,9 @@ def _read_tensors(path: Path, what: str):
 
 
 def _options(grid) -> dict:
-    """The simulation's stage options matching the bridge settings of the records."""
+    """The simulation's options matching the bridge settings of the records (one name per setting)."""
     bridge = ((grid.provenance.get("settings") or {}).get("bridge") or {})
-    offgrid = bridge.get("offgrid", "requantize")
-    return {"after_quant": "requantize" if offgrid == "requantize" else "keep"}
+    return {k: bridge[k] for k in ("offgrid", "percdamp", "blocksize", "act_order") if k in bridge}
 
 
 def compare(args) -> dict:

@@ -14,11 +14,13 @@ def register(sub) -> None:
         description="Compress generated weight tensors with real mechanisms (JAX, float64) and measure: "
         "kuzmin (SNR baseline), harma (magnitude x max-scaled quantization), disjoint (Theorems 1-2), "
         "interference, mixed-precision, survey (every pruner x quantizer pairing), multistage (P->Q->P and "
-        "SparseGPT's joint mode). Writes OUT/store (records), "
+        "SparseGPT's joint mode), chain (multi-layer chains, sequential calibration). Writes OUT/store (records), "
         "OUT/report.md, PNG plots and OUT/summary.json; a rerun resumes from the store.",
     )
     p.add_argument("--preset", required=True, choices=PRESET_NAMES, help="which experiment")
-    p.add_argument("--out", default=None, help="output folder (default results/sim/PRESET)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default results/sim/PRESET-ASSUMPTIONS-quick|full: runs never overwrite "
+                   "each other)")
     p.add_argument("--quick", action="store_true", help="small layers and two seeds (seconds, for smoke tests)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 2 quick, 6 full)")
     p.add_argument("--assumptions", default="A1", help="assumption set by name (see sim.assumptions)")
@@ -32,7 +34,7 @@ def run(args) -> int:
     from ..validate import check_int, check_number, check_output_folder
 
     # one validation of the whole run before JAX is imported or anything is computed
-    out = args.out or f"results/sim/{args.preset}"
+    out = args.out or f"results/sim/{args.preset}-{args.assumptions}-{'quick' if args.quick else 'full'}"
     check_output_folder("--out", out)
     check_output_folder("--out", f"{out}/store")
     if args.seeds is not None:

@@ -92,7 +92,7 @@ def _store_from_simulation(tmp_path, tensors):
     from sim.predict import predict_grid
     from sim.tensors import load_tensors
 
-    rows = predict_grid(load_tensors(tensors), P, Q, ["A1"], progress=False, options={"after_quant": "requantize"})
+    rows = predict_grid(load_tensors(tensors), P, Q, ["A1"], progress=False, options={"offgrid": "requantize"})
     A = {}
     for k, r in enumerate(rows):
         a = 100 * r["A_pred"]

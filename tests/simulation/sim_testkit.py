@@ -8,17 +8,20 @@ import numpy as np
 from hypothesis import strategies as st
 
 import sim  # noqa: F401  (float64)
+from pih import Prune, Quantize
 from sim import pipeline as pl
+from sim.kernels import SimOptions
 from sim.tensors import Model
 
 L, O, I, N = 2, 8, 16, 24  # layers, rows, inputs, calibration samples
 
+# symmetric quantizers on the odd grid (Q(−x) = −Q(x)), the grid these tests' pinned numbers were measured on
 DISJOINT_CONFIGS = {
-    "row-magnitude x rtn": (pl.PruneStage("magnitude", "row"), pl.QuantStage()),
-    "row-loss x rtn-asym-mse": (pl.PruneStage("loss", "row"), pl.QuantStage(4, False, "mse")),
-    "row-loss x gptq": (pl.PruneStage("loss", "row"), pl.QuantStage(update="gptq")),
-    "row-loss x stochastic": (pl.PruneStage("loss", "row"), pl.QuantStage(rounding="stochastic")),
-    "block x rtn-g4": (pl.PruneStage("loss", "block"), pl.QuantStage(4)),
+    "row-magnitude x rtn": (Prune(0.5, structure="row"), Quantize(4, grid="odd")),
+    "row-loss x rtn-asym-mse": (Prune(0.5, "loss", "row"), Quantize(4, 4, False, "mse")),
+    "row-loss x gptq": (Prune(0.5, "loss", "row"), Quantize(4, update="gptq", grid="odd")),
+    "row-loss x stochastic": (Prune(0.5, "loss", "row"), Quantize(4, rounding="stochastic", grid="odd")),
+    "block x rtn-g4": (Prune(0.5, "loss", "block"), Quantize(4, 4, grid="odd")),
 }
 
 
@@ -38,10 +41,11 @@ def models(draw, shape=(L, O, I), n=N, ties=False):
     return model_from(np.stack([w * s for w, s in zip(Ws, scales, strict=True)]), np.stack(Xs))
 
 
-def pair(m: Model, pstage, qstage, p, b, seed=0, lam=None, rotation=None, scope="model"):
+def pair(m: Model, prune, quant, p, b, seed=0, lam=None, options=None):
+    """sim.pipeline.run_pair (jitted, the specs' static parts) as numpy arrays; ``options``: SimOptions or a dict."""
     lam = jnp.ones(m.W.shape[:2]) if lam is None else jnp.asarray(lam)
-    r = pl.run_pair_jit(m, pstage, qstage, jnp.float64(p), jnp.float64(b), jax.random.PRNGKey(seed), lam,
-                        rotation, scope)
+    r = pl.run_pair_jit(m, pl.canonical(prune), pl.canonical(quant), jnp.float64(p), jnp.float64(b),
+                        jax.random.PRNGKey(seed), lam, SimOptions.of(options))
     return {k: np.asarray(v) for k, v in r._asdict().items()}
 
 

@@ -7,11 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pih import PihError, Prune, Quantize, Store
+from pih import PihError, Prune, Quantize, Store, registry
 from pih.analysis import analyze_grid
+from pih.registry import Stats
 from sim import chain
 from sim import pipeline as pl
 from sim.chain import ChainSpec, compress, run_chain_grid
+from sim.kernels import initial_state
 from sim.tensors import Model
 
 P, Q = Prune(0.5, "sparsegpt"), Quantize(3, symmetric=False, update="gptq")
@@ -23,7 +25,8 @@ def _stages():
 
 
 def test_one_layer_layerwise_view_is_the_single_layer_simulation():
-    """Depth 1: the chain's layer-wise M of both orders equals sim.pipeline.run_pair's relative output error."""
+    """Depth 1: the chain's layer-wise M of both orders equals sim.pipeline.run_pair's relative output error
+    (the chain's sequential loop and run_pair's vmapped one run the same executor and kernels)."""
     spec = ChainSpec(depth=1, width=16, n_calib=64, n_eval=32)
     recs = run_chain_grid(spec, P, Q, [0.5], [3], [0], "dense", progress=False)
     by = {(r.provenance.settings["view"], r.order): r.value for r in recs}
@@ -46,11 +49,12 @@ def test_sequential_calibration_uses_the_compressed_prefix():
     W, keep = compress(SMALL, W0, Xc, (ps,), (0.5,), key[None], "sequential")
     lk = jax.random.split(key, SMALL.depth)
     h = Xc
-    ones = jnp.ones((SMALL.width,))
+    kernel = registry.kernel_for(ps, "sim")
     for l in range(SMALL.depth):
-        wl, kl = pl._layer_prune(ps, W0[l], h @ h.T, jnp.ones(W0[l].shape, bool), W0[l], ones, 0.5, lk[l], None, None)
+        H = h @ h.T
+        wl, st = kernel(ps, W0[l], Stats(H=H, norm2=jnp.diag(H)), initial_state(W0[l].shape, "keep"), lk[l], 0.5)
         np.testing.assert_allclose(np.asarray(W[l]), np.asarray(wl), atol=1e-12)
-        assert bool((keep[l] == kl).all())
+        assert bool((keep[l] == ~st.pruned).all())
         h = chain._step(SMALL, wl, h)
     # the dense-calibrated chain differs after layer 0 (a broken "sequential" that used dense inputs is caught)
     Wd, _ = compress(SMALL, W0, Xc, (ps,), (0.5,), key[None], "dense")
@@ -110,7 +114,7 @@ def test_chain_preset_writes_report_and_summary(tmp_path, monkeypatch):
     from sim import presets
 
     monkeypatch.setattr(presets, "chain_specs", lambda quick: {"tiny": ChainSpec(2, 16, 64, 32)})
-    monkeypatch.setattr(presets, "chain_pairings", lambda: {"magnitude x RTN": (Prune(0.5), Quantize(4))})
+    monkeypatch.setattr(presets, "chain_pairings", lambda: {"magnitude x RTN": (Prune(0.5), Quantize(4, grid="odd"))})
     s = presets.run_preset("chain", tmp_path, quick=True, seeds=1, progress=False)
     assert {(r["calibration"], r["view"]) for r in s["rows"]} == {(c, v) for c in ("sequential", "dense")
                                                                    for v in ("output", "layerwise")}

@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 from sim_testkit import advantage, deltas, metric, models, pair
 
+from pih import Prune, Quantize
 from sim import assumptions as AS
-from sim import pipeline as pl
 from sim.tensors import make_model
 
 W = AS.WEIGHT  # tensor-level squared weight error
@@ -19,8 +19,15 @@ ONE_SCALE = ["tensor/tensor", "channel/row"]  # every comparison group inside on
 
 
 def stages(name):
+    """(pruner, quantizer, options): magnitude with ranking scope ``per``, max-scaled symmetric quantization on
+    Harma's odd grid (Q(−x) = −Q(x), ±amax on the grid)."""
     group, per = C_CONFIGS[name]
-    return pl.PruneStage("magnitude", per=per), pl.QuantStage(group)
+    return Prune(0.5), Quantize(4, group, grid="odd"), {"per": per}
+
+
+def harma_pair(m, name, p, b, seed):
+    P, Q, options = stages(name)
+    return pair(m, P, Q, p, b, seed, options=options)
 
 
 @SETTINGS
@@ -29,7 +36,7 @@ def stages(name):
 def test_h1_prune_first_equals_sum_of_parts(m, cfg, p, b, seed):
     """Checks proofs/harma.md (H1): prune-first error is exactly the disjoint sum (pruned weights' w² plus the
     kept weights' error under Q alone): Δ_PQ = 0 to 1e-15, and never above ε(P) + ε(Q)."""
-    r = pair(m, *stages(cfg), p, b, seed)
+    r = harma_pair(m, cfg, p, b, seed)
     d_pq, _ = deltas(W, r)
     assert abs(d_pq) <= 1e-15
     assert -metric(W, r, "pf") <= -metric(W, r, "p") - metric(W, r, "q") + 1e-15
@@ -41,7 +48,7 @@ def test_h1_prune_first_equals_sum_of_parts(m, cfg, p, b, seed):
 def test_h2_quantize_first_never_better_one_scale(m, cfg, p, b, seed):
     """Checks proofs/harma.md (H2): with one scale per pruning comparison group, quantize-first is never better,
     A(Q→P) <= 0, also with many tied magnitudes (random tie-breaking)."""
-    assert advantage(W, pair(m, *stages(cfg), p, b, seed)) <= 1e-15
+    assert advantage(W, harma_pair(m, cfg, p, b, seed)) <= 1e-15
 
 
 def test_h3_quantize_first_strictly_worse_exists():
@@ -49,7 +56,7 @@ def test_h3_quantize_first_strictly_worse_exists():
 
     def worse(args):
         m, p, b = args
-        return advantage(W, pair(m, *stages("tensor/tensor"), p, b, 0)) < -1e-9
+        return advantage(W, harma_pair(m, "tensor/tensor", p, b, 0)) < -1e-9
 
     assert worse(find(st.tuples(models(), st.floats(0.1, 0.9), st.integers(2, 4)), worse,
                       settings=settings(database=None, derandomize=True, max_examples=200, deadline=None)))
@@ -62,7 +69,7 @@ def test_h4_across_blocks_quantize_first_can_win():
     def better(args):
         s, p, b = args
         m = make_model(s, n_layers=1, shape=(8, 16), n_samples=24, dist="student_t")
-        return advantage(W, pair(m, *stages("g4/tensor"), p, b, s)) > 1e-9
+        return advantage(W, harma_pair(m, "g4/tensor", p, b, s)) > 1e-9
 
     found = find(st.tuples(st.integers(0, 500), st.sampled_from([0.25, 0.5, 0.75]), st.integers(2, 6)), better,
                  settings=settings(database=None, derandomize=True, max_examples=300, deadline=None))
@@ -74,14 +81,14 @@ def test_h4_pinned_regression():
     blocks of 4 with global magnitude ranking, p = 0.5, 2 bits (key 0): quantizing first is strictly better,
     A(Q→P) = +8.3e-3 of the tensor's squared norm."""
     m = make_model(0, n_layers=1, shape=(8, 16), n_samples=24, dist="student_t")
-    a = advantage(W, pair(m, *stages("g4/tensor"), 0.5, 2, 0))
+    a = advantage(W, harma_pair(m, "g4/tensor", 0.5, 2, 0))
     assert abs(a - 8.34287e-3) < 1e-7
 
 
 def test_mag_dropped_interference_is_caught():
     """Checks proofs/harma.md (MAG dropped): with Wanda's criterion, which may remove a block's maximum, H1's
     identity fails: hypothesis finds Δ_PQ != 0."""
-    ps, qs = pl.PruneStage("wanda", per="row"), pl.QuantStage(4)
+    ps, qs = Prune(0.5, "wanda"), Quantize(4, 4, grid="odd")
 
     def interferes(args):
         m, p, b = args

@@ -8,17 +8,22 @@ from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 from sim_testkit import advantage, deltas, metric, models, pair
 
-from pih import interference
+from pih import MixedPrecision, Prune, Quantize, interference
 from sim import assumptions as AS
 from sim import pipeline as pl
 from sim.tensors import make_model
 
-INTERFERING = {
-    "magnitude x g4-asym-mse": (pl.PruneStage("magnitude"), pl.QuantStage(4, False, "mse")),
-    "wanda x g4-absmax": (pl.PruneStage("wanda", per="row"), pl.QuantStage(4)),
-    "wanda x channel-mse": (pl.PruneStage("wanda", per="row"), pl.QuantStage(scale="mse")),
-    "sparsegpt x channel": (pl.PruneStage("sparsegpt", blocksize=8), pl.QuantStage()),
+INTERFERING = {  # (pruner, quantizer, simulation options); symmetric grids: the odd one
+    "magnitude x g4-asym-mse": (Prune(0.5), Quantize(4, 4, False, "mse"), {}),
+    "wanda x g4-absmax": (Prune(0.5, "wanda"), Quantize(4, 4, grid="odd"), {}),
+    "wanda x channel-mse": (Prune(0.5, "wanda"), Quantize(4, scale="mse", grid="odd"), {}),
+    "sparsegpt x channel": (Prune(0.5, "sparsegpt"), Quantize(4, grid="odd"), {"blocksize": 8}),
 }
+
+
+def ipair(m, cfg, p, b, seed):
+    P, Q, options = INTERFERING[cfg]
+    return pair(m, P, Q, p, b, seed, options=options)
 SETTINGS = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -28,7 +33,7 @@ SETTINGS = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.dat
 def test_i1_additivity_identity(m, cfg, p, b, seed, a):
     """Checks proofs/interference.md (I.1): A(Q→P) = A_disjoint + Δ_PQ − Δ_QP on actual tensors, where
     A_disjoint is measured on the disjoint reconstructions (each weight as its owner alone leaves it)."""
-    r = pair(m, *INTERFERING[cfg], p, b, seed)
+    r = ipair(m, cfg, p, b, seed)
     d_pq, d_qp = deltas(a, r)
     a_dis = (metric(a, r, "qf") + d_qp) - (metric(a, r, "pf") + d_pq)
     assert abs(advantage(a, r) - (a_dis + d_pq - d_qp)) <= 1e-12
@@ -41,7 +46,7 @@ def test_i1_additivity_identity(m, cfg, p, b, seed, a):
 def test_i2_quantize_first_has_no_interference(m, cfg, p, b, seed):
     """Checks proofs/interference.md (I.2): with a pruner that only zeroes entries of Q(φ) (no update),
     Δ_QP = 0 exactly, and the core's pih.interference agrees on weight units."""
-    r = pair(m, *INTERFERING[cfg], p, b, seed)
+    r = ipair(m, cfg, p, b, seed)
     assert np.array_equal(r["qf_weight"], r["qf_disjoint_weight"])
     assert np.array_equal(r["qf_output"], r["qf_disjoint_output"])
 
@@ -50,7 +55,7 @@ def test_i2_core_interference_matches_the_sim():
     """Checks proofs/interference.md (I.1 with pih.interference): on weight units, the core's Δ from per-weight
     owner maps and alone errors equals the simulation's Δ_PQ."""
     m = make_model(2, n_layers=1, shape=(8, 16), n_samples=24, dist="student_t")
-    ps, qs = INTERFERING["magnitude x g4-asym-mse"]
+    ps, qs, _ = INTERFERING["magnitude x g4-asym-mse"]
     keys = jax.numpy.stack([jax.random.PRNGKey(1), jax.random.PRNGKey(2)])
     pf = pl.run_pipeline(m, (ps, qs), np.array([0.5, 3.0]), keys)
     qa = pl.run_pipeline(m, (qs,), np.array([3.0]), keys[1:])
@@ -68,7 +73,7 @@ def test_i3_delta_depends_on_bits_found():
     """Checks proofs/interference.md (I.3 refuted in the simulation): with Wanda (which may remove a group's
     maximum) Δ_PQ at a fixed pruned set changes with the bit width — hypothesis finds a model where it even
     changes sign between two bit widths."""
-    ps, qs = INTERFERING["wanda x g4-absmax"]
+    ps, qs, _ = INTERFERING["wanda x g4-absmax"]
 
     def sign_change(args):
         s, p = args
@@ -97,7 +102,7 @@ def test_i4_delta_over_eq_is_b_free_within_tolerance():
     (measured: 14%), while Δ_PQ itself falls by more than a factor 100. At p = 0.3, where few groups lose their
     maximum, the ratio varies by more than a factor 2: the approximation needs many affected groups."""
     m = make_model(0, n_layers=1, shape=(128, 256), n_samples=64, dist="student_t", act_outliers=2)
-    ps, qs = pl.PruneStage("wanda", per="row"), pl.QuantStage(32)
+    ps, qs = Prune(0.5, "wanda"), Quantize(4, 32, grid="odd")
     d, eq, _ = _delta_line(m, ps, qs, 0.6, (4, 5, 6, 8))
     ratio = d / eq
     assert np.ptp(ratio) <= 0.25 * abs(ratio.mean())
@@ -112,8 +117,8 @@ def test_delta_spread_over_bits_small_against_pruning_error():
     for Wanda x absmax-g32 and magnitude x asym-MSE-g32 at p in {0.3, 0.6} and b = 2..8,
     max_b Δ_PQ − min_b Δ_PQ <= 0.1 · E_P(p) (measured at most 0.074)."""
     m = make_model(0, n_layers=1, shape=(128, 256), n_samples=64, dist="student_t", act_outliers=2)
-    for ps, qs in ((pl.PruneStage("wanda", per="row"), pl.QuantStage(32)),
-                   (pl.PruneStage("magnitude"), pl.QuantStage(32, False, "mse"))):
+    for ps, qs in ((Prune(0.5, "wanda"), Quantize(4, 32, grid="odd")),
+                   (Prune(0.5), Quantize(4, 32, False, "mse"))):
         for p in (0.3, 0.6):
             d, _, ep = _delta_line(m, ps, qs, p, (2, 3, 4, 5, 6, 8))
             assert np.ptp(d) <= 0.1 * ep
@@ -123,7 +128,7 @@ def test_mp1_mixed_precision_disjoint_layers_no_interference():
     """Checks proofs/interference.md (MP.1): two mixed-precision quantizers on complementary layer sets give the
     same model in both orders (A = 0, Δ = 0 exactly)."""
     m = make_model(4, n_layers=4, shape=(8, 16), n_samples=24, layer_scales=True)
-    st_ = pl.MixedStage(pl.QuantStage())
+    st_ = MixedPrecision((4,), grid="odd")
     hi, lo = np.array([8.0, 0, 8, 0]), np.array([0.0, 3, 0, 3])
     k = jax.numpy.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(1)])
     a = pl.run_pipeline(m, (st_, st_), np.concatenate([hi, lo]), k, method_ids=(0, 1))
@@ -139,6 +144,6 @@ def test_block_removal_mild_quantization_no_interference():
     """Checks proofs/interference.md (block removal, t_Q <= t_P) and proofs/t1_ownership.md (T1.3): layer removal
     with an 8-bit quantizer inside the layers has Δ = 0 in both orders and A(Q→P) = 0."""
     m = make_model(3, n_layers=8, shape=(16, 32), n_samples=48, layer_scales=True)
-    r = pair(m, pl.PruneStage("loss", "block"), pl.QuantStage(), 0.25, 8, 1)
+    r = pair(m, Prune(0.5, "loss", "block"), Quantize(4, grid="odd"), 0.25, 8, 1)
     assert deltas(AS.A1, r) == (0.0, 0.0)
     assert advantage(AS.A1, r) == 0.0

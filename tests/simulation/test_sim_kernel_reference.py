@@ -17,7 +17,7 @@ def _correlated(rows=16, cols=32, n=300, seed=0):
     g = np.random.default_rng(seed)
     X = g.standard_normal((n, 1)) * 3.0 + g.standard_normal((n, cols)) * (0.5 + g.random(cols))
     W = g.standard_normal((rows, cols))
-    W[:, 8:16] *= 0.01  # a group of small weights: compensation pushed into its pruned positions dominates it
+    W[:, 16:24] *= 0.01  # a group of small weights: compensation pushed into its pruned positions dominates it
     return W, X.T @ X
 
 
@@ -36,9 +36,11 @@ def _fq(x, s, z, bits, sym):
     return (np.clip(np.round(x / s) + z, lo, hi) - z) * s
 
 
-def ref_gptq(W, H, bits, sym, keep, group):
-    """GPTQ with a kept mask, one column at a time; the grid of each group is refitted on the kept weights of the
-    fully updated W when the group's first column is reached (the simulation's convention)."""
+def ref_gptq(W, H, bits, sym, keep, group, blocksize=16, lazy=True):
+    """GPTQ with a kept mask, one column at a time; the grid of each group is fitted on the kept weights when the
+    group's first column is reached, on W as of the start of the lazy block of ``blocksize`` columns holding that
+    column (the reference code's convention, and the bridge's); ``lazy=False``: on the fully updated W instead
+    (the convention the simulation had before, which this test must tell apart)."""
     o, i = W.shape
     g = i if group == "channel" else group
     Hd = H + np.diag(np.where(np.diag(H) == 0, 1.0, 0.0))
@@ -47,8 +49,10 @@ def ref_gptq(W, H, bits, sym, keep, group):
     U = np.linalg.cholesky(0.5 * (Hinv + Hinv.T)).T
     W = W * keep
     for j in range(i):
+        if j % blocksize == 0:
+            W_block = W.copy()
         if j % g == 0:
-            s, z = _params((W * keep)[:, j : j + g], bits, sym)
+            s, z = _params(((W_block if lazy else W) * keep)[:, j : j + g], bits, sym)
         q = _fq(W[:, j], s, z, bits, sym) * keep[:, j]
         err = (W[:, j] - q) / U[j, j]
         W = W - np.outer(err, U[j])
@@ -63,16 +67,20 @@ def test_gptq_with_mask_matches_reference(group, sym, bits):
     keep = np.random.default_rng(1).random(W.shape) >= 0.5
     ref = ref_gptq(W, H, bits, sym, keep, group)
     out, k = mech.obs_sweep(jnp.asarray(W), jnp.asarray(H), jax.random.PRNGKey(0), 0.0, bits,
-                            quant={"group": group, "symmetric": sym, "scale": "absmax", "rounding": "nearest"},
-                            keep=jnp.asarray(keep), blocksize=16)
+                            quant={"group": group, "symmetric": sym, "scale": "absmax", "rounding": "nearest",
+                                   "grid": "odd"}, keep=jnp.asarray(keep), blocksize=16)
     out = np.asarray(out)
     assert np.array_equal(np.asarray(k), keep) and (out[~keep] == 0).all()
     assert np.mean(np.abs(out - ref) > 1e-9 * np.abs(W).max()) < 0.005
+    if group == 8:  # the second group of every lazy block: fitting it on the updated W is another result
+        eager = ref_gptq(W, H, bits, sym, keep, group, lazy=False)
+        assert np.mean(np.abs(out - eager)[:, 24:32] > 1e-6) > 0.05
 
 
 def test_reference_sees_a_group_fitted_on_pruned_positions():
-    """The fault the test above must catch is visible on this data: refitting group 2 on W (pruned positions
-    included) instead of W * keep changes many of its weights."""
+    """The fault the test above must catch is visible on this data: fitting group 3 (the first of the second lazy
+    block, whose pruned positions carry the first block's compensation) on W instead of W * keep changes many of
+    its weights."""
     W, H = _correlated()
     keep = np.random.default_rng(1).random(W.shape) >= 0.5
     ref = ref_gptq(W, H, 2, False, keep, 8)
@@ -82,13 +90,15 @@ def test_reference_sees_a_group_fitted_on_pruned_positions():
     U = np.linalg.cholesky(0.5 * (Hinv + Hinv.T)).T
     Wb = W * keep
     for j in range(i):
+        if j % 16 == 0:
+            W_block = Wb.copy()
         if j % 8 == 0:
-            s, z = _params(Wb[:, j : j + 8], 2, False)  # the fault: pruned positions included
+            s, z = _params(W_block[:, j : j + 8], 2, False)  # the fault: pruned positions included
         q = _fq(Wb[:, j], s, z, 2, False) * keep[:, j]
         err = (Wb[:, j] - q) / U[j, j]
         Wb = Wb - np.outer(err, U[j])
         Wb[:, j] = q
-    assert np.mean(np.abs((Wb * keep) - ref)[:, 8:16] > 1e-6) > 0.05  # the main test tolerates 0.5 % overall
+    assert np.mean(np.abs((Wb * keep) - ref)[:, 16:24] > 1e-6) > 0.05  # the main test tolerates 0.5 % overall
 
 
 def test_stochastic_rounding_is_unbiased():

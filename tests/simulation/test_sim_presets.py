@@ -63,3 +63,31 @@ def test_interference_and_mixed_presets(capsys, tmp_path):
 def test_bad_preset_arguments(capsys, tmp_path):
     assert main(["simulate", "--preset", "kuzmin", "--assumptions", "nope", "--out", str(tmp_path)]) == 2
     assert "assumptions=" in capsys.readouterr().err
+
+
+def test_default_folders_name_the_preset_the_assumption_set_and_the_size(capsys, tmp_path, monkeypatch):
+    """Without --out, runs under two assumption sets (or sizes) write two folders: nothing is overwritten."""
+    monkeypatch.chdir(tmp_path)
+    for a in ("A1", "A2"):
+        assert main(["simulate", "--preset", "kuzmin", "--quick", "--seeds", "1", "--assumptions", a, "--no-progress",
+                     "--format", "json"]) == 0
+        assert json.loads(capsys.readouterr().out)["out"] == f"results/sim/kuzmin-{a}-quick"
+    for a in ("A1", "A2"):
+        assert (tmp_path / f"results/sim/kuzmin-{a}-quick/summary.json").is_file()
+
+
+def test_every_multi_panel_figure_has_one_legend_and_marks_each_points_bits(tmp_path):
+    """The presets return figure data; pih.render_plots draws it: one legend for all the lines of all panels, and
+    the bit width written at every point."""
+    from pih import render_plots
+    from sim import assumptions as AS
+    from sim import presets
+
+    res = presets.PRESETS["interference"](tmp_path, quick=True, seeds=1, assumptions=AS.A1, progress=False)
+    assert set(res.figures) == {"delta.png", "interference.png"}
+    for data in res.figures.values():
+        fig = render_plots.panels_figure(data)
+        assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+        texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+        points = [str(b) for p in data["panels"] for ln in p["lines"] for b in ln["bits"]]
+        assert sorted(texts) == sorted(points) and points

@@ -60,7 +60,7 @@ def test_t1_no_owner_change_block_removal_mild_quantization():
     """Checks proofs/t1_ownership.md (T1.1, T1.3): block removal with 8-bit quantization changes no owner, so
     A(Q→P) = 0 exactly (not approximately)."""
     m = make_model(3, n_layers=8, shape=(16, 32), n_samples=48, layer_scales=True)
-    ps, qs = pl.PruneStage("loss", "block"), pl.QuantStage()
+    ps, qs = Prune(0.5, "loss", "block"), Quantize(4, grid="odd")
     for p in (0.125, 0.25, 0.5):
         r = pair(m, ps, qs, p, 8, seed=1)
         assert (r["pf_row_owner"] == r["qf_row_owner"]).all()
@@ -70,7 +70,7 @@ def test_t1_no_owner_change_block_removal_mild_quantization():
 def test_t1_identity_catches_a_non_disjoint_quantizer():
     """Checks proofs/t1_ownership.md: dropping disjoint selectivity (a per-tensor scale under row pruning: the
     quantizer's unit is coarser than the pruner's) is caught: hypothesis finds a residual far above 1e-10."""
-    broken = (pl.PruneStage("magnitude", "row"), pl.QuantStage(group="tensor"))
+    broken = (Prune(0.5, structure="row"), Quantize(4, "tensor", grid="odd"))
     assert not disjoint_selectivity(Prune(0.5, structure="row"), Quantize(4, "tensor"))
 
     def fails(args):
@@ -102,9 +102,9 @@ def test_t1_identity_with_hadamard_rotation(rotation_scope):
     """Checks proofs/t1_ownership.md: a Hadamard rotation fused into the model keeps rows as units (t_Q = row),
     and the identity holds on the rotated tensors."""
     m = make_model(5, n_layers=2, shape=(8, 16), n_samples=24, act_outliers=1)
-    ps, qs = pl.PruneStage("loss", "row"), pl.QuantStage()
+    ps, qs = Prune(0.5, "loss", "row"), Quantize(4, rotation="hadamard", grid="odd")
     for p, b in ((0.25, 3), (0.5, 2), (0.75, 4)):
-        r = pair(m, ps, qs, p, b, 0, rotation="hadamard", scope=rotation_scope)
+        r = pair(m, ps, qs, p, b, 0, options={"rotation_scope": rotation_scope})
         lam = np.ones(r["dense_output"].shape)
         assert abs(advantage(AS.A1, r) - t1_prediction(AS.A1, r, lam)) <= 1e-10
 

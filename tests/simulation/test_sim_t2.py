@@ -7,19 +7,20 @@ from hypothesis import HealthCheck, assume, example, find, given, settings
 from hypothesis import strategies as st
 from sim_testkit import advantage, metric, models, pair
 
+from pih import Prune, Quantize
 from sim import assumptions as AS
-from sim import pipeline as pl
 from sim.tensors import make_model
 
-PHI_CONFIGS = {
-    "rtn": pl.QuantStage(),
-    "stochastic": pl.QuantStage(rounding="stochastic"),
-    "gptq": pl.QuantStage(update="gptq"),
-    "asym-mse-g4": pl.QuantStage(4, False, "mse"),
+PHI_CONFIGS = {  # symmetric grids: the odd one these pinned numbers were measured on
+    "rtn": Quantize(4, grid="odd"),
+    "stochastic": Quantize(4, rounding="stochastic", grid="odd"),
+    "gptq": Quantize(4, update="gptq", grid="odd"),
+    "asym-mse-g4": Quantize(4, 4, False, "mse"),
 }
-PHI = pl.PruneStage("loss", "row", reference="phi")  # A2a[phi]: degradation measured against φ
-SEEN = pl.PruneStage("loss", "row", reference="seen")  # A2a dropped: degradation of the model it sees
-RTN = pl.QuantStage()
+ROWS = Prune(0.5, "loss", "row")
+PHI = {"reference": "phi"}  # A2a[phi]: degradation measured against φ
+SEEN = {"reference": "seen"}  # A2a dropped: degradation of the model it sees
+RTN = Quantize(4, grid="odd")
 
 
 def small(seed: int):
@@ -34,7 +35,7 @@ def test_t2_1_quantize_first_never_worse_under_a2_phi(m, q, p, b, seed, a):
     pruner in the marginal reading, 0 <= A(Q→P) <= E_Q on actual tensors, for RTN, stochastic rounding, GPTQ and
     MSE-scaled asymmetric quantizers."""
     lam = np.asarray(a.sensitivity(m.W.shape[:2], seed))
-    r = pair(m, PHI, PHI_CONFIGS[q], p, b, seed, lam)
+    r = pair(m, ROWS, PHI_CONFIGS[q], p, b, seed, lam, PHI)
     A = advantage(a, r, lam)
     assert A >= -1e-12
     assert A <= -metric(a, r, "q", lam) + 1e-12
@@ -46,7 +47,7 @@ def test_t2_1_dropped_a2a_is_caught():
 
     def negative(args):
         s, p, b = args
-        return advantage(AS.A1, pair(small(s), SEEN, RTN, p, b, s)) < -1e-9
+        return advantage(AS.A1, pair(small(s), ROWS, RTN, p, b, s, options=SEEN)) < -1e-9
 
     s, p, b = find(st.tuples(st.integers(0, 1000), st.sampled_from([0.25, 0.5, 0.75]), st.integers(2, 8)),
                    negative, settings=settings(database=None, derandomize=True, max_examples=300, deadline=None))
@@ -58,8 +59,8 @@ def test_t2_1_pinned_myopic_counterexample():
     4 bits, Student-t(4) weights (2 layers of 8×16): the myopic row pruner gives A(Q→P) = −0.00296 < 0; the
     marginal one on the same tensors gives A = 0."""
     m = small(0)
-    a_seen = advantage(AS.A1, pair(m, SEEN, RTN, 0.25, 4, 0))
-    a_phi = advantage(AS.A1, pair(m, PHI, RTN, 0.25, 4, 0))
+    a_seen = advantage(AS.A1, pair(m, ROWS, RTN, 0.25, 4, 0, options=SEEN))
+    a_phi = advantage(AS.A1, pair(m, ROWS, RTN, 0.25, 4, 0, options=PHI))
     assert abs(a_seen + 0.0029634) < 1e-6
     assert a_phi == 0.0
 
@@ -72,10 +73,10 @@ def test_t2_2_fixed_p_lines_anti_pih_where_monotone(seed, p):
     falls as bits fall. Where 8 bits changes no owner (T1.3), A(Q→P) = 0 there, and A >= 0 at 2 bits (T2.1):
     from 8 to 2 bits A never falls while the gap falls — the reverse of PIH's direction."""
     m = small(seed)
-    r8 = pair(m, PHI, RTN, p, 8, seed)
+    r8 = pair(m, ROWS, RTN, p, 8, seed, options=PHI)
     assume((r8["pf_row_owner"] == r8["qf_row_owner"]).all())
     A8 = advantage(AS.A1, r8)
-    A2 = advantage(AS.A1, pair(m, PHI, RTN, p, 2, seed))
+    A2 = advantage(AS.A1, pair(m, ROWS, RTN, p, 2, seed, options=PHI))
     assert A8 == 0.0
     assert A2 >= A8
 
@@ -85,7 +86,7 @@ def test_t2_2_needs_scale_family_pinned():
     the one-parameter SCALE family, and T2.2's monotonicity along fixed p fails: seed 299, p = 0.25, the
     bit-width line 8,6,5,4,3,2 gives A = 0, 0, 0, 0, 0.0166, 0.0059 — it rises, then falls as bits fall."""
     m = small(299)
-    As = np.array([advantage(AS.A1, pair(m, PHI, RTN, 0.25, b, 299)) for b in (8, 6, 5, 4, 3, 2)])
+    As = np.array([advantage(AS.A1, pair(m, ROWS, RTN, 0.25, b, 299, options=PHI)) for b in (8, 6, 5, 4, 3, 2)])
     assert (As >= -1e-12).all()  # T2.1 still holds
     assert (np.diff(As) < -1e-6).any()  # but A is not monotone along the line
     assert abs(As[4] - 0.0166055) < 1e-6 and abs(As[5] - 0.0058727) < 1e-6
@@ -97,7 +98,7 @@ def test_pih_sign_refuted_pinned():
     prune-first better, A < 0), yet quantizing first is strictly better, A(Q→P) = +0.042 with the marginal and
     +0.030 with the myopic pruner."""
     m = small(0)
-    for prune, expected in ((PHI, 0.0419691), (SEEN, 0.0301312)):
-        r = pair(m, prune, RTN, 0.25, 2, 0)
+    for reference, expected in ((PHI, 0.0419691), (SEEN, 0.0301312)):
+        r = pair(m, ROWS, RTN, 0.25, 2, 0, options=reference)
         assert metric(AS.A1, r, "q") < metric(AS.A1, r, "p")
         assert abs(advantage(AS.A1, r) - expected) < 1e-6

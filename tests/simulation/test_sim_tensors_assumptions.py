@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pih import PihError, Prune, Quantize
+from pih import PihError, Prune, Quantize, registry
 from sim import assumptions as AS
 from sim import tensors as T
 from sim.sweep import ModelSpec, Pairing, run_grid
@@ -67,28 +67,49 @@ def test_loader_npz_and_safetensors(tmp_path):
 
 
 def test_a_new_assumption_set_needs_no_change_elsewhere():
-    """The recipe in sim/assumptions.py: write a performance map, register it, pass it to a sweep."""
+    """The recipe in sim/assumptions.py: write a performance map, register it, pass it to a sweep (registered
+    inside ``pih.registry.scoped()``, so that it does not outlive the test)."""
 
     def sqrt_perf(e, lam, dense):
         return -float(np.sqrt((lam * e).sum() / (lam * dense).sum()))
 
-    mine = AS.register(AS.AssumptionSet("sqrt-test", "M = -sqrt(relative error)", performance=sqrt_perf))
-    assert AS.get("sqrt-test") is mine
-    pa = Pairing("row x rtn", Prune(0.5, structure="row"), Quantize(4))
-    ms = ModelSpec(shape=(8, 16), n_samples=24)
-    g_lin = run_grid(pa, [0.25, 0.5], [2, 4, 8], [0], ms, AS.A1, progress=False)
-    g_new = run_grid(pa, [0.25, 0.5], [2, 4, 8], [0], ms, mine, progress=False)
-    assert np.allclose(g_new.M_P, -np.sqrt(-g_lin.M_P))
-    assert np.allclose(g_new.M_qf, -np.sqrt(-g_lin.M_qf))
+    with registry.scoped():
+        mine = AS.register(AS.AssumptionSet("sqrt-test", "M = -sqrt(relative error)", performance=sqrt_perf))
+        assert AS.get("sqrt-test") is mine
+        pa = Pairing("row x rtn", Prune(0.5, structure="row"), Quantize(4))
+        ms = ModelSpec(shape=(8, 16), n_samples=24)
+        g_lin = run_grid(pa, [0.25, 0.5], [2, 4, 8], [0], ms, AS.A1, progress=False)
+        g_new = run_grid(pa, [0.25, 0.5], [2, 4, 8], [0], ms, mine, progress=False)
+        assert np.allclose(g_new.M_P, -np.sqrt(-g_lin.M_P))
+        assert np.allclose(g_new.M_qf, -np.sqrt(-g_lin.M_qf))
+    assert "sqrt-test" not in AS.ASSUMPTION_SETS
+
+
+def test_duplicate_assumption_sets_are_refused_and_compare_defaults_are_explicit():
+    """A second set under a taken name is refused (never silently replaced); a set registered by a user or a test
+    is usable by name but never joins ``pih compare``'s defaults, which are an explicit list of the built-in ones."""
+    from pih.commands.compare import _assumption_names
+
+    with pytest.raises(PihError, match="name='A1'"):
+        AS.register(AS.AssumptionSet("A1", "another A1"))
+    assert AS.get("A1").description.startswith("additive unit errors")
+    with registry.scoped():
+        AS.register(AS.AssumptionSet("mine-for-compare", "a user's set"))
+        names = _assumption_names(None)
+        assert "mine-for-compare" not in names and names[: len(AS.COMPARE_DEFAULTS)] == list(AS.COMPARE_DEFAULTS)
+        assert _assumption_names(["mine-for-compare"]) == ["mine-for-compare"]
+    assert set(AS.COMPARE_DEFAULTS) <= set(AS.ASSUMPTION_SETS)
 
 
 def test_assumption_sets_adapt_mechanisms():
-    from sim import pipeline as pl
+    from sim.kernels import SimOptions
 
-    assert AS.A2.adapt(pl.PruneStage("loss", "row")).reference == "phi"
-    assert AS.A2.adapt(pl.QuantStage()).rounding == "stochastic"
-    assert AS.ASYM_NOISE.adapt(pl.QuantStage()).rounding == "down"
-    assert AS.A1.adapt(pl.QuantStage()) == pl.QuantStage()
+    assert AS.A2.adapt_options(SimOptions()).reference == "phi"
+    assert AS.A2_SEEN.adapt_options(SimOptions(reference="phi")).reference == "seen"
+    assert AS.A2.adapt(Quantize(4)).rounding == "stochastic"
+    assert AS.ASYM_NOISE.adapt(Quantize(4)).rounding == "down"
+    assert AS.A1.adapt(Quantize(4)) == Quantize(4) and AS.A1.adapt_options(SimOptions()) == SimOptions()
+    assert AS.A2.adapt(Prune(0.5, "loss", "row")) == Prune(0.5, "loss", "row")
     with pytest.raises(PihError, match="error="):
         AS.AssumptionSet("x", error="bits")
     with pytest.raises(PihError, match="assumptions="):

@@ -1,0 +1,238 @@
+"""Plots and Markdown reports: the one place that draws (matplotlib, imported only when a figure is drawn).
+
+Everything here takes plain data (dicts, lists of numbers) and writes files; nothing computes a result. The
+simulation's presets (:mod:`sim.presets`) return a summary, the data of each figure and what the report says;
+:func:`sim_report` writes ``report.md`` and the PNGs. Figure data:
+
+- ``{"kind": "gap" | "lines" | "scatter", "title", "panels": [{"title", "lines": [{"label", "key", "x", "y",
+  "bits"}]}], "xlabel"?, "ylabel"?, "columns"?}``: one panel per pairing; every line of every panel shares one
+  legend (one colour per ``key`` across panels) and each point is marked with its bit width (``bits``);
+- ``{"kind": "snr", "series": [{"label", "style", "bits", "quant", "prune"}]}``: SNR against bits (Kuzmin et al.).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+GAP_X, GAP_Y = "C*_P − C_Q", "A(Q→P)"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colours(keys: list, plt) -> dict:
+    """One colour per line key, the same in every panel (numeric keys along viridis in their order)."""
+    uniq = list(dict.fromkeys(keys))
+    if all(isinstance(k, (int, float)) for k in uniq):
+        uniq = sorted(uniq)
+        cmap = plt.get_cmap("viridis")
+        return {k: cmap(i / max(1, len(uniq) - 1)) for i, k in enumerate(uniq)}
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {k: cycle[i % len(cycle)] for i, k in enumerate(uniq)}
+
+
+def panels_figure(fig_data: dict):
+    """Panels of lines (``gap``, ``lines``) or point clouds (``scatter``) with one legend for all of them and the
+    bit width written at every point; returns the matplotlib figure."""
+    plt = _pyplot()
+    kind = fig_data["kind"]
+    panels = fig_data["panels"]
+    n = max(1, len(panels))
+    cols = min(fig_data.get("columns") or 3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    colours = _colours([ln["key"] for p in panels for ln in p["lines"]], plt)
+    handles: dict = {}
+    markers = ("o", "x", "s", "^", "v", "d")
+    for ax, panel in zip(axes.ravel(), panels, strict=False):
+        for li, ln in enumerate(panel["lines"]):
+            if not ln["x"]:
+                continue
+            c = colours[ln["key"]]
+            if kind == "scatter":
+                h = ax.scatter(ln["x"], ln["y"], marker=markers[li % len(markers)], s=16, color=c)
+            else:
+                (h,) = ax.plot(ln["x"], ln["y"], "o-", ms=3, color=c)
+            handles.setdefault(ln["label"], h)
+            for x, y, b in zip(ln["x"], ln["y"], ln["bits"], strict=True):
+                ax.annotate(f"{b}", (x, y), textcoords="offset points", xytext=(2, 2), fontsize=5, color=c)
+        if kind in ("gap", "scatter"):
+            ax.axhline(0, color="k", lw=0.6)
+            ax.axvline(0, color="k", lw=0.4, ls=":")
+        ax.set_title(panel["title"], fontsize=8)
+        ax.set_xlabel(fig_data.get("xlabel", GAP_X), fontsize=8)
+        ax.set_ylabel(fig_data.get("ylabel", GAP_Y), fontsize=8)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    note = "" if kind == "lines" else " (numbers: bit width of each point)"
+    fig.suptitle(fig_data.get("title", "") + note, fontsize=10)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(8, len(handles)), fontsize=7,
+                   frameon=False)
+    fig.tight_layout(rect=(0, 0.9 / (3.6 * rows), 1, 1 - 0.3 / (3.6 * rows)))
+    return fig
+
+
+def snr_figure(fig_data: dict):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for s in fig_data["series"]:
+        ax.plot(s["bits"], s["quant"], "o" + s["style"], label=f"quantization, {s['label']}")
+        ax.plot(s["bits"], s["prune"], "s" + s["style"], label=f"pruning at 1-b/16, {s['label']}")
+    ax.set_xlabel("bits")
+    ax.set_ylabel("SNR (dB)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def draw(fig_data: dict, path: Path) -> Path:
+    """Draw one figure from its data (see the module docstring) into the PNG ``path``."""
+    fig = snr_figure(fig_data) if fig_data["kind"] == "snr" else panels_figure(fig_data)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return Path(path)
+
+
+# -- the simulation's reports ----------------------------------------------------------------------------------------
+def _f(v, spec: str = ".3g") -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
+def _kuzmin(s: dict, report: dict) -> list[str]:
+    lines = ["# Kuzmin et al. baseline (simulation)", "",
+             "N(0,1) weights; b-bit signed grid with the MSE-optimal step vs magnitude pruning at 1 − b/16.", "",
+             "| bits | sparsity | quant SNR exact | quant SNR MC ± se | prune SNR exact | prune SNR MC ± se "
+             "| reference |", "|---|---|---|---|---|---|---|"]
+    for e, m in zip(s["rows"], s["monte_carlo"]["rows"], strict=True):
+        ref = s["reference"][str(e["bits"])]
+        lines.append(f"| {e['bits']} | {e['sparsity']:.2%} | {e['quant_snr_db']:.3f} | {m['quant_snr_db']:.3f} ± "
+                     f"{m['quant_se_db']:.3f} | {e['prune_snr_db']:.3f} | {m['prune_snr_db']:.3f} ± "
+                     f"{m['prune_se_db']:.3f} | {ref['quant_snr_db']} / {ref['prune_snr_db']} |")
+    nu = s["student_t"]["nu"]
+    lines += ["", f"Max deviation from the reference table: {s['max_abs_dev_from_reference_db']:.4f} dB; max |MC − "
+              f"exact| / se: {s['monte_carlo']['max_abs_z']:.2f}.", "",
+              f"## Student-t, nu = {nu:g} (unit variance)", "", "| bits | sparsity | quant SNR | prune SNR |",
+              "|---|---|---|---|"]
+    lines += [f"| {r['bits']} | {r['sparsity']:.2%} | {r['quant_snr_db']:.3f} | {r['prune_snr_db']:.3f} |"
+              for r in s["student_t"]["rows"]]
+    return lines + ["", "![SNR](kuzmin.png)"]
+
+
+def _harma(s: dict, report: dict) -> list[str]:
+    lines = ["# Harma et al. check (simulation)", "", s["metric"], "",
+             "| tensor | configuration | Harma's scope | max abs excess, P first | Q first worse | Q first better "
+             "| points |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['dist']} | {r['config']} | {r['in_scope']} | {r['max_abs_excess_prune_first']:.2e} | "
+              f"{r['n_quantize_first_strictly_worse']} | {r['n_quantize_first_better']} | {r['n_points']} |"
+              for r in s["configs"]]
+    return lines + ["", "![A vs CER gap](harma.png)"]
+
+
+def _t2(s: dict, report: dict) -> list[str]:
+    rows = s["pairings"]
+    lines = [f"# {report['title']}", "", f"Assumptions: {s.get('assumptions', {}).get('name', '?')}.", ""]
+    if "t1_max_residual" in s:
+        lines += [f"Theorem 1 max residual: {s['t1_max_residual']:.2e}. Pooled Spearman rho of A(Q->P) in "
+                  f"C*_P - C_Q: {s['spearman_rho']:.3f} (95% CI {s['rho_ci'][0]:.3f}..{s['rho_ci'][1]:.3f}),"
+                  f" concordant {s['concordant_fraction']:.3f}, n = {s['n_points']}.", ""]
+    lines += ["| pairing | rho | 95% CI | concordant | A>0 | A<0 | A=0 | mean A (x<0) | mean A (x>0) | censored "
+              "| T1 residual | free zeros (Q first) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['pairing']} | {_f(r['spearman_rho'])} | {_f(r['rho_ci'][0])}..{_f(r['rho_ci'][1])} | "
+                     f"{_f(r['concordant_fraction'])} | {r['n_A_positive']} | {r['n_A_negative']} | {r['n_A_zero']} | "
+                     f"{_f(r.get('mean_A_x_neg'))} | {_f(r.get('mean_A_x_pos'))} | {r['n_censored']} | "
+                     f"{r['t1_max_residual']:.1e} | {r['mean_free_zeros_q_first']:.1f} |")
+    lines += ["", "PIH predicts rho > 0 with A < 0 for x < 0 and A > 0 for x > 0. x = C*_P - C_Q with C_Q = 16/b; "
+              "censored points (C*_P outside the measured curve) are left out of rho. 'T1 residual': A measured "
+              "minus Theorem 1 over row units; it is a check only for disjointly selective pairs (row or block "
+              "removal with per-row quantizers) and measures how far other pairs are from that decomposition.",
+              "", "Pruning alone, mean M over seeds (rotation: the pruner acts on the rotated weights):", "",
+              "| pairing | " + " | ".join(f"p={k}" for k in rows[0]["M_P_by_p"]) + " |",
+              "|---|" + "---|" * len(rows[0]["M_P_by_p"])]
+    lines += [f"| {r['pairing']} | " + " | ".join(f"{v:.4g}" for v in r["M_P_by_p"].values()) + " |" for r in rows]
+    return lines + ["", f"![A vs CER gap]({report['png']})"]
+
+
+def _interference(s: dict, report: dict) -> list[str]:
+    lines = ["# Interference (t_P < t_Q)", "", s["delta_definition"], ""]
+    for r in s["pairings"]:
+        lines += [f"## {r['pairing']}", "", "| p | Delta (mean over b) | spread over b | pruning error | "
+                  "Delta_PQ / E_Q (b >= 3) | its relative spread over b |", "|---|---|---|---|---|---|"]
+        for k in r["delta_by_p"]:
+            lines.append(f"| {k} | {r['delta_by_p'][k]:.3e} | {r['delta_spread_over_bits'][k]:.3e} | "
+                         f"{r['prune_error_by_p'][k]:.3e} | {r['delta_over_EQ_by_p'][k]:.3e} | "
+                         f"{r['delta_over_EQ_rel_spread_b3plus'][k]:.2f} |")
+        lines += ["", f"Max spread over bits / pruning error: {r['spread_over_prune_error_max']:.3g}; max |Delta_QP| "
+                  f"{r['delta_q_first_max_abs']:.1e}; additivity residual {r['additivity_max_residual']:.2e}.", ""]
+    return lines + ["![Delta](delta.png)", "", "![A](interference.png)"]
+
+
+def _mixed(s: dict, report: dict) -> list[str]:
+    lines = ["# Mixed precision across layers", "", s["definition"], "",
+             f"Disjoint layer sets: max |Delta| = {s['delta_disjoint_max_abs']:.2e}, max |A| = "
+             f"{s['A_disjoint_max_abs']:.2e}.", "",
+             "| high -> low | mean A(progressive) | progressive better | regressive better | n |",
+             "|---|---|---|---|---|"]
+    return lines + [f"| {k} | {v['mean_A']:.3e} | {v['n_progressive_better']} | {v['n_regressive_better']} | "
+                    f"{v['n']} |" for k, v in s["progressive"].items()]
+
+
+def _multistage(s: dict, report: dict) -> list[str]:
+    orders = report["orders"]
+    lines = ["# Multi-stage and joint pipelines", "", "Mean M over seeds (higher is better).", "",
+             "| pairing | p | b | " + " | ".join(orders) + " | best |", "|---|---|---|" + "---|" * (len(orders) + 1)]
+    by: dict = {}
+    for r in s["rows"]:
+        by.setdefault((r["pairing"], r["ratio"], r["bits"]), []).append(r)
+    for (name, p, b), rs in by.items():
+        means = {o: sum(r[o] for r in rs) / len(rs) for o in orders if o in rs[0]}
+        best = max(means, key=means.get)
+        cells = " | ".join(f"{means[o]:.4g}" if o in means else "-" for o in orders)
+        lines.append(f"| {name} | {p:g} | {b} | {cells} | {best} |")
+    return lines
+
+
+def _chain(s: dict, report: dict) -> list[str]:
+    rows = s["rows"]
+    n_out = sum(r["view"] == "output" for r in rows)
+    lines = ["# Multi-layer chains: sequential vs dense calibration", "",
+             f"Chains of square layers ({', '.join(report['chains'])}); seeds 0..{s['seeds'] - 1}; ratios "
+             f"{s['ratios']}, bits {s['bits']}. M = -relative error at the chain output on held-out inputs "
+             "('output'), or the layer-wise additive error of the same weights on dense inputs ('layerwise'). "
+             "'sequential': each layer calibrated on the outputs of the layers before it as already compressed "
+             "(what GPTQ/SparseGPT/Wanda do); 'dense': on the dense chain's inputs.", "",
+             f"PIH's pattern (rho > 0, mean A < 0 where C*_P < C_Q and > 0 where C*_P > C_Q) at the output: "
+             f"{s['n_pih_pattern_output']} of {n_out} grids.", "",
+             "| chain | pairing | calibration | view | rho | 95% CI | A>0 | A<0 | mean A (x<0) | mean A (x>0) | "
+             "censored | PIH pattern |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = "-" if r["rho_ci"] is None else f"{r['rho_ci'][0]:.2f}..{r['rho_ci'][1]:.2f}"
+        lines.append(f"| {r['chain']} | {r['pairing']} | {r['calibration']} | {r['view']} | {_f(r['spearman_rho'])} "
+                     f"| {ci} | {r['n_A_positive']} | {r['n_A_negative']} | {_f(r['mean_A_x_neg'])} | "
+                     f"{_f(r['mean_A_x_pos'])} | {r['n_censored']} | {'yes' if r['pih_pattern'] else 'no'} |")
+    return lines + ["", "![A vs CER gap at the chain output](chain.png)"]
+
+
+SIM_REPORTS: dict[str, Callable[[dict, dict], list[str]]] = {
+    "kuzmin": _kuzmin, "harma": _harma, "disjoint": _t2, "survey": _t2, "interference": _interference,
+    "mixed-precision": _mixed, "multistage": _multistage, "chain": _chain}
+
+
+def sim_report(name: str, summary: dict, figures: dict, report: dict, out: Path) -> Path:
+    """Write ``out/report.md`` of simulation preset ``name`` and draw its figures (``figures``: file name ->
+    figure data)."""
+    out = Path(out)
+    for fname, data in figures.items():
+        draw(data, out / fname)
+    path = out / "report.md"
+    path.write_text("\n".join(SIM_REPORTS[name](summary, report)) + "\n")
+    return path
