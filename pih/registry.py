@@ -204,6 +204,11 @@ def register_joint_kernel(prune_name: str, backend: str, fn: Callable) -> Callab
     return fn
 
 
+def with_kernel(kind: str, backend: str, scope: str = "layer") -> list[str]:
+    """Command-line names of the ``kind`` methods that ``backend`` has a ``scope`` kernel for."""
+    return [m.cli_name for m in methods(kind) if (kind, m.name, backend, scope) in _KERNELS]
+
+
 def has_kernel(spec, backend: str) -> bool:
     try:
         kernel_for(spec, backend)
@@ -275,6 +280,33 @@ def load_entry_points() -> list[str]:
     return done
 
 
+_BUILTIN_HOOKS: list[Callable[[], None]] = []  # each backend's "register my built-in kernels" (idempotent)
+
+
+def on_restore(hook: Callable[[], None]) -> None:
+    """``hook`` re-registers a backend's built-in kernels; :func:`scoped` calls it on exit, so a backend first
+    imported inside a scoped block keeps its kernels after it."""
+    if hook not in _BUILTIN_HOOKS:
+        _BUILTIN_HOOKS.append(hook)
+
+
+def register_builtins(backend: str, table, joint: dict[str, Callable] | None = None) -> None:
+    """Register a backend's built-in kernels: ``table`` rows (method name, kind, scope, kernel), ``joint`` pruner
+    name -> joint kernel. Idempotent (a kernel already registered, the backend's or a user's, is left as it is)
+    and repeated after every :func:`scoped` block, so a backend first imported inside one keeps its kernels."""
+
+    def hook() -> None:
+        for name, kind, scope, fn in table:
+            if (kind, name, backend, scope) not in _KERNELS:
+                register_kernel(name, backend, fn, kind=kind, scope=scope)
+        for name, fn in (joint or {}).items():
+            if ("joint", name, backend, "layer") not in _KERNELS:
+                register_joint_kernel(name, backend, fn)
+
+    hook()
+    on_restore(hook)
+
+
 @contextlib.contextmanager
 def scoped() -> Iterator[None]:
     """Restore the method and kernel registries (and the assumption sets, if the simulation is loaded) on exit."""
@@ -290,10 +322,14 @@ def scoped() -> Iterator[None]:
         _KERNELS.clear()
         _KERNELS.update(k)
         _LOADED_PLUGINS[:] = p
-        if sim_sets is not None:
-            a = sys.modules["sim.assumptions"].ASSUMPTION_SETS
-            a.clear()
-            a.update(sim_sets)
+        mod = sys.modules.get("sim.assumptions")
+        if mod is not None:  # imported inside the block (by a plugin, say): back to what a fresh import registers
+            if sim_sets is None:
+                sim_sets = {k: v for k, v in mod.ASSUMPTION_SETS.items() if k in mod.BUILTIN_NAMES}
+            mod.ASSUMPTION_SETS.clear()
+            mod.ASSUMPTION_SETS.update(sim_sets)
+        for hook in _BUILTIN_HOOKS:
+            hook()
 
 
 # -- the built-in methods ------------------------------------------------------------------------------------------
@@ -359,6 +395,11 @@ def _parse_quant(args: list[str], name: str):
             raise PihError(f"unknown option {opt!r}; options: gN, channel, tensor, sym, asym, absmax, mse, "
                            "stochastic")
     return Quantize(bits, **kw)
+
+
+# the built-in parsers, for a plugin's method with the same command-line syntax
+parse_ratio_or_nm = _parse_prune  # NAME:RATIO or NAME:N:M
+parse_bits = _parse_quant  # NAME:BITS[:gG|:tensor][:sym|:asym][:mse]
 
 
 def _builtins() -> None:

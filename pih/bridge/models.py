@@ -112,6 +112,13 @@ class LoadedModel:
         raise RuntimeError("blocks not found")  # pragma: no cover
 
 
+def model_inputs(lm: LoadedModel, batch: torch.Tensor) -> dict[str, Any]:
+    """The keyword arguments of ``lm.model``'s forward pass for a batch: token ids, or pixel values in its dtype."""
+    if lm.arch == "llama":
+        return {"input_ids": batch.to(lm.device)}
+    return {"pixel_values": batch.to(lm.device, dtype=next(lm.model.parameters()).dtype)}
+
+
 def blocks_of(model: nn.Module, arch: str, family: Family | None = None) -> nn.ModuleList:
     if arch == "llama":
         from .families import get
