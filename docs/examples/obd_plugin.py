@@ -12,12 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 from pih import registry
+from pih.methods import parse_ratio_or_nm
 
 # 1. the method: its name (Prune(criterion="obd")), the statistics its kernels need, its structures, its CLI syntax
 registry.register_method(registry.Method(
     "obd", "prune", stats="hessian", structures=("unstructured",), syntax="obd:RATIO",
     description="Optimal Brain Damage saliency w²·H_jj per tensor, no update",
-    parse=registry.parse_ratio_or_nm))
+    parse=parse_ratio_or_nm))
 
 
 # 2. the torch bridge's kernel (one weight matrix, float32 torch tensors)
