@@ -16,7 +16,7 @@ every ratio printed is baseline time / our time per pair, median over the pairs 
   (float32 H⁻¹, ``selection="reference"``), whose weights must equal the reference's bit for bit (printed);
   and SparseGPT with the engine's default selection (``exact``: k per block, random ties), timed only.
 - the compiled column sweep against the Python loop (``compiled=False``): the same kernels, bitwise equal.
-- the calibration statistics of the block: ours (one Hessian per distinct input, ``engine.stats_and_outputs``)
+- the calibration statistics of the block: ours (one Hessian per distinct input, ``blocks.stats_and_outputs``)
   against one reference ``GPTQ.add_batch`` per layer, on the same forward passes; Hessians compared bitwise.
 - Wanda 50 % and 2:4 on the block (statistics, masks, the block's outputs): ours against the reference's
   ``prune_wanda`` on a one-block model holding the same block and inputs; masks compared given the reference's
@@ -91,8 +91,8 @@ def main(argv=None) -> int:
 
     import torch
 
+    from pih.bridge.blocks import _Stats, capture_block_inputs, run_block, stats_and_outputs
     from pih.bridge.data import calibration_windows, load_corpus, tokenize
-    from pih.bridge.engine import _Stats, capture_block_inputs, run_block, stats_and_outputs
     from pih.bridge.models import linears_of, load_model
     from pih.bridge.prune import sparsegpt, wanda
     from pih.bridge.quant import gptq

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from . import registry
-from .errors import bad
+from .errors import PihError, bad
 from .ownership import Granularity
 
 PRUNE_CRITERIA = ("magnitude", "wanda", "sparsegpt", "loss")  # the built-in ones; pih.registry holds every one
@@ -332,3 +332,93 @@ def spec_from_dict(d: dict[str, Any]) -> Spec:
 def pipeline_label(pipeline: tuple[Spec, ...]) -> str:
     """'P[...] -> Q[...]' in application order."""
     return " -> ".join(s.label for s in pipeline) if pipeline else "dense"
+
+
+# -- the built-in methods: registry entries and command-line spellings ----------------------------------------
+def _parse_prune(args: list[str], name: str):
+    wrong = PihError(f"expected {name}:RATIO or {name}:N:M with numbers (e.g. {name}:0.5, {name}:2:4)")
+    if len(args) == 1:
+        try:
+            ratio = float(args[0])
+        except ValueError:
+            raise wrong from None
+        return Prune(ratio, criterion=name)
+    if len(args) == 2:
+        try:
+            n, m = int(args[0]), int(args[1])
+        except ValueError:
+            raise wrong from None
+        if not 0 < n < m:
+            raise PihError(f"N:M needs 0 < N < M (N kept of every M), got {n}:{m}")
+        return Prune(1 - n / m, criterion=name, structure=f"{n}:{m}")
+    raise wrong
+
+
+def _parse_blocks(args: list[str], name: str):
+    wrong = PihError(f"expected {name}:RATIO (the fraction of blocks removed, e.g. blocks:0.25)")
+    if len(args) != 1:
+        raise wrong
+    try:
+        ratio = float(args[0])
+    except ValueError:
+        raise wrong from None
+    return Prune(ratio, criterion=name, structure="block")
+
+
+def _parse_quant(args: list[str], name: str):
+    if not args:
+        raise PihError("expected a bit width (e.g. rtn:4, gptq:3:g128)")
+    try:
+        bits = int(args[0])
+    except ValueError:
+        raise PihError(f"the bit width {args[0]!r} is not an integer") from None
+    kw: dict[str, Any] = {"group": "channel", "symmetric": False, "scale": "absmax", "update": name}
+    for opt in args[1:]:
+        o = opt.strip().lower()
+        if o in ("channel", "tensor"):
+            kw["group"] = o
+        elif o.startswith("g") and o[1:].isdigit():
+            kw["group"] = int(o[1:])
+        elif o in ("sym", "asym"):
+            kw["symmetric"] = o == "sym"
+        elif o in ("absmax", "mse"):
+            kw["scale"] = o
+        elif o in ("stochastic", "nearest"):
+            if o == "stochastic" and name != "none":
+                raise PihError("stochastic rounding is an option of rtn only")
+            kw["rounding"] = o
+        else:
+            raise PihError(f"unknown option {opt!r}; options: gN, channel, tensor, sym, asym, absmax, mse, "
+                           "stochastic")
+    return Quantize(bits, **kw)
+
+
+# the built-in parsers, for a plugin's method with the same command-line syntax
+parse_ratio_or_nm = _parse_prune  # NAME:RATIO or NAME:N:M
+parse_bits = _parse_quant  # NAME:BITS[:gG|:tensor][:sym|:asym][:mse]
+
+
+def _builtins() -> None:
+    every = ("unstructured", "nm", "row", "head", "block")  # what a spec may say; each backend refuses what it lacks
+    registry.register_method(registry.Method("magnitude", "prune", "none", every,
+                           syntax="magnitude:RATIO | magnitude:N:M", description="smallest |W| (layer-wise)",
+                           parse=_parse_prune))
+    registry.register_method(registry.Method("wanda", "prune", "norms", every,
+                           syntax="wanda:RATIO | wanda:N:M", description="|W_ij|·||X_j||, per output row",
+                           parse=_parse_prune))
+    registry.register_method(registry.Method("sparsegpt", "prune", "hessian", every, updates_kept=True,
+                           syntax="sparsegpt:RATIO | sparsegpt:N:M",
+                           description="OBS mask from w²/[H⁻¹]_jj² with the weight update", parse=_parse_prune))
+    registry.register_method(registry.Method("loss", "prune", "none", ("row", "head", "block"),
+                           cli="blocks", syntax="blocks:RATIO",
+                           description="remove what raises the measured loss least (block removal, SLEB-like)",
+                           parse=_parse_blocks))
+    registry.register_method(registry.Method("none", "quantize", "none", cli="rtn", syntax="rtn:BITS[:OPTION...]",
+                           description="round to nearest on a uniform grid (options gN channel tensor sym asym "
+                           "absmax mse stochastic)", parse=_parse_quant))
+    registry.register_method(registry.Method("gptq", "quantize", "hessian", updates_kept=True,
+                           syntax="gptq:BITS[:OPTION...]", description="column-wise error feedback (OBS), same options",
+                           parse=_parse_quant))
+
+
+_builtins()

@@ -204,6 +204,11 @@ def register_joint_kernel(prune_name: str, backend: str, fn: Callable) -> Callab
     return fn
 
 
+def with_kernel(kind: str, backend: str, scope: str = "layer") -> list[str]:
+    """Command-line names of the ``kind`` methods that ``backend`` has a ``scope`` kernel for."""
+    return [m.cli_name for m in methods(kind) if (kind, m.name, backend, scope) in _KERNELS]
+
+
 def has_kernel(spec, backend: str) -> bool:
     try:
         kernel_for(spec, backend)
@@ -275,6 +280,33 @@ def load_entry_points() -> list[str]:
     return done
 
 
+_BUILTIN_HOOKS: list[Callable[[], None]] = []  # each backend's "register my built-in kernels" (idempotent)
+
+
+def on_restore(hook: Callable[[], None]) -> None:
+    """``hook`` re-registers a backend's built-in kernels; :func:`scoped` calls it on exit, so a backend first
+    imported inside a scoped block keeps its kernels after it."""
+    if hook not in _BUILTIN_HOOKS:
+        _BUILTIN_HOOKS.append(hook)
+
+
+def register_builtins(backend: str, table, joint: dict[str, Callable] | None = None) -> None:
+    """Register a backend's built-in kernels: ``table`` rows (method name, kind, scope, kernel), ``joint`` pruner
+    name -> joint kernel. Idempotent (a kernel already registered, the backend's or a user's, is left as it is)
+    and repeated after every :func:`scoped` block, so a backend first imported inside one keeps its kernels."""
+
+    def hook() -> None:
+        for name, kind, scope, fn in table:
+            if (kind, name, backend, scope) not in _KERNELS:
+                register_kernel(name, backend, fn, kind=kind, scope=scope)
+        for name, fn in (joint or {}).items():
+            if ("joint", name, backend, "layer") not in _KERNELS:
+                register_joint_kernel(name, backend, fn)
+
+    hook()
+    on_restore(hook)
+
+
 @contextlib.contextmanager
 def scoped() -> Iterator[None]:
     """Restore the method and kernel registries (and the assumption sets, if the simulation is loaded) on exit."""
@@ -290,97 +322,11 @@ def scoped() -> Iterator[None]:
         _KERNELS.clear()
         _KERNELS.update(k)
         _LOADED_PLUGINS[:] = p
-        if sim_sets is not None:
-            a = sys.modules["sim.assumptions"].ASSUMPTION_SETS
-            a.clear()
-            a.update(sim_sets)
-
-
-# -- the built-in methods ------------------------------------------------------------------------------------------
-def _parse_prune(args: list[str], name: str):
-    from .methods import Prune
-
-    wrong = PihError(f"expected {name}:RATIO or {name}:N:M with numbers (e.g. {name}:0.5, {name}:2:4)")
-    if len(args) == 1:
-        try:
-            ratio = float(args[0])
-        except ValueError:
-            raise wrong from None
-        return Prune(ratio, criterion=name)
-    if len(args) == 2:
-        try:
-            n, m = int(args[0]), int(args[1])
-        except ValueError:
-            raise wrong from None
-        if not 0 < n < m:
-            raise PihError(f"N:M needs 0 < N < M (N kept of every M), got {n}:{m}")
-        return Prune(1 - n / m, criterion=name, structure=f"{n}:{m}")
-    raise wrong
-
-
-def _parse_blocks(args: list[str], name: str):
-    from .methods import Prune
-
-    wrong = PihError(f"expected {name}:RATIO (the fraction of blocks removed, e.g. blocks:0.25)")
-    if len(args) != 1:
-        raise wrong
-    try:
-        ratio = float(args[0])
-    except ValueError:
-        raise wrong from None
-    return Prune(ratio, criterion=name, structure="block")
-
-
-def _parse_quant(args: list[str], name: str):
-    from .methods import Quantize
-
-    if not args:
-        raise PihError("expected a bit width (e.g. rtn:4, gptq:3:g128)")
-    try:
-        bits = int(args[0])
-    except ValueError:
-        raise PihError(f"the bit width {args[0]!r} is not an integer") from None
-    kw: dict[str, Any] = {"group": "channel", "symmetric": False, "scale": "absmax", "update": name}
-    for opt in args[1:]:
-        o = opt.strip().lower()
-        if o in ("channel", "tensor"):
-            kw["group"] = o
-        elif o.startswith("g") and o[1:].isdigit():
-            kw["group"] = int(o[1:])
-        elif o in ("sym", "asym"):
-            kw["symmetric"] = o == "sym"
-        elif o in ("absmax", "mse"):
-            kw["scale"] = o
-        elif o in ("stochastic", "nearest"):
-            if o == "stochastic" and name != "none":
-                raise PihError("stochastic rounding is an option of rtn only")
-            kw["rounding"] = o
-        else:
-            raise PihError(f"unknown option {opt!r}; options: gN, channel, tensor, sym, asym, absmax, mse, "
-                           "stochastic")
-    return Quantize(bits, **kw)
-
-
-def _builtins() -> None:
-    every = ("unstructured", "nm", "row", "head", "block")  # what a spec may say; each backend refuses what it lacks
-    register_method(Method("magnitude", "prune", "none", every,
-                           syntax="magnitude:RATIO | magnitude:N:M", description="smallest |W| (layer-wise)",
-                           parse=_parse_prune))
-    register_method(Method("wanda", "prune", "norms", every,
-                           syntax="wanda:RATIO | wanda:N:M", description="|W_ij|·||X_j||, per output row",
-                           parse=_parse_prune))
-    register_method(Method("sparsegpt", "prune", "hessian", every, updates_kept=True,
-                           syntax="sparsegpt:RATIO | sparsegpt:N:M",
-                           description="OBS mask from w²/[H⁻¹]_jj² with the weight update", parse=_parse_prune))
-    register_method(Method("loss", "prune", "none", ("row", "head", "block"),
-                           cli="blocks", syntax="blocks:RATIO",
-                           description="remove what raises the measured loss least (block removal, SLEB-like)",
-                           parse=_parse_blocks))
-    register_method(Method("none", "quantize", "none", cli="rtn", syntax="rtn:BITS[:OPTION...]",
-                           description="round to nearest on a uniform grid (options gN channel tensor sym asym "
-                           "absmax mse stochastic)", parse=_parse_quant))
-    register_method(Method("gptq", "quantize", "hessian", updates_kept=True, syntax="gptq:BITS[:OPTION...]",
-                           description="column-wise error feedback (OBS), same options", parse=_parse_quant))
-
-
-_builtins()
+        mod = sys.modules.get("sim.assumptions")
+        if mod is not None:  # imported inside the block (by a plugin, say): back to what a fresh import registers
+            if sim_sets is None:
+                sim_sets = {k: v for k, v in mod.ASSUMPTION_SETS.items() if k in mod.BUILTIN_NAMES}
+            mod.ASSUMPTION_SETS.clear()
+            mod.ASSUMPTION_SETS.update(sim_sets)
+        for hook in _BUILTIN_HOOKS:
+            hook()

@@ -75,3 +75,118 @@ def seed_summary_lines(ss: dict, indent: str = "   ") -> list[str]:
         out.append(f"{indent}pooled Spearman rho over {pooled['n_points']} point means: {pooled['value']:+.3f} "
                    f"({ci})" + (f"; per seed {per_seed}" if per_seed else ""))
     return out
+
+
+# -- pih advise ------------------------------------------------------------------------------------------------
+def _f(x, fmt=".4g") -> str:  # as fmt(), with non-finite values spelled out
+    if x is None:
+        return "-"
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return format(x, fmt)
+
+
+def advice_lines(out: dict, md: bool = False) -> list[str]:
+    """``pih advise``'s output (its JSON dict) as lines of text, or of Markdown (``md``)."""
+    c, conf, cost = out.get("cer") or [], out["confidence"], out["cost"]
+    meas = out["measurement"]
+    L = []
+    first = {"prune": "prune first", "quantize": "quantize first"}.get(out.get("predicted_first"), "")
+    b = "**" if md else ""
+    L.append(f"{b}Use: {out['recommendation']}{b}" + (f"  ({first})" if first else ""))
+    if out["measurement"]["evaluations"] == 0:
+        L.append("Expected gain: not computed (order only: no evaluations, no CER).")
+    elif out["expected_gain_ppl"] is None:
+        L.append("Expected gain: not resolved (the few-token evaluations do not rise with the layer error; raise "
+                 "--eval-tokens).")
+    else:
+        L.append(f"Expected gain: {_f(out['expected_gain_ppl'], '.3g')} perplexity over the runner-up "
+                 f"({out['runner_up']}); approximate (layer errors mapped to perplexity by a fit of the measured "
+                 f"evaluations, R2 {_f(out['error_to_ppl']['r2'], '.2f')}).")
+    if out.get("tie"):
+        L.append(f"TIE: the layer-wise errors of {' and '.join(out['tie'])} are identical (the later methods change "
+                 "nothing the earlier ones left); the measurement cannot choose between them.")
+    L.append(f"How sure: {conf['level']} -- {conf['layers_agreeing'] * conf['n_layers']:.0f}/{conf['n_layers']} "
+             f"measured layers favour it, bootstrap over layers {conf['bootstrap_sign']:.2f}, margin "
+             f"{_f(conf['margin_sd'], '.3g')} per-layer sd. This is agreement between layers, not a guarantee: "
+             "the layer-wise errors ignore sequential calibration and error propagation.")
+    if "verify" in out:
+        v = out["verify"]
+        verdict = "RIGHT" if v["prediction_right"] else f"WRONG (regret {_f(v['regret_ppl'], '.3g')} perplexity)"
+        a = f"; measured A(Q->P) = {_f(v['A_QP_ppl'], '+.3g')}" if "A_QP_ppl" in v else ""
+        L.append(f"Verified with the real engine on {v['eval_tokens']} tokens: best {v['best']}{a}; prediction "
+                 f"{verdict}.")
+    L.append("")
+    dense_few = out["few_token_ppl"].get("dense")
+    L.append("Orders (layer-wise error summed over the measured layers" + (
+        "; perplexity predicted from it, on the few evaluation tokens' scale where the dense model has "
+        f"{dense_few:.4g}" if dense_few is not None else "") + ("; measured by --verify" if "verify" in out else "")
+        + "):")
+    if md:
+        L.append("")
+        L.append("| order | layer-wise error | predicted ppl | " + ("measured ppl |" if "verify" in out else "")
+                 + " PIH's pick |")
+        L.append("|---|---|---|" + ("---|" if "verify" in out else "") + "---|")
+    for o in out["orders"]:
+        meas_ppl = out["verify"]["ppl"][o["order"]] if "verify" in out else None
+        tag = ("*" if o["predicted_best"] else " ")
+        if md:
+            L.append(f"| {o['order']}{' (predicted best)' if o['predicted_best'] else ''} | "
+                     f"{o['layerwise_error']:.5g} | {_f(o['predicted_ppl'], '.4f')} | "
+                     + (f"{meas_ppl:.4f} | " if meas_ppl is not None else "") + ("yes" if o["pih_predicted"] else "")
+                     + " |")
+        else:
+            L.append(f" {tag} {o['order']:<70} E={o['layerwise_error']:<11.5g} ppl~{_f(o['predicted_ppl'], '.4f'):<9}"
+                     + (f" measured {meas_ppl:.4f}" if meas_ppl is not None else "")
+                     + ("  <- PIH" if o["pih_predicted"] else ""))
+    L.append("")
+    if out.get("quant_curve"):
+        qc = out["quant_curve"]
+        L.append(f"Quantization curve ({qc['quantizer']}, {meas['eval_tokens']} tokens): "
+                 + ", ".join(f"{bb} bits {p:.4g}" for bb, p in zip(qc["bits"], qc["ppl"], strict=True))
+                 + ("" if qc["monotone"] else f"  (NOT monotone: {qc['violations']})"))
+        for r in c:
+            if r["is_C_Q"]:
+                L.append(f"  {r['method']}: C_Q = {r['value']:.3g}")
+            elif r["value"] is not None:
+                L.append(f"  {r['method']}: CER = {r['value']:.3g} (alone: perplexity {r['ppl_alone_few_tokens']:.4g})")
+            else:
+                L.append(f"  {r['method']}: CER censored ({r['censored']} than the curve's edge {r['bound']:.3g})")
+        agree = "agrees" if out["pih_agrees"] else "DISAGREES"
+        L.append(f"PIH (weaker by CER first) would pick {out['pih_order']}: it {agree} with the layer-wise "
+                 "prediction." + (f" Measured: PIH {'right' if out['verify']['pih_right'] else 'wrong'}."
+                                  if "verify" in out and "pih_right" in out["verify"] else ""))
+    else:
+        L.append("No quantizer among the methods: no quantization curve, no CER, no PIH prediction.")
+    L.append("")
+    L.append(f"Measured: {meas['layers_used']} of {meas['layers_total']} linear layers ({out['weighting']} "
+             f"errors), calibration {meas['calibration']}; {meas['evaluations']} evaluations of "
+             f"{meas['eval_tokens']} tokens" + (" (only the measured layers compressed)"
+                                                if meas.get("partial_models") else "") + ".")
+    if "trying_every_order_s" in cost:
+        L.append(f"Cost: advise {cost['advise_s']:.1f} s (layer-wise {cost['layerwise_s']:.1f} s, evaluations "
+                 f"{cost['evals_s']:.1f} s, curve {cost['curve_s']:.1f} s) vs trying every order "
+                 f"{cost['trying_every_order_s']:.1f} s, both "
+                 f"measured: {cost['ratio_measured']:.1f}x cheaper. Model and data loading ({cost['setup_s']:.1f} s) "
+                 "is common to both and not counted.")
+    else:
+        L.append(f"Cost: advise {cost['advise_s']:.1f} s (layer-wise {cost['layerwise_s']:.1f} s, evaluations "
+                 f"{cost['evals_s']:.1f} s, curve {cost['curve_s']:.1f} s); trying every order: ESTIMATED "
+                 f"{cost['trying_every_order_estimate_s']:.1f}"
+                 f" s from this run's per-stage timings (not measured; run --verify to measure), about "
+                 f"{cost['ratio_estimated']:.1f}x. Loading ({cost['setup_s']:.1f} s) not counted.")
+    return L
+
+
+def short_label(label: str) -> str:
+    """A spec label without its default parts (unstructured, per channel, asymmetric, absmax)."""
+    for x in ("unstructured,", ",channel", ",asym", ",absmax"):
+        label = label.replace(x, "")
+    return label
+
+
+def advice_text(out: dict) -> str:
+    """``pih advise``'s human-readable report."""
+    head = f"pih advise: {out['model']}  methods {', '.join(out['methods'])}\n"
+    return head + "\n".join(advice_lines(out)) + "\n" + (f"store: {out['store']}\n" if out.get("store") else "") + (
+        f"report: {out['report']}\n" if out.get("report") else "")

@@ -7,7 +7,10 @@ simulation's presets (:mod:`sim.presets`) return a summary, the data of each fig
 - ``{"kind": "gap" | "lines" | "scatter", "title", "panels": [{"title", "lines": [{"label", "key", "x", "y",
   "bits"}]}], "xlabel"?, "ylabel"?, "columns"?}``: one panel per pairing; every line of every panel shares one
   legend (one colour per ``key`` across panels) and each point is marked with its bit width (``bits``);
-- ``{"kind": "snr", "series": [{"label", "style", "bits", "quant", "prune"}]}``: SNR against bits (Kuzmin et al.).
+- ``{"kind": "snr", "series": [{"label", "style", "bits", "quant", "prune"}]}``: SNR against bits (Kuzmin et al.);
+- ``{"kind": "seeds", "title", "panels": [{"title", "points": [{"x", "y", "floor", "above", "key", "label",
+  "bits"}]}], "xlabel"?, "ylabel"?}``: measured means over seeds with their noise floors as error bars (filled:
+  |mean| above the floor; hollow: not), the band |y| <= the median floor shaded, one colour per ``key``.
 """
 
 from __future__ import annotations
@@ -81,6 +84,47 @@ def panels_figure(fig_data: dict):
     return fig
 
 
+def seeds_figure(fig_data: dict):
+    """Means over seeds against the CER gap, each with its noise floor (2 sd over seeds) as an error bar."""
+    plt = _pyplot()
+    panels = fig_data["panels"]
+    n = max(1, len(panels))
+    cols = min(fig_data.get("columns") or 2, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.2 * rows), squeeze=False)
+    colours = _colours([pt["key"] for p in panels for pt in p["points"]], plt)
+    handles: dict = {}
+    for ax, panel in zip(axes.ravel(), panels, strict=False):
+        pts = [pt for pt in panel["points"] if pt["x"] is not None and pt["y"] is not None]
+        floors = sorted(pt["floor"] for pt in pts if pt["floor"] is not None)
+        if floors:
+            med = floors[len(floors) // 2]
+            ax.axhspan(-med, med, color="0.88", zorder=0, label=None)
+        for pt in pts:
+            c = colours[pt["key"]]
+            ax.errorbar(pt["x"], pt["y"], yerr=pt["floor"] or 0.0, fmt="none", ecolor=c, elinewidth=0.7, capsize=2)
+            h = ax.scatter([pt["x"]], [pt["y"]], s=22, marker="o", edgecolors=[c],
+                           facecolors=[c] if pt["above"] else ["white"], linewidths=1.0, zorder=3)
+            handles.setdefault((pt["key"], pt["label"]), h)
+            ax.annotate(f"{pt['bits']}", (pt["x"], pt["y"]), textcoords="offset points", xytext=(3, 2), fontsize=5,
+                        color=c)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.axvline(0, color="k", lw=0.4, ls=":")
+        ax.set_title(panel["title"], fontsize=8)
+        ax.set_xlabel(fig_data.get("xlabel", GAP_X), fontsize=8)
+        ax.set_ylabel(fig_data.get("ylabel", GAP_Y), fontsize=8)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(fig_data.get("title", "") + " (numbers: bit width; bars: noise floor = 2 sd over seeds; filled: "
+                 "above it; grey band: the median floor)", fontsize=8)
+    if handles:
+        order = sorted(handles, key=lambda kl: (not isinstance(kl[0], (int, float)), kl[0]))
+        fig.legend([handles[k] for k in order], [k[1] for k in order], loc="lower center", ncol=min(8, len(order)),
+                   fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.35 / (3.9 * rows), 1, 1 - 0.3 / (3.9 * rows)))
+    return fig
+
+
 def snr_figure(fig_data: dict):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -96,7 +140,8 @@ def snr_figure(fig_data: dict):
 
 def draw(fig_data: dict, path: Path) -> Path:
     """Draw one figure from its data (see the module docstring) into the PNG ``path``."""
-    fig = snr_figure(fig_data) if fig_data["kind"] == "snr" else panels_figure(fig_data)
+    make = {"snr": snr_figure, "seeds": seeds_figure}.get(fig_data["kind"], panels_figure)
+    fig = make(fig_data)
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
     return Path(path)
@@ -236,3 +281,107 @@ def sim_report(name: str, summary: dict, figures: dict, report: dict, out: Path)
     path = out / "report.md"
     path.write_text("\n".join(SIM_REPORTS[name](summary, report)) + "\n")
     return path
+
+
+# -- pih advise ------------------------------------------------------------------------------------------------
+def advice_report(out: dict, folder) -> Path:
+    """``folder/README.md`` (readable in two minutes) and PNGs: every order's predicted (and measured)
+    perplexity, the per-layer contributions, the quantization curve with each method's CER."""
+    import json
+
+    import numpy as np
+
+    from .render import _f, advice_lines
+    from .render import short_label as _short
+
+    plt = _pyplot()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    short = {o["order"]: " ->\n".join(_short(s) for s in o["order"].split(" -> ")) for o in out["orders"]}
+    # 1. orders: perplexity above the best order, predicted and (with --verify) measured
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(out["orders"]) + 2), 3.6))
+    xs = np.arange(len(out["orders"]))
+    have_ppl = all(o["predicted_ppl"] is not None for o in out["orders"])
+    pred = np.array([o["predicted_ppl"] if have_ppl else o["layerwise_error"] for o in out["orders"]], dtype=float)
+    wdt = 0.38 if "verify" in out else 0.6
+    ax.bar(xs - (wdt / 2 if "verify" in out else 0), pred - pred.min(), wdt, color="#8fb3d9",
+           label="predicted (layer-wise)" if have_ppl else "layer-wise error above the best (predicted)")
+    if not have_ppl and "verify" in out:
+        ax = ax.twinx()  # measured perplexity on its own axis: the units differ
+    if "verify" in out:
+        meas = np.array([out["verify"]["ppl"][o["order"]] for o in out["orders"]])
+        ax.bar(xs + wdt / 2, meas - meas.min(), wdt, label=f"measured ({out['verify']['eval_tokens']} tokens)",
+               color="#2b5d8a")
+    ax.set_xticks(xs, [short[o["order"]] + (" (*)" if o["predicted_best"] else "") for o in out["orders"]],
+                  fontsize=7)
+    ax.set_ylabel("perplexity above the best order" if have_ppl or "verify" in out else "layer-wise error above "
+                  "the best order")
+    ax.set_title("Loss of each order vs the best (*: recommended)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "orders.png", dpi=120)
+    plt.close(fig)
+    # 2. per-layer contributions
+    d = np.asarray(out["layers"]["diff_runner_up_minus_best"])
+    names = [n.replace("model.layers.", "").replace("self_attn.", "").replace("mlp.", "")
+             for n in out["layers"]["names"]]
+    fig, ax = plt.subplots(figsize=(max(5, 0.28 * len(d) + 2), 3.4))
+    ax.bar(np.arange(len(d)), d, color=["#2b8a3e" if v > 0 else "#c92a2a" for v in d])
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(np.arange(len(d)), names, rotation=90, fontsize=6)
+    ax.set_ylabel(f"{out['weighting']} error: runner-up - predicted")
+    ax.set_title(f"Per layer: green favours {short[out['recommendation']].replace(chr(10), ' ')}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(folder / "layers.png", dpi=120)
+    plt.close(fig)
+    figs = ["orders.png", "layers.png"]
+    # 3. the quantization curve and the CERs
+    if out.get("quant_curve"):
+        qc = out["quant_curve"]
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        ratios = [16 / b for b in qc["bits"]]
+        ax.plot(ratios, qc["ppl"], "o-", color="#2b5d8a", label=qc["quantizer"])
+        for bb, r, p in zip(qc["bits"], ratios, qc["ppl"], strict=True):
+            ax.annotate(f"{bb}b", (r, p), fontsize=7, textcoords="offset points", xytext=(3, 3))
+        for r in out["cer"]:
+            if not r["is_C_Q"]:
+                ax.axhline(r["ppl_alone_few_tokens"], color="#c92a2a", ls=":", lw=0.8)
+                x = r["value"] if r["value"] is not None else r["bound"]
+                ax.plot([x], [r["ppl_alone_few_tokens"]], "s", color="#c92a2a",
+                        label=f"{r['method']} CER {_f(r['value'], '.3g')}" + (
+                            f" (censored {r['censored']})" if r["censored"] else ""))
+        ax.set_xlabel("C_Q = 16/b")
+        ax.set_ylabel(f"perplexity ({out['measurement']['eval_tokens']} tokens)")
+        if max(qc["ppl"]) > 3 * min(qc["ppl"]):
+            ax.set_yscale("log")
+        ax.set_title("Where each method sits on the quantization curve", fontsize=9)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(folder / "curve.png", dpi=120)
+        plt.close(fig)
+        figs.append("curve.png")
+    md = [f"# Which order? {', '.join(out['methods'])} on {out['model']}", ""]
+    for line in advice_lines(out, md=True):  # one paragraph per line; tables and list items as they are
+        if line.startswith("|"):
+            md.append(line)
+        elif line.startswith("  "):
+            md.append("- " + line.strip())
+        else:
+            if md and md[-1].startswith(("|", "- ")):
+                md.append("")
+            md += [line, ""] if line else []
+    md += ["", "![every order](orders.png)", "", "![per layer](layers.png)", ""]
+    if "curve.png" in figs:
+        md += ["![quantization curve](curve.png)", ""]
+    md += ["## How this was measured", "",
+           "Layer-wise: one pass over the calibration windows on the dense model; for each measured linear layer "
+           "every order is applied to its dense weight with the bridge's compressors (masks kept by later stages, "
+           "SparseGPT's updates snapped back onto an earlier quantizer's grid), scored by tr(dW H dW^T) with the "
+           "dense Hessian H. The evaluations place each method alone on the first quantizer's curve (CER, "
+           "C_Q = 16/b). `--verify` runs every order with the sequential engine. A(Q->P) = ppl(P first) - "
+           "ppl(Q first): positive means quantizing first is better.", "",
+           "Provenance: `advise.json` (everything printed above, per-layer errors included) and the records store "
+           f"`{out.get('store') or '(none)'}`.", ""]
+    (folder / "README.md").write_text("\n".join(md))
+    (folder / "advise.json").write_text(json.dumps(out, indent=1, default=str, allow_nan=True))
+    return folder

@@ -167,3 +167,5 @@ WEIGHT = register(AssumptionSet("A1-weight", "A1 on weight errors ||w − w'||²
 # The sets ``pih compare`` scores when none is named: the built-in ones, an explicit list (a set a user or a test
 # registers is used when named, never added to the defaults behind their back).
 COMPARE_DEFAULTS = ("A1", "A1-lambda", "A2", "A2-seen", "A2-nearest", "ppl", "correlated", "asym-noise", "A1-weight")
+
+BUILTIN_NAMES = frozenset(ASSUMPTION_SETS)  # what a fresh import registers (pih.registry.scoped restores to it)

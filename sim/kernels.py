@@ -294,19 +294,4 @@ BUILTIN = (  # (method name, kind, scope, kernel); the joint kernel is registere
 )
 
 
-def ensure_registered() -> None:
-    """Register the built-in kernels that are not registered (idempotent: a kernel already registered for a
-    method, the simulation's or a user's, is left as it is; this also restores them after a test's
-    ``pih.registry.scoped()`` that began before ``sim`` was imported)."""
-    for name, kind, scope, fn in BUILTIN:
-        try:
-            registry.register_kernel(name, "sim", fn, kind=kind, scope=scope)
-        except PihError:
-            pass
-    try:
-        registry.register_joint_kernel("sparsegpt", "sim", sparsegpt_joint_kernel)
-    except PihError:
-        pass
-
-
-ensure_registered()
+registry.register_builtins("sim", BUILTIN, {"sparsegpt": sparsegpt_joint_kernel})

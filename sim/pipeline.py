@@ -30,7 +30,7 @@ from pih.registry import Stats
 from pih.validate import check_spec
 
 from . import mechanisms as mech
-from .kernels import DEFAULT, LayerContext, Layers, SimOptions, ensure_registered, initial_state
+from .kernels import DEFAULT, LayerContext, Layers, SimOptions, initial_state
 from .tensors import Model
 
 P_ID, Q_ID = 0, 1  # method indices in owner maps of a (pruning, quantization) pair
@@ -69,7 +69,6 @@ def stage_from_spec(spec) -> tuple[object, object]:
         check_spec(spec.quant)
     else:
         check_spec(spec)
-    ensure_registered()
     stage = canonical(spec)
     registry.kernel_for(stage, "sim")
     return stage, setting_of(spec)
@@ -143,7 +142,6 @@ def execute(pipeline, settings, keys, W, apply, method_ids, offgrid: str):
     """The executor: for each stage, its registered "sim" kernel applied to every layer by ``apply(spec, kernel,
     W, state, key, setting) -> (W, state)``; returns (W, state, owners, free zeros, weights moved off a grid,
     kept weights counted with them)."""
-    ensure_registered()
     state = initial_state(W.shape, offgrid)
     owners = jnp.full(W.shape, -1, jnp.int8)
     free = moved = kept = jnp.zeros((), jnp.int64)

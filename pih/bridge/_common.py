@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 from pathlib import Path
@@ -68,3 +69,43 @@ def seed_all(seed: int) -> None:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _identity_cache_path(cache: str | None) -> Path:
+    return cache_dir(cache) / "identity-cache.json"
+
+
+def file_digest(path: Path, cache: str | None = None) -> str:
+    """SHA-256 of a file's full content, streamed in 4 MiB chunks; cached by (resolved path, size, mtime) in the
+    bridge's cache folder, so a second load of an unchanged file only stats it."""
+    import hashlib
+
+    real = path.resolve()
+    st = real.stat()
+    key = str(real)
+    store = _identity_cache_path(cache)
+    try:
+        table = json.loads(store.read_text()) if store.is_file() else {}
+    except (json.JSONDecodeError, OSError):
+        table = {}
+    hit = table.get(key)
+    if isinstance(hit, list) and hit[:2] == [st.st_size, st.st_mtime_ns]:
+        return hit[2]
+    h = hashlib.sha256()
+    with open(real, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    digest = h.hexdigest()
+    try:  # re-read and write atomically: another process may have added entries meanwhile
+        table = json.loads(store.read_text()) if store.is_file() else {}
+    except (json.JSONDecodeError, OSError):
+        table = {}
+    table = {k: v for k, v in table.items() if os.path.exists(k)}  # forget files that are gone
+    table[key] = [st.st_size, st.st_mtime_ns, digest]
+    tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(table))
+        tmp.replace(store)
+    except OSError:  # a read-only cache: the digest is still right, only not remembered
+        pass
+    return digest

@@ -39,15 +39,17 @@ from typing import Any
 import numpy as np
 
 from .. import Prune, Quantize, Record, Store, pipeline_label
+from ..advice import WEIGHTINGS, confidence, error_to_metric, evidence, layer_weights, next_curve_bits  # noqa: F401
 from ..errors import bad
-from ..metrics import QuantCurve, ratio_16_over_b
-from ..order import all_orders, predicted_order
+from ..order import all_orders
+from ..render import advice_text as human_report  # noqa: F401  (pih advise's text report)
+from ..render_plots import advice_report as write_report  # noqa: F401  (its Markdown report and plots)
+from . import kernels as _kernels  # noqa: F401  (registers the torch kernels advise looks up)
 from ._common import offline_env
 
 offline_env()
 
 MAX_METHODS = 4
-WEIGHTINGS = ("relative", "raw")
 
 
 @dataclass
@@ -84,9 +86,12 @@ def check_methods(methods) -> tuple:
                   "orders are not worth predicting layer by layer)")
     for m in methods:
         if isinstance(m, Prune):
-            if m.criterion not in ("magnitude", "wanda", "sparsegpt") or m.structure in ("row", "head", "block"):
-                raise bad("prune", m.label, "pih advise predicts layer-wise pruners (magnitude, wanda, sparsegpt; "
-                          "unstructured or N:M); block removal changes no layer's error: use pih run")
+            from .. import registry
+
+            if m.structure in ("row", "head", "block") or not registry.has_kernel(m, "torch"):
+                names = ", ".join(registry.with_kernel("prune", "torch"))
+                raise bad("prune", m.label, f"pih advise predicts layer-wise pruners ({names}; unstructured or "
+                          "N:M); block removal changes no layer's error: use pih run")
         elif isinstance(m, Quantize):
             if m.rotation is not None:
                 raise bad("quantize", m.label, "rotation is not supported by the layer-wise predictor")
@@ -128,7 +133,7 @@ class LayerwiseResult:
 def sample_layers(lm, fraction: float) -> list[str]:
     """A deterministic, stratified subset of the compressible linear layers: for every layer type (q_proj, ...,
     down_proj) about ``fraction`` of the blocks, spread evenly over depth and rotated between types."""
-    from .engine import layer_names
+    from .blocks import layer_names
     from .models import linears_of
 
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
@@ -154,13 +159,12 @@ def measure_layerwise(lm, calib, specs, orders, keep_alone, settings, seed: int 
     ``layers`` restricts the measurement to those layers (the calibration pass still runs through every block)."""
     from tqdm.auto import tqdm
 
+    from .blocks import walk
     from .conv import weight_matrix
-    from .engine import _generator, capture_block_inputs
+    from .engine import _generator
     from .models import linears_of
 
     t0 = time.time()
-    inps = capture_block_inputs(lm, calib, settings.batch_size)
-    t_pass = time.time() - t0
     wanted = set(layers) if layers is not None else None
     names, ref, inputs = [], [], {}
     targets = list(dict.fromkeys(list(orders) + [(k,) for k in keep_alone]))
@@ -174,17 +178,13 @@ def measure_layerwise(lm, calib, specs, orders, keep_alone, settings, seed: int 
     last = max((i for i in range(len(blocks)) if wanted is None or any(
         f"{lm.block_name(i)}.{n}" in wanted for n in linears_of(blocks[i]))), default=-1)
     bar = tqdm(total=n_layers, desc="advise: layer-wise orders", file=sys.stderr, disable=not progress, leave=False)
-    for i, blk in enumerate(blocks):
-        if i > last:
-            break
-        todo = {n: m for n, m in linears_of(blk).items() if wanted is None or f"{lm.block_name(i)}.{n}" in wanted}
-        t1 = time.time()
-        stats, outs = _stats_and_outputs(blk, inps, todo, i < last)
-        t_pass += time.time() - t1
-        for n, mod in todo.items():
-            full = f"{lm.block_name(i)}.{n}"
+    t_spec = 0.0
+    for step in walk(lm, calib, settings.batch_size, stats="hessian", sequential=False, layers=wanted, until=last):
+        ts0 = time.time()
+        for n, mod in step.layers.items():
+            full = step.full(n)
             W0 = weight_matrix(mod).float().clone()  # (out, in), or a conv's 2-D view
-            H, norm2 = stats[n].H, stats[n].norm2
+            H, norm2 = step.stats[n].H, step.stats[n].norm2
             memo: dict[tuple, tuple] = {(): (W0, None, None)}
 
             def run(prefix, W0=W0, H=H, norm2=norm2, full=full, memo=memo):
@@ -207,8 +207,9 @@ def measure_layerwise(lm, calib, specs, orders, keep_alone, settings, seed: int 
             for k in keep_alone:
                 weights[k][full] = run((k,))[0].to(mod.weight.dtype).cpu()
             bar.update(1)
-        inps = outs
+        t_spec += time.time() - ts0
     bar.close()
+    t_pass = time.time() - t0 - t_spec  # the walk: the calibration pass and each block's statistics
     return LayerwiseResult(names, np.asarray(ref), {o: np.asarray(v) for o, v in errors.items()}, weights,
                            {"calibration_passes": t_pass}, spec_seconds, spec_calls, inputs)
 
@@ -229,87 +230,6 @@ def add_alone(lw: LayerwiseResult, specs, k: int, settings, seed: int = 0, dtype
     lw.weights[k] = ws
     lw.spec_seconds[k] = lw.spec_seconds.get(k, 0.0) + time.time() - ts
     lw.spec_calls[k] = lw.spec_calls.get(k, 0) + 1
-
-
-def next_curve_bits(curve: dict[int, float], targets: list[float], lowest: int = 2, highest: int = 8) -> int | None:
-    """The next bit width to measure so that every target perplexity is bracketed by the quantizer's curve
-    (``curve``: bits -> perplexity): one bit harsher while a target is worse than the harshest point, twice the bits
-    (at most ``highest``) while a target is better than the mildest; None when bracketed or at the limits. A curve
-    needs two points: with one, the harsher side first."""
-    bits = sorted(curve)
-    harsh, mild = bits[0], bits[-1]
-    if any(t > curve[harsh] for t in targets) and harsh > lowest:
-        return harsh - 1
-    if any(t < curve[mild] for t in targets) and mild < highest:
-        return min(highest, 2 * mild)
-    if len(bits) < 2:
-        return harsh - 1 if harsh > lowest else (min(highest, 2 * mild) if mild < highest else None)
-    return None
-
-
-def _stats_and_outputs(block, inps, todo: dict, need_outputs: bool):
-    """One forward pass of ``block`` over ``inps``: the engine's calibration statistics (Hessian, mean squared
-    input) of the layers in ``todo`` and, when asked, the block's outputs."""
-    from .engine import stats_and_outputs
-
-    if not todo and not need_outputs:
-        return {}, None
-    stats, outs = stats_and_outputs(block, inps, True, set(todo))
-    return stats, (outs if need_outputs else None)
-
-
-# -- evidence --------------------------------------------------------------------------------------------------
-def layer_weights(ref: np.ndarray, weighting: str) -> np.ndarray:
-    if weighting not in WEIGHTINGS:
-        raise bad("weighting", weighting, f"must be one of {WEIGHTINGS}")
-    if weighting == "raw":
-        return np.ones_like(ref)
-    return 1.0 / np.where(ref > 0, ref, 1.0)
-
-
-def confidence(d: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
-    """How consistently the layers favour one order: ``d`` = per-layer (weighted) error of the runner-up minus that
-    of the predicted order (positive: the layer agrees with the prediction)."""
-    d = np.asarray(d, dtype=float)
-    total = float(d.sum())
-    sign = np.sign(total) if total != 0 else 1.0
-    agree = float(np.mean(np.sign(d) == sign)) if d.size else float("nan")
-    nz = float(np.mean(d != 0)) if d.size else float("nan")
-    sd = float(d.std(ddof=1)) if d.size > 1 else 0.0
-    margin = total / (math.sqrt(d.size) * sd) if sd > 0 else (math.inf if total else 0.0)
-    rng = np.random.default_rng(seed)
-    if d.size and n_boot > 0:
-        idx = rng.integers(0, d.size, size=(n_boot, d.size))
-        boot = float(np.mean(np.sign(d[idx].sum(1)) == sign))
-    else:
-        boot = float("nan")
-    level = "high" if boot >= 0.95 and margin >= 2 else ("medium" if boot >= 0.8 else "low")
-    return {"layers_agreeing": agree, "layers_nonzero": nz, "bootstrap_sign": boot, "margin_sd": margin,
-            "level": level, "n_layers": int(d.size)}
-
-
-def error_to_metric(dense_ppl: float, points: list[tuple[float, float]], scale: float = 1.0):
-    """The error->perplexity map of Assumption A1 (performance loss proportional to the summed unit errors), with
-    M = −log perplexity: log(ppl/ppl_dense) = s·E, the slope s fitted by least squares through the origin on the
-    measured (E, ppl) points (each method alone, the curve). ``scale`` multiplies the log increment (partial models:
-    the ratio of all layers to measured layers, log-perplexity increments adding over layers).
-    Returns ``(f, info)``: ``f(E) -> (ppl, beyond the fitted range)``; ``info``: slope, R², n points, and
-    ``resolved`` (False when the slope is not positive: the evaluations cannot resolve the scale)."""
-    E = np.array([p[0] for p in points], dtype=float)
-    y = np.log(np.array([p[1] for p in points], dtype=float) / dense_ppl)
-    den = float((E * E).sum())
-    slope = float((E * y).sum() / den) if den > 0 else 0.0
-    ss = float((y * y).sum())
-    r2 = 1 - float(((y - slope * E) ** 2).sum()) / ss if ss > 0 else float("nan")
-    emax = float(E.max()) if E.size else 0.0
-
-    def f(e: float) -> tuple[float, bool]:
-        return float(dense_ppl * math.exp(min(700.0, slope * e * scale))), bool(e > emax)
-
-    return f, {"slope_log_ppl_per_error": slope, "r2": r2, "n_points": int(E.size), "resolved": slope > 0,
-               "model": "log(ppl/ppl_dense) = slope * E (A1), fitted through the origin on each method alone and the "
-                        "curve points" + (f"; increments scaled by {scale:.3g} (all/measured layers)"
-                                          if scale != 1 else "")}
 
 
 # -- the whole advice ------------------------------------------------------------------------------------------
@@ -450,92 +370,24 @@ def advise(cfg: AdviseConfig, verify: bool = False, store: str | Path | None = N
     t_evals = time.time() - t0 - t_curve if variants else 0.0
     eval_s_per_window = t_evals / (len(variants) * few.shape[0]) if variants else None
 
-    # aggregate the layer errors
-    w = layer_weights(lw.ref, cfg.weighting)
-    E = {o: float((w * lw.errors[o]).sum()) for o in idx_orders}
-    E_alone = {k: float((w * lw.errors[(k,)]).sum()) for k in keep}
-    if cfg.evaluate:
-        to_ppl, map_info = error_to_metric(ppl["dense"], [(E_alone[k], ppl[k]) for k in keep], scale)
-        pred = {o: to_ppl(E[o]) for o in idx_orders}
-    else:
-        map_info = {"resolved": False, "model": "no evaluations (order only)"}
-        pred = {o: (None, False) for o in idx_orders}
-    ranked = sorted(idx_orders, key=lambda o: E[o])
-    best, runner_up = ranked[0], ranked[1]
-    d = w * (lw.errors[runner_up] - lw.errors[best])
-    conf = confidence(d, cfg.n_boot, cfg.seed)
-    tied = [o for o in ranked if abs(E[o] - E[best]) <= 1e-12 * max(1.0, abs(E[best]))]
-    if len(tied) > 1:
-        conf["level"] = "tie"
-
-    # CERs and what PIH predicts
-    cer_rows, pih_order, curve_info = [], None, None
-    if ref_q is not None and len(curve_idx) >= 2 and cfg.evaluate:
-        bits = sorted(curve_idx)
-        curve = QuantCurve(bits, [-ppl[curve_idx[b]] for b in bits])
-        curve_info = {"quantizer": ref_q.replace(bits=bits[0]).label.replace(f"{bits[0]}b", "*b"),
-                      "bits": bits, "ppl": [ppl[curve_idx[b]] for b in bits], "monotone": curve.monotone,
-                      "violations": curve.violations, "ratio": "C_Q(b) = 16/b"}
-        vals = []
-        for k, m in enumerate(methods):
-            if isinstance(m, Quantize) and m.replace(bits=ref_q.bits) == ref_q:
-                c = {"value": float(ratio_16_over_b(m.bits)), "censored": None, "bound": None, "is_C_Q": True}
-                v = c["value"]
-            else:
-                cc = curve.cer(-ppl[k]).to_dict()
-                c = {**cc, "is_C_Q": False}
-                v = cc["value"] if cc["value"] is not None else cc["bound"] * (
-                    1 - 1e-6 if cc["censored"] == "weaker" else 1 + 1e-6)
-            vals.append(v)
-            cer_rows.append({"method": m.label, "ppl_alone_few_tokens": ppl[k], **c})
-        pih_order = tuple(methods.index(m) for m in predicted_order(methods, vals))
+    # the evidence: numbers in, a frozen Advice out (pih.advice)
     t_advise = t_layerwise + t_evals + t_curve
-    lab = lambda o: pipeline_label(tuple(methods[i] for i in o))  # noqa: E731
-    orders_out = []
-    for o in idx_orders:
-        p, ext = pred[o]
-        orders_out.append({"order": lab(o), "layerwise_error": E[o], "predicted_ppl": p,
-                           "predicted_ppl_extrapolated": ext, "predicted_best": o == best,
-                           "pih_predicted": o == pih_order})
-    gain = pred[runner_up][0] - pred[best][0] if map_info["resolved"] else None
-    out: dict[str, Any] = {
-        "model": lm.name, "methods": [m.label for m in methods], "n_methods": n,
-        "recommendation": lab(best), "predicted_best": lab(best), "runner_up": lab(runner_up),
-        "expected_gain_ppl": gain if map_info["resolved"] else None,
-        "error_to_ppl": map_info,
-        "tie": [lab(o) for o in tied] if len(tied) > 1 else None,
-        "expected_gain_note": "perplexity of the runner-up minus that of the recommended order, from the layer "
-                              "errors through the measured error->perplexity map (few evaluation tokens, one-shot "
-                              "dense calibration" + (f", {len(sampled)} of {n_all} layers, increments scaled by "
-                              f"{scale:.3g}" if scale != 1 else "") + "): approximate" + (
-                                  "" if map_info["resolved"] else "; NOT resolved: the few-token evaluations show no "
-                                  "perplexity increase with the error (raise --eval-tokens)"),
-        "orders": orders_out, "confidence": conf, "weighting": cfg.weighting,
-        "layers": {"names": lw.layers, "diff_runner_up_minus_best": d.tolist(),
-                   "ref": lw.ref.tolist(),
-                   "errors": {lab(o): lw.errors[o].tolist() for o in idx_orders}},
-        "cer": cer_rows, "quant_curve": curve_info,
-        "pih_order": lab(pih_order) if pih_order is not None else None,
-        "pih_agrees": (pih_order == best) if pih_order is not None else None,
-        "few_token_ppl": {("dense" if v == "dense" else specs[v].label): ppl[v] for v in variants},
-        "measurement": {"calibration": f"{runner.provenance.calibration} x{cfg.calibration_size}, seqlen "
-                        f"{cfg.seqlen}, dense inputs, one pass (no sequential recalibration)",
-                        "layers_used": len(lw.layers), "layers_total": n_all,
-                        "layer_fraction": cfg.layer_fraction,
-                        "partial_models": scale != 1,
-                        "partial_note": "each method alone and the curve are evaluated with only the measured "
-                        "layers compressed (the others dense)" if scale != 1 else None,
-                        "eval_tokens": int(few.numel()), "evaluations": len(variants),
-                        "curve_bits": sorted(curve_idx), "settings": settings.to_dict()},
-    }
-    if n == 2:
-        iq = next((i for i, m in enumerate(methods) if isinstance(m, Quantize)), None)
-        ip = next((i for i, m in enumerate(methods) if isinstance(m, Prune)), None)
-        if iq is not None and ip is not None:
-            a_err = E[(ip, iq)] - E[(iq, ip)]
-            out["predicted_A_QP_error"] = a_err
-            out["predicted_A_QP_ppl"] = (pred[(ip, iq)][0] - pred[(iq, ip)][0]) if map_info["resolved"] else None
-            out["predicted_first"] = "quantize" if a_err > 0 else "prune"
+    adv = evidence(methods, idx_orders, lw.layers, lw.ref, lw.errors, keep, ppl, curve_idx,
+                   {k: specs[k].label for k in keep}, cfg.weighting, scale, cfg.n_boot, cfg.seed, cfg.evaluate,
+                   f", {len(sampled)} of {n_all} layers, increments scaled by {scale:.3g}" if scale != 1 else "")
+    best, pih_order = adv.best, adv.pih
+    E = {o: adv.summed_errors[o] for o in idx_orders}
+    E_alone = {k: adv.summed_errors[(k,)] for k in keep}
+    out: dict[str, Any] = {"model": lm.name, **adv.to_dict()}
+    out["measurement"] = {
+        "calibration": f"{runner.provenance.calibration} x{cfg.calibration_size}, seqlen {cfg.seqlen}, dense "
+                       "inputs, one pass (no sequential recalibration)",
+        "layers_used": len(lw.layers), "layers_total": n_all, "layer_fraction": cfg.layer_fraction,
+        "partial_models": scale != 1,
+        "partial_note": "each method alone and the curve are evaluated with only the measured layers compressed "
+                        "(the others dense)" if scale != 1 else None,
+        "eval_tokens": int(few.numel()), "evaluations": len(variants), "curve_bits": sorted(curve_idx),
+        "settings": settings.to_dict()}
     cost = {"setup_s": t_setup, "layerwise_s": t_layerwise, "evals_s": t_evals, "curve_s": t_curve,
             "advise_s": t_advise,
             "calibration_passes_s": lw.seconds["calibration_passes"],
@@ -646,215 +498,3 @@ def _store(path, runner, cfg, methods, specs, keep, ppl, E, E_alone, idx_orders,
             st.append(r)
 
 
-# -- output ----------------------------------------------------------------------------------------------------
-def _f(x, fmt=".4g") -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return format(x, fmt)
-
-
-def _lines(out: dict, md: bool = False) -> list[str]:
-    c, conf, cost = out.get("cer") or [], out["confidence"], out["cost"]
-    meas = out["measurement"]
-    L = []
-    first = {"prune": "prune first", "quantize": "quantize first"}.get(out.get("predicted_first"), "")
-    b = "**" if md else ""
-    L.append(f"{b}Use: {out['recommendation']}{b}" + (f"  ({first})" if first else ""))
-    if out["measurement"]["evaluations"] == 0:
-        L.append("Expected gain: not computed (order only: no evaluations, no CER).")
-    elif out["expected_gain_ppl"] is None:
-        L.append("Expected gain: not resolved (the few-token evaluations do not rise with the layer error; raise "
-                 "--eval-tokens).")
-    else:
-        L.append(f"Expected gain: {_f(out['expected_gain_ppl'], '.3g')} perplexity over the runner-up "
-                 f"({out['runner_up']}); approximate (layer errors mapped to perplexity by a fit of the measured "
-                 f"evaluations, R2 {_f(out['error_to_ppl']['r2'], '.2f')}).")
-    if out.get("tie"):
-        L.append(f"TIE: the layer-wise errors of {' and '.join(out['tie'])} are identical (the later methods change "
-                 "nothing the earlier ones left); the measurement cannot choose between them.")
-    L.append(f"How sure: {conf['level']} -- {conf['layers_agreeing'] * conf['n_layers']:.0f}/{conf['n_layers']} "
-             f"measured layers favour it, bootstrap over layers {conf['bootstrap_sign']:.2f}, margin "
-             f"{_f(conf['margin_sd'], '.3g')} per-layer sd. This is agreement between layers, not a guarantee: "
-             "the layer-wise errors ignore sequential calibration and error propagation.")
-    if "verify" in out:
-        v = out["verify"]
-        verdict = "RIGHT" if v["prediction_right"] else f"WRONG (regret {_f(v['regret_ppl'], '.3g')} perplexity)"
-        a = f"; measured A(Q->P) = {_f(v['A_QP_ppl'], '+.3g')}" if "A_QP_ppl" in v else ""
-        L.append(f"Verified with the real engine on {v['eval_tokens']} tokens: best {v['best']}{a}; prediction "
-                 f"{verdict}.")
-    L.append("")
-    dense_few = out["few_token_ppl"].get("dense")
-    L.append("Orders (layer-wise error summed over the measured layers" + (
-        "; perplexity predicted from it, on the few evaluation tokens' scale where the dense model has "
-        f"{dense_few:.4g}" if dense_few is not None else "") + ("; measured by --verify" if "verify" in out else "")
-        + "):")
-    if md:
-        L.append("")
-        L.append("| order | layer-wise error | predicted ppl | " + ("measured ppl |" if "verify" in out else "")
-                 + " PIH's pick |")
-        L.append("|---|---|---|" + ("---|" if "verify" in out else "") + "---|")
-    for o in out["orders"]:
-        meas_ppl = out["verify"]["ppl"][o["order"]] if "verify" in out else None
-        tag = ("*" if o["predicted_best"] else " ")
-        if md:
-            L.append(f"| {o['order']}{' (predicted best)' if o['predicted_best'] else ''} | "
-                     f"{o['layerwise_error']:.5g} | {_f(o['predicted_ppl'], '.4f')} | "
-                     + (f"{meas_ppl:.4f} | " if meas_ppl is not None else "") + ("yes" if o["pih_predicted"] else "")
-                     + " |")
-        else:
-            L.append(f" {tag} {o['order']:<70} E={o['layerwise_error']:<11.5g} ppl~{_f(o['predicted_ppl'], '.4f'):<9}"
-                     + (f" measured {meas_ppl:.4f}" if meas_ppl is not None else "")
-                     + ("  <- PIH" if o["pih_predicted"] else ""))
-    L.append("")
-    if out.get("quant_curve"):
-        qc = out["quant_curve"]
-        L.append(f"Quantization curve ({qc['quantizer']}, {meas['eval_tokens']} tokens): "
-                 + ", ".join(f"{bb} bits {p:.4g}" for bb, p in zip(qc["bits"], qc["ppl"], strict=True))
-                 + ("" if qc["monotone"] else f"  (NOT monotone: {qc['violations']})"))
-        for r in c:
-            if r["is_C_Q"]:
-                L.append(f"  {r['method']}: C_Q = {r['value']:.3g}")
-            elif r["value"] is not None:
-                L.append(f"  {r['method']}: CER = {r['value']:.3g} (alone: perplexity {r['ppl_alone_few_tokens']:.4g})")
-            else:
-                L.append(f"  {r['method']}: CER censored ({r['censored']} than the curve's edge {r['bound']:.3g})")
-        agree = "agrees" if out["pih_agrees"] else "DISAGREES"
-        L.append(f"PIH (weaker by CER first) would pick {out['pih_order']}: it {agree} with the layer-wise "
-                 "prediction." + (f" Measured: PIH {'right' if out['verify']['pih_right'] else 'wrong'}."
-                                  if "verify" in out and "pih_right" in out["verify"] else ""))
-    else:
-        L.append("No quantizer among the methods: no quantization curve, no CER, no PIH prediction.")
-    L.append("")
-    L.append(f"Measured: {meas['layers_used']} of {meas['layers_total']} linear layers ({out['weighting']} "
-             f"errors), calibration {meas['calibration']}; {meas['evaluations']} evaluations of "
-             f"{meas['eval_tokens']} tokens" + (" (only the measured layers compressed)"
-                                                if meas.get("partial_models") else "") + ".")
-    if "trying_every_order_s" in cost:
-        L.append(f"Cost: advise {cost['advise_s']:.1f} s (layer-wise {cost['layerwise_s']:.1f} s, evaluations "
-                 f"{cost['evals_s']:.1f} s, curve {cost['curve_s']:.1f} s) vs trying every order "
-                 f"{cost['trying_every_order_s']:.1f} s, both "
-                 f"measured: {cost['ratio_measured']:.1f}x cheaper. Model and data loading ({cost['setup_s']:.1f} s) "
-                 "is common to both and not counted.")
-    else:
-        L.append(f"Cost: advise {cost['advise_s']:.1f} s (layer-wise {cost['layerwise_s']:.1f} s, evaluations "
-                 f"{cost['evals_s']:.1f} s, curve {cost['curve_s']:.1f} s); trying every order: ESTIMATED "
-                 f"{cost['trying_every_order_estimate_s']:.1f}"
-                 f" s from this run's per-stage timings (not measured; run --verify to measure), about "
-                 f"{cost['ratio_estimated']:.1f}x. Loading ({cost['setup_s']:.1f} s) not counted.")
-    return L
-
-
-def _short(label: str) -> str:
-    for x in ("unstructured,", ",channel", ",asym", ",absmax"):
-        label = label.replace(x, "")
-    return label
-
-
-def human_report(out: dict) -> str:
-    head = f"pih advise: {out['model']}  methods {', '.join(out['methods'])}\n"
-    return head + "\n".join(_lines(out)) + "\n" + (f"store: {out['store']}\n" if out.get("store") else "") + (
-        f"report: {out['report']}\n" if out.get("report") else "")
-
-
-def write_report(out: dict, folder) -> Path:
-    """``folder/README.md`` (readable in two minutes) and PNGs: every order's predicted (and measured)
-    perplexity, the per-layer contributions, the quantization curve with each method's CER."""
-    import json
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    short = {o["order"]: " ->\n".join(_short(s) for s in o["order"].split(" -> ")) for o in out["orders"]}
-    # 1. orders: perplexity above the best order, predicted and (with --verify) measured
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(out["orders"]) + 2), 3.6))
-    xs = np.arange(len(out["orders"]))
-    have_ppl = all(o["predicted_ppl"] is not None for o in out["orders"])
-    pred = np.array([o["predicted_ppl"] if have_ppl else o["layerwise_error"] for o in out["orders"]], dtype=float)
-    wdt = 0.38 if "verify" in out else 0.6
-    ax.bar(xs - (wdt / 2 if "verify" in out else 0), pred - pred.min(), wdt, color="#8fb3d9",
-           label="predicted (layer-wise)" if have_ppl else "layer-wise error above the best (predicted)")
-    if not have_ppl and "verify" in out:
-        ax = ax.twinx()  # measured perplexity on its own axis: the units differ
-    if "verify" in out:
-        meas = np.array([out["verify"]["ppl"][o["order"]] for o in out["orders"]])
-        ax.bar(xs + wdt / 2, meas - meas.min(), wdt, label=f"measured ({out['verify']['eval_tokens']} tokens)",
-               color="#2b5d8a")
-    ax.set_xticks(xs, [short[o["order"]] + (" (*)" if o["predicted_best"] else "") for o in out["orders"]],
-                  fontsize=7)
-    ax.set_ylabel("perplexity above the best order" if have_ppl or "verify" in out else "layer-wise error above "
-                  "the best order")
-    ax.set_title("Loss of each order vs the best (*: recommended)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "orders.png", dpi=120)
-    plt.close(fig)
-    # 2. per-layer contributions
-    d = np.asarray(out["layers"]["diff_runner_up_minus_best"])
-    names = [n.replace("model.layers.", "").replace("self_attn.", "").replace("mlp.", "")
-             for n in out["layers"]["names"]]
-    fig, ax = plt.subplots(figsize=(max(5, 0.28 * len(d) + 2), 3.4))
-    ax.bar(np.arange(len(d)), d, color=["#2b8a3e" if v > 0 else "#c92a2a" for v in d])
-    ax.axhline(0, color="k", lw=0.6)
-    ax.set_xticks(np.arange(len(d)), names, rotation=90, fontsize=6)
-    ax.set_ylabel(f"{out['weighting']} error: runner-up - predicted")
-    ax.set_title(f"Per layer: green favours {short[out['recommendation']].replace(chr(10), ' ')}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(folder / "layers.png", dpi=120)
-    plt.close(fig)
-    figs = ["orders.png", "layers.png"]
-    # 3. the quantization curve and the CERs
-    if out.get("quant_curve"):
-        qc = out["quant_curve"]
-        fig, ax = plt.subplots(figsize=(5, 3.4))
-        ratios = [16 / b for b in qc["bits"]]
-        ax.plot(ratios, qc["ppl"], "o-", color="#2b5d8a", label=qc["quantizer"])
-        for bb, r, p in zip(qc["bits"], ratios, qc["ppl"], strict=True):
-            ax.annotate(f"{bb}b", (r, p), fontsize=7, textcoords="offset points", xytext=(3, 3))
-        for r in out["cer"]:
-            if not r["is_C_Q"]:
-                ax.axhline(r["ppl_alone_few_tokens"], color="#c92a2a", ls=":", lw=0.8)
-                x = r["value"] if r["value"] is not None else r["bound"]
-                ax.plot([x], [r["ppl_alone_few_tokens"]], "s", color="#c92a2a",
-                        label=f"{r['method']} CER {_f(r['value'], '.3g')}" + (
-                            f" (censored {r['censored']})" if r["censored"] else ""))
-        ax.set_xlabel("C_Q = 16/b")
-        ax.set_ylabel(f"perplexity ({out['measurement']['eval_tokens']} tokens)")
-        if max(qc["ppl"]) > 3 * min(qc["ppl"]):
-            ax.set_yscale("log")
-        ax.set_title("Where each method sits on the quantization curve", fontsize=9)
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(folder / "curve.png", dpi=120)
-        plt.close(fig)
-        figs.append("curve.png")
-    md = [f"# Which order? {', '.join(out['methods'])} on {out['model']}", ""]
-    for line in _lines(out, md=True):  # one paragraph per line; tables and list items as they are
-        if line.startswith("|"):
-            md.append(line)
-        elif line.startswith("  "):
-            md.append("- " + line.strip())
-        else:
-            if md and md[-1].startswith(("|", "- ")):
-                md.append("")
-            md += [line, ""] if line else []
-    md += ["", "![every order](orders.png)", "", "![per layer](layers.png)", ""]
-    if "curve.png" in figs:
-        md += ["![quantization curve](curve.png)", ""]
-    md += ["## How this was measured", "",
-           "Layer-wise: one pass over the calibration windows on the dense model; for each measured linear layer "
-           "every order is applied to its dense weight with the bridge's compressors (masks kept by later stages, "
-           "SparseGPT's updates snapped back onto an earlier quantizer's grid), scored by tr(dW H dW^T) with the "
-           "dense Hessian H. The evaluations place each method alone on the first quantizer's curve (CER, "
-           "C_Q = 16/b). `--verify` runs every order with the sequential engine. A(Q->P) = ppl(P first) - "
-           "ppl(Q first): positive means quantizing first is better.", "",
-           "Provenance: `advise.json` (everything printed above, per-layer errors included) and the records store "
-           f"`{out.get('store') or '(none)'}`.", ""]
-    (folder / "README.md").write_text("\n".join(md))
-    (folder / "advise.json").write_text(json.dumps(out, indent=1, default=str, allow_nan=True))
-    return folder

@@ -515,7 +515,7 @@ def image_folder(path: Path, where: str, cache: str | None = None) -> ImageSourc
     subfolders of that layout, those are its splits, otherwise the whole folder is its ``all`` split."""
     import hashlib
 
-    from .models import file_digest
+    from ._common import file_digest
 
     subs = {p.name: p for p in _class_folders(path)}
     test_name = next((n for n in ("test", "val", "validation") if n in subs), None)

@@ -1,5 +1,7 @@
 """Evaluation: perplexity with the GPTQ/Wanda protocol, and top-1 accuracy for classifiers.
 
+Also :func:`calib_loss`, the loss block removal ranks blocks by.
+
 Perplexity: the evaluation text is tokenized once, cut into non-overlapping windows of ``seqlen`` tokens from its
 start (at most ``max_tokens`` tokens), and each window is scored on its own; the mean token cross-entropy of a
 window (seqlen − 1 predicted tokens) is averaged over windows, and ppl = exp(mean), exactly as the GPTQ, SparseGPT
@@ -14,8 +16,7 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
-from .engine import model_inputs
-from .models import LoadedModel
+from .models import LoadedModel, model_inputs
 
 
 def token_losses(lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:
@@ -57,3 +58,20 @@ def accuracy(lm: LoadedModel, images: torch.Tensor, labels: torch.Tensor, batch_
             logits = lm.model(**model_inputs(lm, images[s : s + batch_size])).logits
             correct += int((logits.argmax(-1).cpu() == labels[s : s + batch_size]).sum())
     return {"accuracy": correct / images.shape[0], "n_images": int(images.shape[0])}
+
+
+def calib_loss(lm: LoadedModel, calib: torch.Tensor, batch_size: int, labels: torch.Tensor | None = None) -> float:
+    """Mean cross-entropy of the model on the calibration set (tokens for LMs, labels for classifiers)."""
+    tot, n = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, calib.shape[0], batch_size):
+            x = calib[s : s + batch_size]
+            if lm.arch == "llama":
+                tot += float(token_losses(lm, x).sum())
+                n += x[:, 1:].numel()
+            else:
+                logits = lm.model(**model_inputs(lm, x)).logits.float()
+                y = labels[s : s + batch_size].to(logits.device)
+                tot += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+                n += y.numel()
+    return tot / n

@@ -416,7 +416,7 @@ class Runner:
         return {k: v.detach().clone() for k, v in self.lm.model.state_dict().items()}
 
     def _restore(self, snap) -> Any:
-        from .engine import set_removed
+        from .blocks import set_removed
 
         sd, state = snap
         self.lm.model.load_state_dict(sd)
@@ -469,17 +469,13 @@ class Runner:
     def sensitivities(self) -> dict:
         """λ per input column of each layer: mean squared dense calibration input (computed once)."""
         if self._lam is None:
-            from .engine import capture_block_inputs, collect_stats, run_block
-            from .models import linears_of
+            from .blocks import walk
 
             self._restore(self._snaps[self._base_key])
-            inps = capture_block_inputs(self.lm, self.calib, self.settings.batch_size)
             lam = {}
-            for i, blk in enumerate(self.lm.blocks()):
-                st = collect_stats(blk, inps, hessian=False)
-                for n in linears_of(blk):
-                    lam[f"{self.lm.block_name(i)}.{n}"] = st[n].norm2.cpu()
-                inps = run_block(blk, inps)
+            for step in walk(self.lm, self.calib, self.settings.batch_size, stats="norms", sequential=False):
+                for n in step.layers:
+                    lam[step.full(n)] = step.stats[n].norm2.cpu()
             self._lam = lam
         return self._lam
 

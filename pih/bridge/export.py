@@ -17,42 +17,20 @@ import numpy as np
 import torch
 
 from ._common import bad
-from .conv import input_rows, weight_matrix
-from .engine import capture_block_inputs, run_block
-from .models import LoadedModel, linears_of
-
-
-def _grabber(bucket: list):
-    def hook(mod, args, out):  # a conv's rows are its unfolded receptive fields (pih.bridge.conv)
-        bucket.append(input_rows(mod, args[0].detach())[0].float().cpu())
-
-    return hook
+from .blocks import walk
+from .conv import weight_matrix
+from .models import LoadedModel
 
 
 def export_layers(lm: LoadedModel, calib: torch.Tensor, path: str | Path, layers: list[str] | None = None,
                   max_tokens: int = 4096, meta: dict | None = None) -> Path:
     """Write the ``W::``/``X::`` arrays of ``layers`` (default: every compressible linear) to ``path``."""
     out: dict[str, np.ndarray] = {}
-    inps = capture_block_inputs(lm, calib, 8)
     wanted = set(layers) if layers else None
-    for i, blk in enumerate(lm.blocks()):
-        lins = linears_of(blk)
-        names = {n: f"{lm.block_name(i)}.{n}" for n in lins}
-        todo = {n: m for n, m in lins.items() if wanted is None or names[n] in wanted}
-        if todo:
-            got: dict[str, list[torch.Tensor]] = {n: [] for n in todo}
-            hooks = [m.register_forward_hook(_grabber(got[n])) for n, m in todo.items()]
-            try:
-                outs = run_block(blk, inps)
-            finally:
-                for h in hooks:
-                    h.remove()
-            for n, m in todo.items():
-                out[f"W::{names[n]}"] = weight_matrix(m).detach().float().cpu().numpy()
-                out[f"X::{names[n]}"] = torch.cat(got[n])[:max_tokens].numpy()
-        else:
-            outs = run_block(blk, inps)
-        inps = outs
+    for step in walk(lm, calib, 8, stats="rows", sequential=False, layers=wanted):
+        for n, m in step.layers.items():  # a conv's rows are its unfolded receptive fields (pih.bridge.conv)
+            out[f"W::{step.full(n)}"] = weight_matrix(m).detach().float().cpu().numpy()
+            out[f"X::{step.full(n)}"] = torch.cat(step.stats[n].rows)[:max_tokens].numpy()
     if wanted is not None:
         missing = wanted - {k[3:] for k in out if k.startswith("W::")}
         if missing:

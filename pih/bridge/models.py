@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._common import bad, cache_dir, offline_env, resolve_device, resolve_dtype
+from ._common import bad, cache_dir, file_digest, offline_env, resolve_device, resolve_dtype  # noqa: F401
 from .families import FAMILIES, GGUF_ARCHS, Family, family_of
 
 offline_env()
@@ -110,6 +110,13 @@ class LoadedModel:
             if mod is self.blocks():
                 return name
         raise RuntimeError("blocks not found")  # pragma: no cover
+
+
+def model_inputs(lm: LoadedModel, batch: torch.Tensor) -> dict[str, Any]:
+    """The keyword arguments of ``lm.model``'s forward pass for a batch: token ids, or pixel values in its dtype."""
+    if lm.arch == "llama":
+        return {"input_ids": batch.to(lm.device)}
+    return {"pixel_values": batch.to(lm.device, dtype=next(lm.model.parameters()).dtype)}
 
 
 def blocks_of(model: nn.Module, arch: str, family: Family | None = None) -> nn.ModuleList:
@@ -226,46 +233,6 @@ def check_finite(model: nn.Module, where: str) -> None:
             n_nan = int(torch.isnan(t).sum())
             n_inf = int((~finite).sum()) - n_nan
             raise bad("model", where, f"tensor {name} {tuple(t.shape)} holds {n_nan} NaN and {n_inf} Inf values")
-
-
-def _identity_cache_path(cache: str | None) -> Path:
-    return cache_dir(cache) / "identity-cache.json"
-
-
-def file_digest(path: Path, cache: str | None = None) -> str:
-    """SHA-256 of a file's full content, streamed in 4 MiB chunks; cached by (resolved path, size, mtime) in the
-    bridge's cache folder, so a second load of an unchanged file only stats it."""
-    import hashlib
-
-    real = path.resolve()
-    st = real.stat()
-    key = str(real)
-    store = _identity_cache_path(cache)
-    try:
-        table = json.loads(store.read_text()) if store.is_file() else {}
-    except (json.JSONDecodeError, OSError):
-        table = {}
-    hit = table.get(key)
-    if isinstance(hit, list) and hit[:2] == [st.st_size, st.st_mtime_ns]:
-        return hit[2]
-    h = hashlib.sha256()
-    with open(real, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    digest = h.hexdigest()
-    try:  # re-read and write atomically: another process may have added entries meanwhile
-        table = json.loads(store.read_text()) if store.is_file() else {}
-    except (json.JSONDecodeError, OSError):
-        table = {}
-    table = {k: v for k, v in table.items() if os.path.exists(k)}  # forget files that are gone
-    table[key] = [st.st_size, st.st_mtime_ns, digest]
-    tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(table))
-        tmp.replace(store)
-    except OSError:  # a read-only cache: the digest is still right, only not remembered
-        pass
-    return digest
 
 
 def content_identity(weights: list[Path], others: list[Path], cache: str | None = None) -> str:

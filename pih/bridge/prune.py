@@ -17,8 +17,20 @@ from .quant import prepare_hessian
 from .sweep import obs_sweep, obs_sweep_compiled, select_smallest, use_compiled
 
 
-def _rand_like(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+def _rand_like(x: torch.Tensor, gen: torch.Generator | torch.Tensor | None) -> torch.Tensor:
+    """Uniform tie-break keys for the entries of ``x``, drawn from ``gen``; or ``gen`` itself when it is a tensor of
+    priorities laid out like ``x`` in row-major order (the registry's explicit priorities: what the parity suite
+    gives the simulation and the bridge alike)."""
+    if isinstance(gen, torch.Tensor):
+        if gen.numel() != x.numel():
+            raise ValueError(f"{gen.numel()} tie-break priorities for {x.numel()} entries")
+        return gen.reshape(x.shape).to(x.device)
     return torch.rand(x.shape, generator=gen, device="cpu").to(x.device)
+
+
+def _cols(gen, i1: int, i2: int):
+    """The tie-break keys of columns ``i1:i2``: the priorities' slice, or the generator itself."""
+    return gen[:, i1:i2] if isinstance(gen, torch.Tensor) else gen
 
 
 SELECTIONS = ("exact", "reference")
@@ -146,7 +158,10 @@ def sparsegpt(w: torch.Tensor, H: torch.Tensor, ratio: float, nm: tuple[int, int
         if nm is None:  # one mask for the whole block, from w²/[H⁻¹]_jj² at the block's start
             tmp = _prep_metric(Wb.t() ** 2 / d[None, i1:i2] ** 2, E[:, i1:i2])
             k = int(tmp.numel() * ratio)
-            sel = reference_mask(tmp, k, "threshold") if selection == "reference" else smallest_mask(tmp, k, None, gen)
+            if selection == "reference":
+                sel = reference_mask(tmp, k, "threshold")
+            else:
+                sel = smallest_mask(tmp, k, None, _cols(gen, i1, i2))
             mask1 = sel | E[:, i1:i2]
         else:
             mask1 = E[:, i1:i2].clone()
@@ -162,7 +177,7 @@ def sparsegpt(w: torch.Tensor, H: torch.Tensor, ratio: float, nm: tuple[int, int
         if nm is not None and i % nm[1] == 0:  # N:M: the group's mask from its current weights
             j = slice(c, c + nm[1])
             tmp = _prep_metric(Wb[i : i + nm[1]].t() ** 2 / d[None, j] ** 2, E[:, j])
-            M[:, j] |= _nm_mask(tmp, nm, gen, selection)
+            M[:, j] |= _nm_mask(tmp, nm, _cols(gen, c, c + nm[1]), selection)
         return Wb[i].masked_fill(mb[i], 0)
 
     W = obs_sweep(W, Hinv, blocksize, column, start_block)

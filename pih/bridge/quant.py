@@ -127,7 +127,10 @@ def rtn(w: torch.Tensor, bits: int, group="channel", symmetric: bool = True, sca
     if rounding != "stochastic":
         raise bad("rounding", rounding, "must be 'nearest' or 'stochastic'")
     s, z = grid.expand()
-    noise = torch.rand(w.shape, generator=generator, device="cpu").to(w.device)
+    if isinstance(generator, torch.Tensor):  # explicit uniform noise, one per entry (the parity suite's)
+        noise = generator.reshape(w.shape).to(w.device, torch.float32)
+    else:
+        noise = torch.rand(w.shape, generator=generator, device="cpu").to(w.device)
     q = _qdq(w.float(), s, z, grid.maxq, noise).to(w.dtype)
     return (q.masked_fill(mask, 0) if mask is not None else q), grid
 

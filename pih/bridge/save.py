@@ -212,7 +212,7 @@ def _copy_side_files(lm: LoadedModel, folder: Path) -> None:
 
 # -- the whole export -------------------------------------------------------------------------------------------
 def _probe_logits(model, lm: LoadedModel, probe) -> torch.Tensor:
-    from .engine import model_inputs
+    from .models import model_inputs
 
     with torch.no_grad():
         return model(**model_inputs(lm, probe)).logits.float().cpu()

@@ -171,7 +171,7 @@ def obs_sweep_compiled(W: torch.Tensor, Hinv: torch.Tensor, blocksize: int, mask
                        scale: torch.Tensor | None = None, zero: torch.Tensor | None = None, maxq: int = 0,
                        start_block: Callable[[int, int, torch.Tensor], None] | None = None,
                        nm: tuple[int, int] | None = None, existing: torch.Tensor | None = None,
-                       gen: torch.Generator | None = None, topk: bool = False) -> torch.Tensor:
+                       gen: torch.Generator | torch.Tensor | None = None, topk: bool = False) -> torch.Tensor:
     """:func:`obs_sweep` with a fixed per-column rule, each block's column loop compiled (:func:`_block_loop`).
 
     Column c becomes ``_qdq(w, scale[:, c], zero[:, c], maxq)`` when ``scale`` is given (GPTQ), else ``w`` itself
@@ -199,7 +199,11 @@ def obs_sweep_compiled(W: torch.Tensor, Hinv: torch.Tensor, blocksize: int, mask
                 start_block(i1, i2, Wb)
             R = empty
             if nm is not None and nm_k > 0 and not topk:  # one key per entry and group, as select_smallest draws
-                R = torch.rand(((i2 - i1) // nm_m, rows, nm_m), generator=gen, device="cpu").to(W.device)
+                if isinstance(gen, torch.Tensor):  # explicit priorities (rows, cols): group g's columns
+                    R = gen[:, i1:i2].reshape(rows, (i2 - i1) // nm_m, nm_m).permute(1, 0, 2).contiguous()
+                    R = R.to(W.device, torch.float32)
+                else:
+                    R = torch.rand(((i2 - i1) // nm_m, rows, nm_m), generator=gen, device="cpu").to(W.device)
             Qb, Err = loop(Wb, Hb, mask[:, i1:i2].t(), S[:, i1:i2].t() if quant else empty,
                            Z[:, i1:i2].t() if quant else empty, float(maxq), quant, nm_m, nm_k, topk,
                            d[i1:i2] if nm is not None else empty, E[:, i1:i2].t(), R)

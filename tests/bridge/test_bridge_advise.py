@@ -105,7 +105,8 @@ def test_layerwise_matches_engine_on_block0(tiny, calib):
     """q/k/v of block 0 see the same (embedding) inputs in every stage of the engine, so the layer-wise composed
     weights must equal the engine's: the errors computed from the engine's weights agree to float precision."""
     from pih.bridge.advise import _out_err, measure_layerwise
-    from pih.bridge.engine import BridgeSettings, CompressionState, apply_stage, capture_block_inputs, collect_stats
+    from pih.bridge.blocks import capture_block_inputs, collect_stats
+    from pih.bridge.engine import BridgeSettings, CompressionState, apply_stage
     S = BridgeSettings()
     specs = [Prune(0.5, criterion="sparsegpt"), Quantize(3, symmetric=False, update="gptq")]
     names = [f"{tiny.block_name(0)}.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj")]

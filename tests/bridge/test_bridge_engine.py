@@ -4,14 +4,8 @@ import pytest
 import torch
 
 from pih import PihError, Prune, Quantize, RemoveBlocks
-from pih.bridge.engine import (
-    BridgeSettings,
-    apply_pipeline,
-    capture_block_inputs,
-    collect_stats,
-    effective_weights,
-    layer_names,
-)
+from pih.bridge.blocks import capture_block_inputs, collect_stats, layer_names
+from pih.bridge.engine import BridgeSettings, apply_pipeline, effective_weights
 from pih.bridge.evaluate import perplexity
 from pih.bridge.models import linears_of
 
@@ -66,7 +60,7 @@ def test_block_removal_and_mild_quantization_commute(tiny, calib, evalw):
     w_pq, ppl_pq = _weights(tiny), perplexity(tiny, evalw)["ppl"]
     assert len(s_pq.removed) == 1 and all(torch.all(s_pq.masks[n]) for n in layer_names(tiny)
                                           if n.startswith(f"{tiny.blocks_path()}.{s_pq.removed[0]}."))
-    from pih.bridge.engine import set_removed
+    from pih.bridge.blocks import set_removed
 
     tiny.model.load_state_dict(base)
     set_removed(tiny, [])
@@ -86,7 +80,9 @@ def test_block_removal_and_mild_quantization_commute(tiny, calib, evalw):
 def test_block_removal_from_cached_inputs_matches_full_forward_passes(tiny, calib):
     """The greedy search scores each candidate from the cached input of its block (only the later blocks run): the
     same losses as full forward passes of the model without it, so the same blocks are removed."""
-    from pih.bridge.engine import CompressionState, apply_stage, calib_loss, set_removed
+    from pih.bridge.blocks import set_removed
+    from pih.bridge.engine import CompressionState, apply_stage
+    from pih.bridge.evaluate import calib_loss
 
     n = len(tiny.blocks())
     removed, losses = [], []
@@ -104,7 +100,7 @@ def test_block_removal_from_cached_inputs_matches_full_forward_passes(tiny, cali
 
 
 def test_removed_block_passes_input_through(tiny, calib):
-    from pih.bridge.engine import run_block, set_removed
+    from pih.bridge.blocks import run_block, set_removed
 
     inps = capture_block_inputs(tiny, calib, 4)
     set_removed(tiny, [0])
@@ -116,26 +112,26 @@ def test_removed_block_passes_input_through(tiny, calib):
 
 def test_sequential_calibration_sees_compressed_inputs(tiny, calib):
     """Block 1's calibration inputs are the outputs of the already-compressed block 0."""
-    from pih.bridge.engine import run_block
+    from pih.bridge.blocks import run_block, stats_and_outputs
 
     inps = capture_block_inputs(tiny, calib, 8)
     blk0, blk1 = tiny.blocks()[0], tiny.blocks()[1]
     dense_h = collect_stats(blk1, run_block(blk0, inps), True)
     seen = {}
-    orig = collect_stats
+    orig = stats_and_outputs
 
-    import pih.bridge.engine as eng
+    import pih.bridge.blocks as blocks
 
-    def spy(block, inps_, hessian):
-        st = orig(block, inps_, hessian)
+    def spy(block, inps_, hessian, only=None, collector=None):
+        st, outs = orig(block, inps_, hessian, only, collector)
         seen[id(block)] = st
-        return st
+        return st, outs
 
-    eng.collect_stats = spy
+    blocks.stats_and_outputs = spy
     try:
         apply_pipeline(tiny, (Prune(0.6, "sparsegpt"),), calib, progress=False)
     finally:
-        eng.collect_stats = orig
+        blocks.stats_and_outputs = orig
     got = seen[id(blk1)]
     name = next(iter(linears_of(blk1)))
     assert not torch.allclose(got[name].H, dense_h[name].H)  # block 0 was pruned before block 1 was calibrated

@@ -27,7 +27,8 @@ def test_the_table_covers_the_families_asked_for():
 
 @pytest.mark.parametrize("mt", sorted(FAMILY_CONFIGS))
 def test_family_plumbing_rotation_and_compression(mt, tmp_path):
-    from pih.bridge.engine import apply_pipeline, capture_block_inputs, run_block
+    from pih.bridge.blocks import capture_block_inputs, run_block
+    from pih.bridge.engine import apply_pipeline
     from pih.bridge.evaluate import perplexity, token_losses
     from pih.bridge.families import FAMILIES
     from pih.bridge.models import load_model

@@ -49,8 +49,8 @@ def _calib(lm, digits, n=48):
 
 # -- the 2-D view and the unfolded Hessian ---------------------------------------------------------------------
 def test_unfolded_hessian_equals_explicit_patches():
+    from pih.bridge.blocks import _Stats
     from pih.bridge.conv import weight_matrix
-    from pih.bridge.engine import _Stats
 
     g = torch.Generator().manual_seed(0)
     conv = nn.Conv2d(2, 3, kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), bias=False)
@@ -97,7 +97,7 @@ def test_weight_view_round_trip_and_refusals():
 
 # -- loading -----------------------------------------------------------------------------------------------------
 def test_resnet_loads_blocks_and_local_folder(resnet, resnet_folder, tmp_path, digits):
-    from pih.bridge.engine import layer_names
+    from pih.bridge.blocks import layer_names
     from pih.bridge.models import load_model
 
     info = json.loads((resnet_folder / "train_info.json").read_text())

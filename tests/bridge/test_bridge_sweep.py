@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pih.bridge import sweep
-from pih.bridge.engine import BridgeSettings, _Stats, stats_and_outputs
+from pih.bridge.blocks import _Stats, stats_and_outputs
+from pih.bridge.engine import BridgeSettings
 from pih.bridge.models import linears_of
 from pih.bridge.prune import magnitude, reference_mask, sparsegpt, wanda
 from pih.bridge.quant import gptq, prepare_hessian
@@ -147,7 +148,7 @@ def _separate_stats(block, inps, hessian):
 def test_layers_fed_the_same_input_share_one_hessian(tiny, calib):
     """q/k/v and gate/up: one statistics object each, bitwise equal to the per-layer statistics; o_proj and
     down_proj (other inputs) have their own; the outputs are those of the block."""
-    from pih.bridge.engine import capture_block_inputs, run_block
+    from pih.bridge.blocks import capture_block_inputs, run_block
 
     inps = capture_block_inputs(tiny, calib, 4)
     block = tiny.blocks()[0]

@@ -61,9 +61,9 @@ def test_command_line_spelling():
 
 def test_plugin_from_a_file(tmp_path):
     f = tmp_path / "my_pruner.py"
-    f.write_text("from pih import registry\n"
+    f.write_text("from pih import registry\nfrom pih.methods import parse_ratio_or_nm\n"
                  "registry.register_method(registry.Method('random-drop', 'prune', 'none', ('unstructured',),"
-                 " parse=registry._parse_prune))\n")
+                 " parse=parse_ratio_or_nm))\n")
     with registry.scoped():
         registry.load_plugin(str(f))
         registry.load_plugin(str(f))  # twice: a no-op, not a duplicate
