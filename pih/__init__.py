@@ -5,6 +5,9 @@ search, and one record type with a crash-safe store. The JAX simulation lives in
 ``pih.bridge`` (imported only when used).
 """
 
+from . import registry  # noqa: E402  (the method registry: pih.registry.register_method, register_kernel, ...)
+from .advice import Advice, evidence
+from .analysis import GridAnalysis, GridPoint, LineTest, SeedSummary, analyze_grid, order_advantage_of, seed_summary
 from .errors import PihError, ProtocolMismatch, check_tensor
 from .methods import (
     Joint,
@@ -53,10 +56,36 @@ from .records import (
     require_same_protocol,
     run_sweep,
 )
+from .stats import (  # noqa: E402
+    ClusterBootstrap,
+    PermutationTest,
+    SeedStat,
+    cluster_bootstrap,
+    noise_floor,
+    permutation_test,
+    seed_stat,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "registry",
+    "Advice",
+    "evidence",
+    "GridAnalysis",
+    "GridPoint",
+    "LineTest",
+    "SeedSummary",
+    "analyze_grid",
+    "order_advantage_of",
+    "seed_summary",
+    "SeedStat",
+    "ClusterBootstrap",
+    "PermutationTest",
+    "noise_floor",
+    "seed_stat",
+    "permutation_test",
+    "cluster_bootstrap",
     "CER",
     "Granularity",
     "Joint",

@@ -15,3 +15,14 @@ def test_import_check_can_fail():
     code = "import pih, numpy, sys; import scipy; assert 'scipy' not in sys.modules"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True)
     assert r.returncode != 0
+
+
+def test_the_public_api_is_exported():
+    """What users call is importable from the package itself (docs/core-api.md)."""
+    import pih
+
+    for name in ("Prune", "Quantize", "Store", "run_sweep", "analyze_grid", "order_advantage_of", "seed_summary",
+                 "noise_floor", "cluster_bootstrap", "permutation_test", "evidence", "Advice", "registry",
+                 "pair_decomposition", "owner_errors"):
+        assert name in pih.__all__ and hasattr(pih, name), name
+    assert callable(pih.registry.kernel_for)
