@@ -1,5 +1,8 @@
-"""Tables and plots of the bridge experiments: reads experiments/measured/<name>.json (the JSON documents that
-``pih run CONFIG --format json`` printed) and writes experiments/measured/README.md and PNG plots.
+"""Tables of the bridge experiments: reads experiments/measured/<name>.json (the summaries that
+experiments/summarize_runs.py writes from what ``pih run CONFIG --format json`` printed) and writes
+experiments/measured/README.md: per experiment every pipeline's metric over seeds, and per model the grid's seed
+summary (each point's mean A(Q→P), noise floor, verdict, CER gap; the pooled ρ and the decided line tests). The
+plots are summarize_runs.py's.
 
     python experiments/report_bridge.py
 """
@@ -9,11 +12,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "measured"
 
@@ -27,67 +25,43 @@ def _f(x, nd=3):
 
 
 def _points_table(doc) -> list[str]:
+    """Every pipeline's metric per model: mean ± sd over the calibration seeds."""
+    import numpy as np
+
     k = doc.get("metric", "ppl")
-    lines = [f"| order | pipeline | {k} | sparsity |", "|---|---|---|---|"]
+    by: dict = {}
     for p in doc["points"]:
-        rb = f" (removed blocks {p['removed_blocks']})" if p.get("removed_blocks") else ""
-        lines.append(f"| {p['order']} | {p['pipeline']}{rb} | {_f(p[k], 4)} | {_f(p.get('sparsity'))} |")
+        if p.get(k) is None:
+            continue
+        by.setdefault((p.get("model") or doc["provenance"]["model"], p["order"], p["pipeline"]), []).append(p[k])
+    lines = [f"| model | order | pipeline | {k} (mean ± sd over seeds) | n |", "|---|---|---|---|---|"]
+    for (m, o, pl), v in by.items():
+        sd = f" ± {np.std(v, ddof=1):.4f}" if len(v) > 1 else ""
+        lines.append(f"| {m.split('@')[0]} | {o} | {pl} | {np.mean(v):.4f}{sd} | {len(v)} |")
     return lines
 
 
-def _trend(doc) -> list[str]:
-    from pih import monotonicity
-
-    pairs = [r for r in doc.get("pairs", []) if r.get("cer_minus_cq") is not None]
-    if len(pairs) < 3:
+def _grid_table(g, scale: float) -> list[str]:
+    ss = g.get("seed_summary")
+    if not ss or not ss.get("points"):
         return []
-    m = monotonicity([r["cer_minus_cq"] for r in pairs], [r["A_QP"] for r in pairs], n_boot=1000, seed=0)
-    return [f"PIH trend test over the {len(pairs)} pairs with an uncensored CER: Spearman rho(CER_P − C_Q, A(Q→P)) "
-            f"= {m.rho:+.3f} (95 % bootstrap CI {m.rho_ci[0]:+.3f} .. {m.rho_ci[1]:+.3f}); concordant pairs "
-            f"{m.concordant_fraction:.2f}. The hypothesis predicts rho > 0 (pruning-stronger pairs favour Q first).",
-            ""]
-
-
-def _pairs_table(doc) -> list[str]:
-    k = doc.get("metric", "ppl")
-    lines = [f"| prune | bits | {k} P first | {k} Q first | A(Q→P) | CER_P | C_Q | CER_P − C_Q | T1 A(P→Q) [err] "
-             "| ΔPQ | ΔQP | A(P→Q) actual [err] |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in doc.get("pairs", []):
-        an = r.get("analysis", {})
-        cer = r.get("cer_P", {})
-        cer_s = _f(cer.get("value"), 2) if cer.get("value") is not None else f"censored ({cer.get('censored')})"
-        lines.append(
-            f"| {r['prune']} | {r['quant']} | {_f(r[k + '_P_first'], 4)} | {_f(r[k + '_Q_first'], 4)} | "
-            f"{_f(r['A_QP'], 4)} | "
-            f"{cer_s} | {_f(r.get('C_Q'), 2)} | {_f(r.get('cer_minus_cq'), 2)} | {_f(an.get('A_PQ_t1'), 1)} | "
-            f"{_f(an.get('delta_PQ'), 1)} | {_f(an.get('delta_QP'), 1)} | {_f(an.get('A_PQ_error_actual'), 1)} |")
-    return lines
-
-
-def _plot_trend(doc, path: Path) -> None:
-    pairs = doc.get("pairs", [])
-    if not pairs:
-        return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ratios = sorted({r["prune"] for r in pairs})
-    for p in ratios:
-        rs = sorted((r for r in pairs if r["prune"] == p), key=lambda r: r["quant"])
-        axes[0].plot([r["quant"] for r in rs], [r["A_QP"] for r in rs], marker="o", label=f"p={p}")
-    axes[0].axhline(0, color="k", lw=0.5)
-    axes[0].set_xlabel("bits")
-    axes[0].set_ylabel("A(Q→P) = M(Q first) − M(P first)")
-    axes[0].legend()
-    axes[0].set_title(doc["experiment"])
-    xs = [r["cer_minus_cq"] for r in pairs if r.get("cer_minus_cq") is not None]
-    ys = [r["A_QP"] for r in pairs if r.get("cer_minus_cq") is not None]
-    axes[1].scatter(xs, ys)
-    axes[1].axhline(0, color="k", lw=0.5)
-    axes[1].set_xlabel("CER_P − C_Q (uncensored pairs only)")
-    axes[1].set_ylabel("A(Q→P)")
-    axes[1].set_title(f"{len(xs)} of {len(pairs)} pairs have an uncensored CER")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pooled = ss.get("pooled") or {}
+    ci = pooled.get("ci") or [None, None]
+    out = [f"### {g['model']}: A(Q→P) over seeds {ss['seeds']}", "",
+           f"{ss['n_above_floor']} of {ss['n_points']} points above their noise floor "
+           f"({ss['n_quantize_first_wins_above_floor']} quantize-first, {ss['n_prune_first_wins_above_floor']} "
+           f"prune-first wins), {ss['n_censored']} censored; pooled ρ(A, C*_P − C_Q) = {_f(pooled.get('value'))} "
+           f"[{_f(ci[0])}, {_f(ci[1])}] ({pooled.get('cluster')} clusters); {ss['noise_rule']}.", "",
+           "| p | bits | A(Q→P) mean | floor | above floor | C*_P − C_Q | censored |", "|---|---|---|---|---|---|---|"]
+    for p in ss["points"]:
+        a = p["A_qp"]
+        out.append(f"| {p['ratio']:g} | {p['bits']} | {_f(a['mean'] * scale, 4)} | {_f((a['floor'] or 0) * scale, 4)} "
+                   f"| {'yes' if a['above_floor'] else 'no'} | {_f(p.get('gap'), 2)} | {p.get('censored') or ''} |")
+    tests = [ln for ln in ss.get("lines") or [] if ln.get("test") and ln["test"]["direction"] != "not decidable"]
+    out += ["", f"Line tests: {len(ss.get('lines') or [])} lines, decided: "
+            + (", ".join(f"{ln['fixed']} along {ln['along']}: {ln['test']['direction']} (ρ {ln['test']['rho']:+.2f},"
+                         f" p {ln['test']['p_two_sided']:.3f})" for ln in tests) or "none") + ".", ""]
+    return out
 
 
 def main() -> int:
@@ -105,18 +79,20 @@ def main() -> int:
         out.append("")
     for name, doc in docs.items():
         prov = doc["provenance"]
-        out += [f"## {name}", "", f"model `{prov['model']}`, data `{prov['data']}`, seqlen {prov['seqlen']}, "
+        models = ", ".join(f"`{m}`" for m in doc.get("models") or [prov["model"]])
+        out += [f"## {name}", "", f"models {models}, data `{prov['data']}`, seqlen {prov['seqlen']}, "
                 f"eval tokens {prov['settings'].get('eval_tokens')}, calibration `{prov['calibration']}` × "
-                f"{prov['calibration_size']}, seed {prov['seed']}, settings `{json.dumps(prov['settings']['bridge'])}`"
-                f"{', rotated' if prov['settings'].get('rotate') else ''}.", ""]
+                f"{prov['calibration_size']}, calibration seeds {doc.get('seeds')}, settings "
+                f"`{json.dumps(prov['settings']['bridge'])}`{', rotated' if prov['settings'].get('rotate') else ''}.",
+                ""]
         for n in doc.get("notes", []) + ([doc["note"]] if doc.get("note") else []):
             out += [f"Note: {n}", ""]
         out += _points_table(doc) + [""]
-        if doc.get("pairs"):
-            out += _pairs_table(doc) + [""] + _trend(doc)
-            png = HERE / f"{name}.png"
-            _plot_trend(doc, png)
-            out += [f"![{name}]({png.name})", ""]
+        scale = 100.0 if doc.get("metric") == "accuracy" else 1.0
+        for g in doc.get("grids") or []:
+            out += _grid_table(g, scale)
+        if (HERE / f"{name}.png").exists() and doc.get("grids"):
+            out += [f"![{name}]({name}.png) (drawn by experiments/summarize_runs.py)", ""]
     (HERE / "README.md").write_text("\n".join(out) + "\n")
     print(f"wrote {HERE / 'README.md'}")
     return 0
