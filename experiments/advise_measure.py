@@ -46,15 +46,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="experiments/measured/advise_tiny_llama.json")
     ap.add_argument("--model", default="tiny-llama:kjv")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="calibration seeds (model fixed)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="calibration seeds")
+    ap.add_argument("--model-seed", type=int, default=0, help="the tiny model's training seed")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
     for (prunes, quants), seed in [(c, s) for c in CASES for s in args.seeds]:
         methods = tuple(parse_prune(p) for p in prunes) + tuple(parse_quantize(q) for q in quants)
         t0 = time.time()
-        quick = advise(AdviseConfig(model=args.model, methods=methods, seed=seed), verify=True, progress=False)
-        full = advise(AdviseConfig(model=args.model, methods=methods, layer_fraction=1.0, seed=seed), verify=False,
+        quick = advise(AdviseConfig(model=args.model, methods=methods, seed=seed, model_seed=args.model_seed),
+                       verify=True, progress=False)
+        full = advise(AdviseConfig(model=args.model, methods=methods, layer_fraction=1.0, seed=seed,
+                                   model_seed=args.model_seed), verify=False,
                       progress=False)
         v = quick["verify"]
         real = v["ppl"]
@@ -130,7 +133,7 @@ def main() -> None:
                   "(16384 tokens, sequential engine) in one process, one torch thread; 'all_layers' repeats advise "
                   "on every layer against the same verified perplexities. Cost ratio = verify wall time / advise "
                   "wall time (model loading excluded, common to both).",
-           "model": rows and rows[0] and args.model, "provenance": quick["provenance"],
+           "model": args.model, "model_seed": args.model_seed, "provenance": quick["provenance"],
            "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1,
                        "cpus": os.cpu_count()},
            "summary": summary, "rows": rows}

@@ -56,7 +56,8 @@ MAX_METHODS = 4
 class AdviseConfig:
     model: str
     methods: tuple
-    seed: int = 0
+    seed: int = 0  # the calibration seed
+    model_seed: int = 0  # the tiny models' training seed (ignored for model folders, GGUF files and hub ids)
     eval: str = "kjv"
     calibration: str = "kjv"
     seqlen: int = 128
@@ -238,7 +239,8 @@ def make_runner(cfg: AdviseConfig, progress: bool = True):
     pass it to several ``advise`` calls with the same model and data to load them once."""
     from .experiment import ExperimentConfig, Runner
 
-    ecfg = ExperimentConfig(name="advise", model=cfg.model, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
+    ecfg = ExperimentConfig(name="advise", model=cfg.model, seed=cfg.seed, model_seed=cfg.model_seed,
+                            device=cfg.device, dtype=cfg.dtype,
                             threads=cfg.threads, analysis=False, cache=cfg.cache, eval=cfg.eval,
                             calibration=cfg.calibration, seqlen=cfg.seqlen, eval_tokens=cfg.verify_tokens,
                             calibration_size=cfg.calibration_size, settings=dict(cfg.settings),
@@ -280,10 +282,13 @@ def _ppl_of(lm, weights: dict | None, dense: dict, windows, batch_size: int) -> 
 
 def _same_data(runner, cfg: AdviseConfig) -> None:
     rc = runner.cfg
-    for name in ("model", "seed", "eval", "calibration", "seqlen", "calibration_size", "device", "dtype",
-                 "tokenizer"):
-        if getattr(rc, name) != getattr(cfg, name):
-            raise bad("runner", f"{name}={getattr(rc, name)!r}", f"the runner was built for another {name} "
+    for name in ("model", "seed", "model_seed", "eval", "calibration", "seqlen", "calibration_size", "device",
+                 "dtype", "tokenizer"):
+        have = getattr(rc, name)
+        if name == "model_seed" and have is None:
+            have = 0  # the runner's default model seed
+        if have != getattr(cfg, name):
+            raise bad("runner", f"{name}={have!r}", f"the runner was built for another {name} "
                       f"than the advice ({getattr(cfg, name)!r})")
     if rc.eval_tokens != cfg.verify_tokens:
         raise bad("runner", f"eval_tokens={rc.eval_tokens}", f"differs from verify_tokens={cfg.verify_tokens}")

@@ -68,7 +68,9 @@ def register(sub) -> None:
     p.add_argument("--seqlen", type=int, default=128, help="window length in tokens (default 128)")
     p.add_argument("--offgrid", choices=("requantize", "keep", "forbid"), default="requantize",
                    help="SparseGPT after quantization: snap updates back onto the grid (default), keep, forbid")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="calibration seed (default 0)")
+    p.add_argument("--model-seed", type=int, default=0,
+                   help="training seed of a tiny model (tiny-llama:...; default 0; ignored for folders and files)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--cache", default=None, help="model cache folder (default $PIH_CACHE or ~/.cache/pih)")
@@ -110,6 +112,7 @@ def run(args) -> int:
 
     # one validation of the whole run before the model is loaded (the rules pih run and the simulation apply)
     V.check_seed("--seed", args.seed)
+    V.check_seed("--model-seed", args.model_seed)
     V.check_threads("--threads", args.threads)
     V.check_int("--calibration-size", args.calibration_size, 1)
     seqlen = V.check_seqlen(args.seqlen, name="--seqlen")
@@ -125,13 +128,13 @@ def run(args) -> int:
 
     from ..bridge.experiment import model_max_positions
 
-    V.check_seqlen(seqlen, model_max_positions(args.model, args.cache, args.seed), args.model, "--seqlen")
+    V.check_seqlen(seqlen, model_max_positions(args.model, args.cache, args.model_seed), args.model, "--seqlen")
 
     from ..bridge.advise import AdviseConfig, advise, human_report, write_report
     from ..threads import set_threads
 
     set_threads(args.threads)
-    cfg = AdviseConfig(model=args.model, methods=methods, seed=args.seed, eval=args.data,
+    cfg = AdviseConfig(model=args.model, methods=methods, seed=args.seed, model_seed=args.model_seed, eval=args.data,
                        calibration=args.calibration or args.data, seqlen=args.seqlen,
                        calibration_size=args.calibration_size, eval_tokens=args.eval_tokens,
                        verify_tokens=args.verify_tokens, weighting=args.weighting,

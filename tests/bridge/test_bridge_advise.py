@@ -85,6 +85,8 @@ def test_cli_errors(capsys, tmp_path, tiny_source):
     assert "--prune='wanda:2'" in capsys.readouterr().err
     assert main(["advise", str(tmp_path / "nope"), "--prune", "wanda:0.5", "--quantize", "rtn:4"]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+    assert main(["advise", tiny_source, "--prune", "wanda:0.5", "--quantize", "rtn:4", "--model-seed", "-1"]) == 2
+    assert "--model-seed" in capsys.readouterr().err
 
 
 def test_shape_errors(cfg_of, runner):
