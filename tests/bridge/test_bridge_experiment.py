@@ -264,3 +264,24 @@ def test_compute_is_a_pure_function_of_its_task(tiny_folder, cache, tmp_path, _r
     assert alone.value == ref.value
     for k, v in ref.extras["analysis"].items():
         assert alone.extras["analysis"][k] == (pytest.approx(v, rel=1e-9, abs=1e-12) if isinstance(v, float) else v)
+
+
+def test_prefix_groups_put_each_pruning_ratio_with_both_orders(_raw):
+    """The groups a worker computes together (pih run --executor ray): per ratio P alone and both orders at every
+    bit width (P's prefix once, the Q->P pair analysis next to its P->Q model), Q alone and dense apart."""
+    from pih import Provenance, Task, grid_role
+    from pih.bridge.experiment import prefix_group
+    from pih.executors import groups_of
+
+    cfg = parse_config(_raw(prune={"criterion": "wanda", "ratios": [0.3, 0.5]}, quantize={"bits": [3, 4]}))
+    prov = Provenance(backend="torch", model="m", data="d", metric="neg_perplexity", versions={})
+    tasks = [Task(prov, pl, pt) for pl, pt in grid_tasks(cfg)]
+    groups = groups_of(tasks, prefix_group)
+    roles = sorted(tuple(grid_role(t.pipeline) for t in g) for g in groups)
+    assert roles == [("P", "P->Q", "Q->P", "P->Q", "Q->P")] * 2 + [("Q",), ("Q",), ("dense",)]
+    for g in groups:
+        ratios = {s.ratio for t in g for s in t.pipeline if s.kind == "prune"}
+        assert len(ratios) <= 1
+        assert [tasks.index(t) for t in g] == sorted(tasks.index(t) for t in g)  # the grid's order kept
+    other_seed = Provenance(backend="torch", model="m", data="d", metric="neg_perplexity", seed=1, versions={})
+    assert prefix_group(Task(other_seed, tasks[1].pipeline)) != prefix_group(tasks[1])

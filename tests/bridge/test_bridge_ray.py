@@ -147,3 +147,18 @@ def test_killed_worker_is_retried_without_duplicate_failure_recorded_and_driver_
         run_sweep(Store(path), tasks, work, progress=False, group_by=prefix_group, executor=ex)
         assert ex.log == []
     assert _lines(path) == got
+
+
+def test_compare_predictions_on_ray_are_the_serial_ones(local_ray, tmp_path, capsys):
+    from test_bridge_compare import _compare, _store_from_simulation, _tensors
+
+    tensors = _tensors(tmp_path)
+    st, _ = _store_from_simulation(tmp_path, tensors)
+    args = (st.path, "--tensors", tensors, "--assumptions", "A1", "A2", "--seed", 0, 1, 2)
+    rc, serial, err = _compare(capsys, *args)
+    assert rc == 0, err
+    rc, distributed, err = _compare(capsys, *args, "--executor", "ray")
+    assert rc == 0, err
+    assert len(serial["predictions"]) == 3 * 2 * 4
+    assert distributed["predictions"] == serial["predictions"]
+    assert distributed["results"] == serial["results"]
