@@ -131,6 +131,10 @@ class Executor:
     def close(self) -> None:
         pass
 
+    def warm(self, fn: Callable, item: Any = None) -> None:
+        """Start the workers now, each running ``fn(item)`` (imports, a model load) while the driver prepares the
+        tasks; nothing waits for it, and an error there is the real tasks' to report. Serial: nothing."""
+
     def __enter__(self):
         return self
 
@@ -176,7 +180,7 @@ class RayExecutor(Executor):
 
         if not ray.is_initialized():
             env = {k: v for k, v in os.environ.items() if k.startswith("PIH_") or k in FORWARDED_ENV}
-            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                   "runtime_env": {"env_vars": env}, "configure_logging": False}
             if self.address is None:
                 kw["num_cpus"] = self.num_cpus or os.cpu_count() or 1
@@ -215,13 +219,23 @@ class RayExecutor(Executor):
                 "cpus_per_task": self.cpus_per_task, "gpus_per_task": self.gpus_per_task,
                 "max_retries": self.max_retries}
 
+    def _remote(self):
+        import ray
+
+        return ray.remote(_in_worker).options(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
+                                              max_retries=self.max_retries, retry_exceptions=False)
+
+    def warm(self, fn: Callable, item: Any = None) -> None:
+        self.start()
+        remote = self._remote()
+        self._warming = [remote.remote(fn, item) for _ in range(self.workers)]
+
     def map(self, fn: Callable, items: list) -> Iterator[tuple[int, Any]]:
         import ray
         from ray.exceptions import RayError, RayTaskError
 
         self.start()
-        remote = ray.remote(_in_worker).options(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
-                                                max_retries=self.max_retries, retry_exceptions=False)
+        remote = self._remote()
         fref = ray.put(fn)
         pending = {remote.remote(fref, item): i for i, item in enumerate(items)}
         try:
@@ -244,6 +258,13 @@ class RayExecutor(Executor):
                     ray.cancel(ref, force=True)
 
     def close(self) -> None:
+        if self._started:
+            import ray
+
+            for ref in getattr(self, "_warming", []):
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+            self._warming = []
         if self._owns:
             import ray
 
@@ -332,3 +353,17 @@ def groups_of(tasks: Iterable, group_by: Callable | None) -> list[list]:
     for t in tasks:
         out.setdefault(group_by(t), []).append(t)
     return list(out.values())
+
+
+@dataclass(frozen=True)
+class Imports:
+    """A warm-up for :meth:`Executor.warm`: import these modules in the worker."""
+
+    modules: tuple[str, ...]
+
+    def __call__(self, _=None) -> int:
+        import importlib
+
+        for m in self.modules:
+            importlib.import_module(m)
+        return os.getpid()

@@ -807,6 +807,7 @@ def _sweep_on(executor, store: Store, tasks: list[Task], keys: list[str], stored
         work = [g for g in groups_of(tasks, group_by) if any(t.key not in stored for t in g)]
     else:  # only the missing tasks, grouped (e.g. by shared prefix)
         work = groups_of([t for t in tasks if t.key not in stored], group_by)
+    work.sort(key=len, reverse=True)  # the largest groups first: the small ones fill the workers' gaps at the end
     fn = GroupWork(compute=compute, compute_group=compute_group)
     lost: list[tuple[list[Task], str]] = []
     bar = tqdm(total=sum(len(g) for g in work), desc=desc, disable=not progress, file=sys.stderr)

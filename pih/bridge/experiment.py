@@ -640,6 +640,14 @@ class BridgeWork:
         return {"stages_computed": done, "loaded_model": loaded}
 
 
+class WarmRunner(BridgeWork):
+    """Load the worker's runner for ``cfg`` (a warm-up: :meth:`pih.executors.Executor.warm`)."""
+
+    def __call__(self, _=None) -> int:
+        self.runner()
+        return os.getpid()
+
+
 def _spec_key(spec) -> str:
     """Identity of a spec for the prefix cache: every field (labels omit some, e.g. MixedPrecision's update)."""
     import json
@@ -704,6 +712,7 @@ def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progres
                       "ask for none)")
         if hasattr(executor, "start"):
             executor.start()  # an unreachable cluster is one line now, before any model is loaded
+        executor.warm(WarmRunner(runs[0]))  # the workers load the model while this process does
     from .engine import BridgeSettings, CompressionState, _check_pipeline
 
     store = None

@@ -53,8 +53,9 @@ def run(args) -> int:
 
     try:  # with --executor ray, each seed's group of records is computed on a worker; this process stores them
         with executor, using(executor):
-            if hasattr(executor, "start"):
-                executor.start()
+            from ..executors import Imports
+
+            executor.warm(Imports(("sim.sweep", "sim.presets")))  # the workers import JAX meanwhile
             summary = run_preset(args.preset, out, quick=args.quick, seeds=args.seeds, assumptions=args.assumptions,
                                  progress=not args.no_progress, nu=args.nu)
     except KeyboardInterrupt:

@@ -162,3 +162,22 @@ def test_compare_predictions_on_ray_are_the_serial_ones(local_ray, tmp_path, cap
     assert len(serial["predictions"]) == 3 * 2 * 4
     assert distributed["predictions"] == serial["predictions"]
     assert distributed["results"] == serial["results"]
+
+
+def _out_of_memory_on_quantize(task):
+    from pih import Record
+
+    if task.pipeline[0].kind == "quantize":
+        raise MemoryError("no memory on this worker")
+    return Record(task.provenance, task.pipeline, -1.0)
+
+
+def test_an_error_that_is_not_the_points_is_reported_and_not_stored(local_ray, tmp_path):
+    from pih import PihError, Provenance, Prune, Quantize
+
+    prov = Provenance(backend="sim", model="m", data="d", metric="-err", versions={})
+    tasks = [Task(prov, (Prune(0.5),)), Task(prov, (Quantize(4),)), Task(prov, (Prune(0.3),))]
+    with RayExecutor() as ex, pytest.raises(PihError, match=r"1 of 3 points were not computed \(MemoryError: no "
+                                                         r"memory on this worker\).*rerun"):
+        run_sweep(Store(tmp_path / "s"), tasks, _out_of_memory_on_quantize, progress=False, executor=ex)
+    assert Store(tmp_path / "s").keys() == {tasks[0].key, tasks[2].key}
