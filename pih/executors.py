@@ -98,8 +98,8 @@ class GroupWork:
             recs = [g(t) for t in tasks]
             fn = self.compute
         info = fn.work_info() if hasattr(fn, "work_info") else {}
-        return {"records": recs, "pid": os.getpid(), "host": platform.node(), "seconds": time.time() - t0,
-                "info": info}
+        return {"records": recs, "pid": os.getpid(), "host": platform.node(), "started": t0,
+                "seconds": time.time() - t0, "info": info}
 
 
 @dataclass

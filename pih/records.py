@@ -836,7 +836,8 @@ def _sweep_on(executor, store: Store, tasks: list[Task], keys: list[str], stored
                                                    {"value": kept.value, "failed": kept.failed}) else kept
                 n_new += 1
             executor.log.append({"tasks": len(group), "stored": n_new, "pid": res.get("pid"),
-                                 "host": res.get("host"), "seconds": round(res.get("seconds", 0.0), 3),
+                                 "host": res.get("host"), "started": res.get("started"),
+                                 "seconds": round(res.get("seconds", 0.0), 3),
                                  "info": res.get("info") or {}})
             bar.update(len(group))
     finally:
