@@ -184,6 +184,11 @@ class RayExecutor(Executor):
                                   "runtime_env": {"env_vars": env}, "configure_logging": False}
             if self.address is None:
                 kw["num_cpus"] = self.num_cpus or os.cpu_count() or 1
+            elif self.address != "auto":  # Ray itself retries an unreachable address for minutes
+                problem = _unreachable(self.address)
+                if problem:
+                    raise bad("--address", self.address, f"no Ray cluster answers there ({problem}); start one with "
+                              "`ray start --head` and give the address it prints")
             try:
                 ray.init(address=self.address, **kw)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -300,6 +305,18 @@ def make_executor(name: str = "serial", address: str | None = None, cpus_per_tas
         raise bad("max_retries", max_retries, "must be an integer >= 0")
     return RayExecutor(address=address, num_cpus=num_cpus, cpus_per_task=1.0 if cpus_per_task is None else
                        float(cpus_per_task), gpus_per_task=float(gpus_per_task or 0), max_retries=max_retries)
+
+
+def _unreachable(address: str, timeout: float = 5.0) -> str | None:
+    """Why nothing listens at HOST:PORT (None: a TCP connection was accepted)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
 
 
 def _host_port(address: str) -> bool:
