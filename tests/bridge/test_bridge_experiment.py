@@ -106,21 +106,31 @@ def test_crash_leaves_only_complete_points(tiny_folder, cache, tmp_path, _raw):
     orig = ex.Runner.compute
     n = {"k": 0}
 
-    def flaky(self, task):
+    def flaky(self, task, error=MemoryError):
         n["k"] += 1
         if n["k"] == 3:
-            raise RuntimeError("simulated crash")
+            raise error("simulated crash")
         return orig(self, task)
 
-    ex.Runner.compute = flaky
+    ex.Runner.compute = flaky  # an error that says nothing about the point (out of memory): the run stops
     try:
-        with pytest.raises(RuntimeError, match="simulated crash"):
+        with pytest.raises(MemoryError, match="simulated crash"):
             run_experiment(cfg, tmp_path / "s", progress=False)
     finally:
         ex.Runner.compute = orig
     assert len(Store(tmp_path / "s").records()) == 2
     out = run_experiment(cfg, tmp_path / "s", progress=False)
     assert len(out["points"]) == 5 and len(Store(tmp_path / "s").records()) == 5
+    # a point whose computation raises (deterministically) is stored as failed and the grid goes on
+    n["k"] = 0
+    ex.Runner.compute = lambda self, task: flaky(self, task, RuntimeError)
+    try:
+        out = run_experiment(cfg, tmp_path / "t", progress=False)
+    finally:
+        ex.Runner.compute = orig
+    recs = Store(tmp_path / "t").records()
+    assert len(recs) == 5 and out["n_failed"] == 1
+    assert [r.failed for r in recs if not r.ok] == ["RuntimeError: simulated crash"]
 
 
 def test_cli_run_json(tiny_folder, cache, tmp_path, capsys, tiny_source, corpus_name):
