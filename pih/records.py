@@ -720,7 +720,7 @@ class Store:
 
 def run_sweep(store: Store, tasks: Iterable[Task], compute: Callable[[Task], Record] | None = None,
               progress: bool = True, desc: str = "sweep", compute_group: Callable | None = None,
-              group_by: Callable[[Task], Any] | None = None) -> list[Record]:
+              group_by: Callable[[Task], Any] | None = None, executor=None) -> list[Record]:
     """Compute each task whose key is not stored yet, storing each record as soon as it is finished.
 
     Returns the records of all tasks, in task order (stored ones read back, new ones as computed). A killed sweep
@@ -733,11 +733,23 @@ def run_sweep(store: Store, tasks: Iterable[Task], compute: Callable[[Task], Rec
     in order) and ``group_by(task)`` (tasks with equal values form a group, e.g. the seed); a group is computed
     when any of its tasks is missing, and only the missing ones are stored. Either way ``compute`` must be a pure
     function of its task: what it returns depends on nothing computed for another task.
+
+    ``executor`` (:mod:`pih.executors`; default: the one :func:`pih.executors.using` set, else none): the groups
+    run on its workers (with ``compute``, ``group_by`` is optional: tasks with equal values go to one worker, e.g.
+    those sharing a compressed prefix; only missing tasks are sent). This process stays the only writer of the
+    store: each group's records are appended as the group comes back, a key already stored (by this sweep or
+    another process) is never written again. A task whose computation raises is stored as a failed record
+    (:func:`pih.executors.failed_record`); a group whose worker was lost is left unstored, the others finish, and
+    a :class:`PihError` then says how many points a rerun will compute.
     """
     if (compute is None) == (compute_group is None):
         raise bad("compute", compute, "give compute (one task) or compute_group with group_by (several)")
     if compute_group is not None and group_by is None:
         raise bad("group_by", None, "compute_group needs group_by (which tasks are computed together)")
+    if executor is None:
+        from .executors import current
+
+        executor = current()
     tasks = list(tasks)
     keys = [t.key for t in tasks]
     if len(set(keys)) != len(keys):
@@ -746,6 +758,8 @@ def run_sweep(store: Store, tasks: Iterable[Task], compute: Callable[[Task], Rec
     stored = {d["key"]: d for d in store.raw() if d["key"] in wanted}
     out: dict[str, Record] = {k: Record.from_dict(d) for k, d in stored.items()}
     todo = [t for t in tasks if t.key not in stored]
+    if executor is not None:
+        return _sweep_on(executor, store, tasks, keys, stored, out, compute, compute_group, group_by, progress, desc)
 
     def keep(task: Task, rec: Record) -> None:
         if not isinstance(rec, Record):
@@ -781,4 +795,55 @@ def run_sweep(store: Store, tasks: Iterable[Task], compute: Callable[[Task], Rec
                 out[t.key] = store.get(t.key) if t.key not in out else out[t.key]
                 continue
             keep(t, rec)
+    return [out[k] for k in keys]
+
+
+def _sweep_on(executor, store: Store, tasks: list[Task], keys: list[str], stored: dict, out: dict[str, Record],
+              compute, compute_group, group_by, progress: bool, desc: str) -> list[Record]:
+    """:func:`run_sweep` on an executor's workers; this process appends every record (the only writer)."""
+    from .executors import GroupWork, Lost, groups_of
+
+    if compute_group is not None:  # a group is computed whole when any of its tasks is missing
+        work = [g for g in groups_of(tasks, group_by) if any(t.key not in stored for t in g)]
+    else:  # only the missing tasks, grouped (e.g. by shared prefix)
+        work = groups_of([t for t in tasks if t.key not in stored], group_by)
+    work.sort(key=len, reverse=True)  # the largest groups first: the small ones fill the workers' gaps at the end
+    fn = GroupWork(compute=compute, compute_group=compute_group)
+    lost: list[tuple[list[Task], str]] = []
+    bar = tqdm(total=sum(len(g) for g in work), desc=desc, disable=not progress, file=sys.stderr)
+    try:
+        for i, res in executor.map(fn, work):
+            group = work[i]
+            if isinstance(res, Lost):
+                lost.append((group, res.reason))
+                bar.update(len(group))
+                continue
+            recs = res["records"]
+            if len(recs) != len(group):
+                raise bad("compute_group", f"{len(recs)} records", f"expected one per task ({len(group)})")
+            n_new = 0
+            for t, rec in zip(group, recs, strict=True):
+                if not isinstance(rec, Record):
+                    raise bad("compute", type(rec).__name__, "must return a Record")
+                if rec.key != t.key:
+                    raise bad("compute", rec.key, f"returned a record for another task (expected key {t.key})")
+                if t.key in stored or store.has(t.key):  # stored before, or by another process meanwhile
+                    out[t.key] = store.get(t.key)
+                    continue
+                store.append(rec, exist_ok=True)
+                kept = store.get(rec.key)
+                out[rec.key] = rec if _same_result({"value": rec.value, "failed": rec.failed},
+                                                   {"value": kept.value, "failed": kept.failed}) else kept
+                n_new += 1
+            executor.log.append({"tasks": len(group), "stored": n_new, "pid": res.get("pid"),
+                                 "host": res.get("host"), "started": res.get("started"),
+                                 "seconds": round(res.get("seconds", 0.0), 3),
+                                 "info": res.get("info") or {}})
+            bar.update(len(group))
+    finally:
+        bar.close()
+    if lost:
+        n = sum(len(g) for g, _ in lost)
+        raise PihError(f"{n} of {len(tasks)} points were not computed ({lost[0][1]}); every other point is stored "
+                       f"in {str(store.path)!r}: rerun the same command to compute the missing ones")
     return [out[k] for k in keys]

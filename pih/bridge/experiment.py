@@ -399,6 +399,7 @@ class Runner:
         self._rot_base: tuple[dict, Any] | None = None
         self._lam: dict | None = None
         self._finals: dict[tuple, tuple[dict, dict]] = {}  # memo of final weights (_remember)
+        self.stages_computed: list[str] = []  # each compressed prefix this runner computed (not read from cache)
 
     @property
     def notes(self) -> list[str]:
@@ -450,6 +451,7 @@ class Runner:
         _check_pipeline(self.lm, pipeline[k0:], settings, state)
         for k in range(k0, len(pipeline)):
             apply_stage(self.lm, pipeline[k], state, self.calib, settings, self.cfg.seed, k, self.progress)
+            self.stages_computed.append(_prefix_label(pipeline[:k + 1], settings))
             if k + 1 < len(pipeline) or len(pipeline) == 1:
                 self._snaps[keys[k + 1]] = (self._state_dict(), state.clone())
         return state
@@ -562,6 +564,90 @@ class Runner:
         return effective_weights(self.lm, state), dict(state.masks)
 
 
+def _prefix_label(prefix, settings) -> str:
+    from .. import pipeline_label
+    from .engine import BridgeSettings
+
+    over = {k: v for k, v in settings.to_dict().items() if BridgeSettings().to_dict().get(k) != v}
+    return pipeline_label(tuple(prefix)) + (f" {over}" if over else "")
+
+
+def prefix_group(task: Task) -> tuple:
+    """Which tasks a worker computes together: those sharing a compressed prefix. Every task of one pruning
+    ratio (P alone, P→Q at every bit width, and Q→P, whose pair analysis needs that ratio's P→Q model) forms one
+    group, so P's prefix is computed once and the pair analysis finds P→Q in the memo; Q alone and the dense
+    model are groups of their own; an explicit pipeline goes with its first stage. Within a group the tasks keep
+    their order (:func:`grid_tasks`). A worker's runner keeps every prefix it computed (the Q prefixes shared by
+    several groups are computed at most once per worker)."""
+    pipeline = tuple(task.pipeline)
+    role = "named" if task.point.get("name") else grid_role(pipeline)
+    settings = tuple(sorted((task.point.get("settings") or {}).items()))
+    seed = task.provenance.seed
+    if role in ("P->Q", "Q->P", "P"):
+        prune = next(s for s in pipeline if s.kind == "prune")
+        return (seed, "prune", _spec_key(prune), settings)
+    if role == "Q":
+        return (seed, "quantize", _spec_key(pipeline[0]), settings)
+    if not pipeline:
+        return (seed, "dense", settings)
+    return (seed, pipeline[0].kind, _spec_key(pipeline[0]), settings)
+
+
+_WORKER_RUNNERS: dict[str, Runner] = {}  # one runner per worker process (the last config it computed)
+
+
+@dataclass
+class BridgeWork:
+    """``Runner.compute`` for a worker process: the worker loads the model and data once (its runner is kept for
+    the next groups of the same config; a new config replaces it) and computes each task it gets. The records
+    are those of the driver's own runner: the task's provenance must be the worker's (same model content, data,
+    settings), else :class:`pih.executors.EnvironmentMismatch` (never stored as a failed point)."""
+
+    cfg: ExperimentConfig
+
+    def runner(self) -> Runner:
+        import json
+
+        key = json.dumps(dataclasses.asdict(self.cfg), sort_keys=True, default=str)
+        r = _WORKER_RUNNERS.get(key)
+        if r is None:
+            for old in _WORKER_RUNNERS.values():
+                old.release()
+            _WORKER_RUNNERS.clear()
+            r = _WORKER_RUNNERS[key] = Runner(self.cfg, progress=False)
+            r.loaded_here = True
+        return r
+
+    def __call__(self, task: Task) -> Record:
+        from ..executors import EnvironmentMismatch
+
+        r = self.runner()
+        if r.provenance != task.provenance:
+            import platform
+
+            a, b = r.provenance.protocol_dict(), task.provenance.protocol_dict()
+            diff = sorted(k for k in a if a[k] != b.get(k)) or ["seed"]
+            raise EnvironmentMismatch(f"the worker on {platform.node()} measures another protocol than the driver "
+                                      f"({', '.join(diff)} differ: {diff[0]} {a.get(diff[0])!r} vs "
+                                      f"{b.get(diff[0])!r}); give every node the same model and data files")
+        return r.compute(task)
+
+    def work_info(self) -> dict:
+        """The prefixes this worker's runner computed since the last call, and whether it loaded the model."""
+        r = self.runner()
+        done, r.stages_computed = list(r.stages_computed), []
+        loaded, r.loaded_here = getattr(r, "loaded_here", False), False
+        return {"stages_computed": done, "loaded_model": loaded}
+
+
+class WarmRunner(BridgeWork):
+    """Load the worker's runner for ``cfg`` (a warm-up: :meth:`pih.executors.Executor.warm`)."""
+
+    def __call__(self, _=None) -> int:
+        self.runner()
+        return os.getpid()
+
+
 def _spec_key(spec) -> str:
     """Identity of a spec for the prefix cache: every field (labels omit some, e.g. MixedPrecision's update)."""
     import json
@@ -598,17 +684,35 @@ def expand_seeds(cfg: ExperimentConfig) -> list[ExperimentConfig]:
 
 
 def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progress: bool = True,
-                   save: str | os.PathLike | None = None, save_select: list[str] | None = None) -> dict:
+                   save: str | os.PathLike | None = None, save_select: list[str] | None = None,
+                   executor=None) -> dict:
     """Run (or resume) ``cfg`` into the store at ``store_path``, once per (model seed, calibration seed); return
     the JSON summary. ``save``: also write the compressed model of each grid point ``save_select`` names (default:
     every compressed point) under that folder (:func:`pih.bridge.save.save_points`; one subfolder per seed when
-    the config has several)."""
+    the config has several).
+
+    ``executor`` (:mod:`pih.executors`; None or serial: this process, as always): the points run on its workers,
+    grouped by shared prefix (:func:`prefix_group`), each worker loading the model once (:class:`BridgeWork`);
+    this process loads it too (on the CPU), to fix the records' identity and check every pipeline before anything
+    runs, and is the only writer of the store. A point whose computation raises is stored as failed with its
+    error, under either executor, and the other points go on."""
+    from ..executors import Guarded, SerialExecutor
+
+    distributed = executor is not None and not isinstance(executor, SerialExecutor)
     tasks_spec = grid_tasks(cfg)
     if not tasks_spec:
         raise bad("grid", cfg.orders, "the experiment has no grid points")
     runs = expand_seeds(cfg)
     for one in runs:  # every run's settings (seeds, the model's positions, the output folder) before any load
         validate_before_loading(one, store_path)
+    if distributed:
+        if cfg.device.startswith("cuda") and not getattr(executor, "gpus_per_task", 0):
+            raise bad("--gpus-per-task", getattr(executor, "gpus_per_task", 0), f"device {cfg.device!r} on Ray "
+                      "workers needs GPUs per task (e.g. --gpus-per-task 1; Ray hides the GPUs from tasks that "
+                      "ask for none)")
+        if hasattr(executor, "start"):
+            executor.start()  # an unreachable cluster is one line now, before any model is loaded
+        executor.warm(WarmRunner(runs[0]))  # the workers load the model while this process does
     from .engine import BridgeSettings, CompressionState, _check_pipeline
 
     store = None
@@ -616,7 +720,8 @@ def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progres
     runners = []
     saved = []
     for k, one in enumerate(runs):
-        runner = Runner(one, progress=progress)
+        # distributed: the driver's copy only defines the records and checks the pipelines (workers use the device)
+        runner = Runner(dataclasses.replace(one, device="cpu") if distributed else one, progress=progress)
         for pl, pt in tasks_spec:  # shape errors (N:M, group size) and forbidden orders before anything is stored
             _check_pipeline(runner.lm, pl, BridgeSettings(**{**cfg.settings, **pt.get("settings", {})}),
                             CompressionState())
@@ -625,7 +730,11 @@ def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progres
         desc = f"pih run {cfg.name}" + (f" [{k + 1}/{len(runs)}: seed {one.seed}"
                                         + (f", model seed {one.model_seed}" if one.model_seed is not None else "")
                                         + "]" if len(runs) > 1 else "")
-        got = run_sweep(store, tasks, runner.compute, progress=progress, desc=desc)
+        if distributed:
+            got = run_sweep(store, tasks, BridgeWork(one), progress=progress, desc=desc, group_by=prefix_group,
+                            executor=executor)
+        else:
+            got = run_sweep(store, tasks, Guarded(runner.compute), progress=progress, desc=desc)
         recs += got
         if save is not None:
             from .save import save_points
@@ -636,13 +745,27 @@ def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progres
             saved.append({"folder": str(folder), "seed": one.seed, "model_seed": one.model_seed,
                           "models": save_points(runner, tasks, got, folder, save_select, progress)})
         runners.append(runner)
-        if len(runs) > 1:
+        if len(runs) > 1 or (distributed and save is None):
             runner.release()
     with numpy_analysis():
         out = summarize(cfg, runners, recs, store)
     if save is not None:
         out["saved"] = saved[0] if len(saved) == 1 else {"folder": str(Path(save).expanduser()), "runs": saved}
+    if distributed:
+        out["executor"] = executor_summary(executor)
     return out
+
+
+def executor_summary(executor) -> dict:
+    """Where the points ran: the executor, its workers, and per compressed prefix how often any worker computed
+    it (1: computed once for the whole grid; at most one per worker for the prefixes several groups share)."""
+    from collections import Counter
+
+    stages = Counter(s for e in executor.log for s in e["info"].get("stages_computed", []))
+    return {**executor.describe(), "groups": len(executor.log),
+            "worker_processes": len({(e["host"], e["pid"]) for e in executor.log}),
+            "model_loads": sum(bool(e["info"].get("loaded_model")) for e in executor.log),
+            "stages_computed": dict(sorted(stages.items()))}
 
 
 def summarize(cfg: ExperimentConfig, runners, recs: list[Record], store: Store) -> dict:
@@ -716,7 +839,7 @@ def summarize(cfg: ExperimentConfig, runners, recs: list[Record], store: Store) 
 
 def main_run(config: str, out: str | None, progress: bool = True, seeds: list[int] | None = None,
              model_seeds: list[int] | None = None, save: str | None = None,
-             save_select: list[str] | None = None) -> dict:
+             save_select: list[str] | None = None, executor=None) -> dict:
     cfg = load_config(config)
     if seeds is not None:
         cfg = dataclasses.replace(cfg, seeds=_seed_list("seeds", list(seeds)))
@@ -724,7 +847,7 @@ def main_run(config: str, out: str | None, progress: bool = True, seeds: list[in
         cfg = dataclasses.replace(cfg, model_seeds=_seed_list("model_seeds", list(model_seeds)))
     store = out or str(Path("results") / "runs" / cfg.name)  # the name is one path component (parse_config)
     try:
-        return run_experiment(cfg, store, progress, save=save, save_select=save_select)
+        return run_experiment(cfg, store, progress, save=save, save_select=save_select, executor=executor)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: every finished point is stored in {store}; run the same command again "
                           "to resume") from None

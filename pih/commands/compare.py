@@ -45,6 +45,9 @@ def register(sub) -> None:
     p.add_argument("--plot", default=None, metavar="PNG", help="write the scatter plot here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_format(p)
+    from ..executors import add_executor_args
+
+    add_executor_args(p)
     p.set_defaults(func=run)
 
 
@@ -182,8 +185,28 @@ def _options(grid) -> dict:
     return {k: bridge[k] for k in ("offgrid", "percdamp", "blocksize", "act_order") if k in bridge}
 
 
-def compare(args) -> dict:
+class PredictSeed:
+    """One seed's predictions (:func:`sim.predict.predict_grid` on its exported tensors): a task for an executor."""
+
+    def __init__(self, P, Q, names, options, max_tokens) -> None:
+        self.P, self.Q, self.names, self.options, self.max_tokens = P, Q, names, options, max_tokens
+
+    def __call__(self, item) -> list[dict]:
+        from sim.predict import predict_grid
+
+        seed, layers = item
+        return predict_grid(layers, list(self.P), list(self.Q), list(self.names), seed=seed, progress=False,
+                            options=self.options, max_samples=self.max_tokens)
+
+
+def compare(args, executor=None) -> dict:
+    """The comparison; ``executor`` (:mod:`pih.executors`, None: this process): where each seed's predictions
+    are computed (the exports stay in this process, which alone writes the tensor cache)."""
     from ..compare import MEASURED_LAYERS, layer_predictions, measured_grid, score
+    from ..executors import SerialExecutor
+
+    if isinstance(executor, SerialExecutor):
+        executor = None
 
     for s in args.stores:
         if not Path(s).is_dir():
@@ -211,6 +234,8 @@ def compare(args) -> dict:
         P = sorted({p.prune_spec for p in grid.points}, key=lambda s: s.ratio)
         Q = sorted({p.quant_spec for p in grid.points}, key=lambda s: s.bits)
         timing = {"export_seconds": 0.0, "predict_seconds": 0.0}
+        predict = PredictSeed(tuple(P), tuple(Q), tuple(sim_names), _options(grid), args.max_tokens)
+        later = []  # (seed, tensor file) predicted on the executor's workers after the exports
         for seed in sim_seeds:
             if args.tensors:
                 path = Path(args.tensors)
@@ -225,12 +250,27 @@ def compare(args) -> dict:
                     _export_atomically(grid, seed, path, args.max_tokens, args.model)
                     timing["export_seconds"] += round(time.time() - t0, 1)
             tensor_files.append(str(path))
+            if executor is not None:
+                later.append((seed, path))
+                continue
             t0 = time.time()
             rows = predict_grid(_read_tensors(path, "--tensors" if args.tensors else "tensor cache"), P, Q, sim_names,
                                 seed=seed, progress=not args.no_progress, options=_options(grid),
                                 max_samples=args.max_tokens)
             timing["predict_seconds"] += round(time.time() - t0, 1)
             predictions += [{**r, "seed": seed} for r in rows]
+        if later:  # one task per seed; the tensors travel with it (workers need no access to this disk)
+            t0 = time.time()
+            items = [(seed, _read_tensors(path, "--tensors" if args.tensors else "tensor cache"))
+                     for seed, path in later]
+            got: dict[int, list[dict]] = {}
+            for i, rows in executor.map(predict, items):
+                if not isinstance(rows, list):  # a Lost item: nothing is stored here, so nothing to resume
+                    raise PihError(f"pih compare: the prediction of seed {items[i][0]} was not computed "
+                                   f"({rows.reason}); rerun the command")
+                got[i] = rows
+            timing["predict_seconds"] += round(time.time() - t0, 1)
+            predictions += [{**r, "seed": later[i][0]} for i in range(len(later)) for r in got[i]]
         for n in sim_names:
             per: dict[tuple, list[float]] = {}
             for r in predictions:
@@ -323,8 +363,12 @@ def plot(results: list[dict], path: str, grid) -> Path:
 
 
 def run(args) -> int:
+    from ..executors import executor_from_args
+
+    executor = executor_from_args(args)
     try:
-        out = compare(args)
+        with executor:
+            out = compare(args, executor)
     except ImportError as exc:  # pragma: no cover - jax or torch missing
         raise PihError(f"pih compare needs the simulation (jax) and, without --tensors, the bridge (torch): "
                        f"{exc}") from exc

@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--save-only", action="append", default=None, metavar="POINT",
                    help="with --save: only these points, by order (P, Q, P->Q, Q->P, a [[pipelines]] name) or "
                    "pipeline label (repeatable; default every compressed point)")
+    from pih.executors import add_executor_args
+
+    add_executor_args(p)
     p.set_defaults(func=_run)
 
 
@@ -38,8 +41,11 @@ def _run(args: argparse.Namespace) -> int:
         from pih.errors import PihError
 
         raise PihError("--save-only needs --save DIR")
-    out = main_run(args.config, args.out, progress=not args.no_progress, seeds=args.seeds,
-                   model_seeds=args.model_seeds, save=args.save, save_select=args.save_only)
+    from pih.executors import executor_from_args
+
+    with executor_from_args(args) as executor:  # checked before the config is read or any model loaded
+        out = main_run(args.config, args.out, progress=not args.no_progress, seeds=args.seeds,
+                       model_seeds=args.model_seeds, save=args.save, save_select=args.save_only, executor=executor)
     emit(args, out, lambda: _table(out))
     if out.get("n_failed"):  # stored and shown, but the run did not measure everything
         from pih.cli import EXIT_FAILED
@@ -97,4 +103,10 @@ def _table(out: dict) -> None:
         for m in run["models"]:
             fm = ", ".join(f for f, ok in m["formats"].items() if ok)
             w(f"  {m['folder']}  ({fm})\n")
+    ex = out.get("executor")
+    if ex:
+        shared = sum(n > 1 for n in ex["stages_computed"].values())
+        w(f"\nexecutor {ex['executor']} ({ex['address']}): {ex['groups']} groups on {ex['worker_processes']} worker "
+          f"process(es), {ex['model_loads']} model load(s); {len(ex['stages_computed'])} compressed prefixes, "
+          f"{shared} of them computed by more than one worker\n")
     w(f"\nstore: {out['store']}\n")

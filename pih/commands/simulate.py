@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--nu", type=float, default=4.0, help="Student-t degrees of freedom (kuzmin)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_format(p)
+    from ..executors import add_executor_args
+
+    add_executor_args(p)
     p.set_defaults(func=run)
 
 
@@ -40,14 +43,21 @@ def run(args) -> int:
     if args.seeds is not None:
         check_int("--seeds", args.seeds, 1, why="the number of seeds must be >= 1")
     check_number("--nu", args.nu, positive=True)
+    from ..executors import executor_from_args, using
+
+    executor = executor_from_args(args)
     from sim.assumptions import get as assumption_set  # imports JAX only when the command runs
 
     assumption_set(args.assumptions)
     from sim.presets import run_preset
 
-    try:
-        summary = run_preset(args.preset, out, quick=args.quick, seeds=args.seeds, assumptions=args.assumptions,
-                             progress=not args.no_progress, nu=args.nu)
+    try:  # with --executor ray, each seed's group of records is computed on a worker; this process stores them
+        with executor, using(executor):
+            from ..executors import Imports
+
+            executor.warm(Imports(("sim.sweep", "sim.presets")))  # the workers import JAX meanwhile
+            summary = run_preset(args.preset, out, quick=args.quick, seeds=args.seeds, assumptions=args.assumptions,
+                                 progress=not args.no_progress, nu=args.nu)
     except KeyboardInterrupt:
         from ..errors import Interrupted
 

@@ -106,21 +106,31 @@ def test_crash_leaves_only_complete_points(tiny_folder, cache, tmp_path, _raw):
     orig = ex.Runner.compute
     n = {"k": 0}
 
-    def flaky(self, task):
+    def flaky(self, task, error=MemoryError):
         n["k"] += 1
         if n["k"] == 3:
-            raise RuntimeError("simulated crash")
+            raise error("simulated crash")
         return orig(self, task)
 
-    ex.Runner.compute = flaky
+    ex.Runner.compute = flaky  # an error that says nothing about the point (out of memory): the run stops
     try:
-        with pytest.raises(RuntimeError, match="simulated crash"):
+        with pytest.raises(MemoryError, match="simulated crash"):
             run_experiment(cfg, tmp_path / "s", progress=False)
     finally:
         ex.Runner.compute = orig
     assert len(Store(tmp_path / "s").records()) == 2
     out = run_experiment(cfg, tmp_path / "s", progress=False)
     assert len(out["points"]) == 5 and len(Store(tmp_path / "s").records()) == 5
+    # a point whose computation raises (deterministically) is stored as failed and the grid goes on
+    n["k"] = 0
+    ex.Runner.compute = lambda self, task: flaky(self, task, RuntimeError)
+    try:
+        out = run_experiment(cfg, tmp_path / "t", progress=False)
+    finally:
+        ex.Runner.compute = orig
+    recs = Store(tmp_path / "t").records()
+    assert len(recs) == 5 and out["n_failed"] == 1
+    assert [r.failed for r in recs if not r.ok] == ["RuntimeError: simulated crash"]
 
 
 def test_cli_run_json(tiny_folder, cache, tmp_path, capsys, tiny_source, corpus_name):
@@ -264,3 +274,24 @@ def test_compute_is_a_pure_function_of_its_task(tiny_folder, cache, tmp_path, _r
     assert alone.value == ref.value
     for k, v in ref.extras["analysis"].items():
         assert alone.extras["analysis"][k] == (pytest.approx(v, rel=1e-9, abs=1e-12) if isinstance(v, float) else v)
+
+
+def test_prefix_groups_put_each_pruning_ratio_with_both_orders(_raw):
+    """The groups a worker computes together (pih run --executor ray): per ratio P alone and both orders at every
+    bit width (P's prefix once, the Q->P pair analysis next to its P->Q model), Q alone and dense apart."""
+    from pih import Provenance, Task, grid_role
+    from pih.bridge.experiment import prefix_group
+    from pih.executors import groups_of
+
+    cfg = parse_config(_raw(prune={"criterion": "wanda", "ratios": [0.3, 0.5]}, quantize={"bits": [3, 4]}))
+    prov = Provenance(backend="torch", model="m", data="d", metric="neg_perplexity", versions={})
+    tasks = [Task(prov, pl, pt) for pl, pt in grid_tasks(cfg)]
+    groups = groups_of(tasks, prefix_group)
+    roles = sorted(tuple(grid_role(t.pipeline) for t in g) for g in groups)
+    assert roles == [("P", "P->Q", "Q->P", "P->Q", "Q->P")] * 2 + [("Q",), ("Q",), ("dense",)]
+    for g in groups:
+        ratios = {s.ratio for t in g for s in t.pipeline if s.kind == "prune"}
+        assert len(ratios) <= 1
+        assert [tasks.index(t) for t in g] == sorted(tasks.index(t) for t in g)  # the grid's order kept
+    other_seed = Provenance(backend="torch", model="m", data="d", metric="neg_perplexity", seed=1, versions={})
+    assert prefix_group(Task(other_seed, tasks[1].pipeline)) != prefix_group(tasks[1])

@@ -1,0 +1,219 @@
+"""Benchmark (not a test): a grid serial against the same grid on Ray with 2 workers, as a ratio.
+
+    .venv/bin/python -m benchmarks.bench_ray [--cache DIR] [--sim-seeds 8] [--md FILE]
+
+Two workloads, each run serial and on a local Ray instance of 2 CPUs (``ray.init(num_cpus=2)``, 2 workers, one
+CPU per task), each measurement in a fresh process with one thread per process (torch, BLAS, OpenMP and XLA's
+CPU pool pinned to 1: ``OMP_NUM_THREADS=1``, ``experiment.threads = 1``, ``XLA_FLAGS`` single-threaded; the Ray
+workers inherit it), so the ratio is what two processes buy over one:
+
+- ``pih run`` on the tiny LLaMA: wanda x GPTQ (asymmetric), ratios 0.1-0.6 x 3 and 4 bits, each alone and both
+  orders, with the pair analysis: 33 points, seqlen 128, 8192 evaluation tokens, 32 calibration windows
+  (``run_experiment`` serial, and with ``RayExecutor``: tasks grouped
+  by pruning ratio, the driver the only writer);
+- the simulation's seeds: ``sim.sweep.run_grid`` of magnitude x RTN (8 ratios x 5 bit widths, 256x512 Student-t
+  layers) over ``--sim-seeds`` seeds, one group of records per seed (serial: one process, one CPU device;
+  Ray: ``pih.executors.using``).
+
+Printed per workload: the serial time (the baseline, measured in the same run), the Ray time of the sweep on a
+started instance (what a user with a running cluster pays: the driver's and each worker's model load, the
+workers' start-up and compilation, the sweep) and the start of the local instance, the ratios serial / Ray with
+and without the start, and whether the records of both runs are the same (keys, values, extras but timings,
+sidecar arrays), checked before any ratio is printed. Start-up (in brackets, and the last ratio without it):
+serial, until its first point began (torch and the model, or JAX); Ray, until the first worker began its first
+group (the workers' processes, imports and model loads, overlapping the driver's own load). The machine's load
+average is printed: other jobs count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PINNED = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+          "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+TIMING = ("compress_seconds", "eval_seconds")
+
+
+def _bridge_cfg(cache: str | None):
+    from pih.bridge.experiment import parse_config
+
+    exp = {"name": "bench-ray", "model": "tiny-llama:kjv:150", "seed": 0, "threads": 1}
+    if cache:
+        exp["cache"] = cache
+    return parse_config({
+        "experiment": exp,
+        "data": {"eval": "kjv", "calibration": "kjv", "seqlen": 128, "eval_tokens": 8192, "calibration_size": 32},
+        "prune": {"criterion": "wanda", "ratios": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]},
+        "quantize": {"bits": [3, 4], "symmetric": False, "update": "gptq"},
+    })
+
+
+def _sim_grid(store, seeds: int):
+    from pih import Prune, Quantize
+    from sim.assumptions import A1
+    from sim.sweep import ModelSpec, Pairing, run_grid
+
+    model = ModelSpec(shape=(256, 512), n_samples=256, dist="student_t", nu=4.0, act_outliers=8)
+    pairing = Pairing("bench-ray", Prune(0.5), Quantize(4))
+    return run_grid(pairing, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], [2, 3, 4, 6, 8], range(seeds), model, A1,
+                    store, progress=False)
+
+
+def one(workload: str, mode: str, store: str, cache: str | None, seeds: int) -> dict:
+    """One measurement in this (fresh) process: {seconds, init_seconds, ...}."""
+    from pih import Store
+    from pih.executors import RayExecutor, using
+
+    init = 0.0
+    ex = None
+    if mode == "ray":
+        import ray
+
+        t0 = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        init = time.perf_counter() - t0
+        ex = RayExecutor().start()
+    out: dict = {"workload": workload, "mode": mode}
+    begin = time.time()
+    t0 = time.perf_counter()
+    if workload == "warm":  # the model trained (if missing) and the corpus tokenized, outside the timed runs
+        from pih.bridge.experiment import Runner
+
+        Runner(_bridge_cfg(cache), progress=False)
+        return out
+    if workload == "bridge":
+        from pih.bridge.experiment import run_experiment
+
+        res = run_experiment(_bridge_cfg(cache), store, progress=False, executor=ex)
+        out["points"] = len(res["points"])
+        if ex is not None:
+            out["executor"] = res["executor"]
+    else:
+        ti = time.perf_counter()
+        import sim.sweep  # noqa: F401  (JAX: the serial run's start-up)
+
+        imports = time.perf_counter() - ti
+        if ex is not None:
+            from pih.executors import Imports
+
+            ex.warm(Imports(("sim.sweep",)))  # as pih simulate --executor ray does
+            with using(ex):
+                _sim_grid(Store(store), seeds)
+        else:
+            _sim_grid(Store(store), seeds)
+        out["points"] = len(Store(store))
+    out["seconds"] = time.perf_counter() - t0
+    out["init_seconds"] = init
+    if ex is not None:  # start-up: until the first worker began its first group (processes, imports, model load)
+        out["startup_seconds"] = min(e["started"] for e in ex.log) - begin
+        out["worker_processes"] = len({e["pid"] for e in ex.log})
+    elif workload == "bridge":  # until the first point began: its record's creation minus its own compute time
+        first = min(Store(store).raw(), key=lambda d: d["created"])
+        out["startup_seconds"] = first["created"] - begin - sum(first["extras"].get(k, 0.0) for k in TIMING)
+    else:  # importing JAX and the simulation (compilation is in both runs' first group)
+        out["startup_seconds"] = imports
+    if ex is not None:
+        ex.close()
+        import ray
+
+        ray.shutdown()
+    return out
+
+
+def _science(path: Path) -> dict:
+    out = {}
+    for line in (path / "records.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        ex = {k: v for k, v in d["extras"].items() if k not in TIMING}
+        if "stage_log" in ex:
+            ex["stage_log"] = [{k: v for k, v in s.items() if k != "seconds"} for s in ex["stage_log"]]
+        out[d["key"]] = (d["value"], d.get("failed"), json.dumps(ex, sort_keys=True), d.get("arrays_sha256"))
+    return out
+
+
+def _run_one(workload, mode, store, cache, seeds) -> dict:
+    env = {**os.environ, **PINNED}
+    cmd = [sys.executable, "-m", "benchmarks.bench_ray", "--one", workload, mode, str(store), "--sim-seeds",
+           str(seeds)] + (["--cache", cache] if cache else [])
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"bench_ray: {workload} {mode} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="serial vs Ray with 2 workers (ratios)")
+    ap.add_argument("--cache", default=os.environ.get("PIH_TEST_CACHE") or os.environ.get("PIH_CACHE"),
+                    help="the bridge's cache folder (the tiny LLaMA is trained there once if missing)")
+    ap.add_argument("--sim-seeds", type=int, default=16)
+    ap.add_argument("--md", default=None, help="also write the result as Markdown here")
+    ap.add_argument("--one", nargs=3, default=None, metavar=("WORKLOAD", "MODE", "STORE"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    if args.one:
+        print(json.dumps(one(*args.one, args.cache, args.sim_seeds)))
+        return 0
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        print("bench_ray: needs Ray (pip install pih[ray])", file=sys.stderr)
+        return 2
+    rows, load = [], [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory() as tmp:
+        for workload in ("bridge", "sim"):
+            if workload == "bridge":  # trains the tiny model if missing, outside the timed runs
+                _run_one("warm", "serial", Path(tmp) / "warm", args.cache, args.sim_seeds)
+            res = {}
+            for mode in ("serial", "ray"):
+                res[mode] = _run_one(workload, mode, Path(tmp) / f"{workload}-{mode}", args.cache, args.sim_seeds)
+                load.append(os.getloadavg()[0])
+            a, b = _science(Path(tmp) / f"{workload}-serial"), _science(Path(tmp) / f"{workload}-ray")
+            same = a == b
+            s, r = res["serial"], res["ray"]
+            rows.append({"workload": workload, "points": s["points"], "serial_s": s["seconds"],
+                         "ray_s": r["seconds"], "ray_init_s": r["init_seconds"],
+                         "serial_startup_s": s["startup_seconds"], "ray_startup_s": r["startup_seconds"],
+                         "ratio": s["seconds"] / r["seconds"],
+                         "ratio_after_startup": (s["seconds"] - s["startup_seconds"]) /
+                         (r["seconds"] - r["startup_seconds"]),
+                         "ratio_with_start": s["seconds"] / (r["seconds"] + r["init_seconds"]),
+                         "workers": r.get("worker_processes"), "identical": same,
+                         "executor": r.get("executor")})
+            if not same:
+                print(f"bench_ray: {workload}: the Ray records differ from the serial ones", file=sys.stderr)
+                return 1
+    lines = [f"1-minute load average during the run: {min(load):.1f}-{max(load):.1f} on "
+             f"{len(os.sched_getaffinity(0))} cores (other jobs count)", "",
+             "| workload | points | serial (start-up) | Ray, 2 workers, started instance (start-up) | Ray start | "
+             "serial / Ray | serial / (Ray + start) | after start-up | records identical |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    names = {"bridge": "pih run, tiny LLaMA: wanda x GPTQ, 6 ratios x 2 bit widths",
+             "sim": f"simulation: magnitude x RTN, 8 x 5 points, 256x512, {args.sim_seeds} seeds"}
+    for row in rows:
+        lines.append(f"| {names[row['workload']]} | {row['points']} | {row['serial_s']:.1f} s "
+                     f"({row['serial_startup_s']:.1f} s) | {row['ray_s']:.1f} s ({row['ray_startup_s']:.1f} s) "
+                     f"| {row['ray_init_s']:.1f} s | **{row['ratio']:.2f}x** | {row['ratio_with_start']:.2f}x | "
+                     f"{row['ratio_after_startup']:.2f}x | {'yes' if row['identical'] else 'NO'} |")
+    ex = rows[0].get("executor") or {}
+    if ex:
+        shared = {k: v for k, v in ex["stages_computed"].items() if v > 1}
+        lines += ["", f"pih run on Ray: {ex['groups']} groups on {ex['worker_processes']} workers, "
+                  f"{ex['model_loads']} model loads; prefixes computed by both workers: "
+                  f"{', '.join(sorted(shared)) or 'none'}"]
+    text = "\n".join(lines)
+    print(text)
+    if args.md:
+        Path(args.md).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,386 @@
+"""Where a sweep's work runs: in this process (``serial``) or on the workers of a Ray cluster (``ray``).
+
+An executor runs a function over a list of work items (groups of tasks) and yields each outcome as it finishes.
+The sweep's driver (:func:`pih.records.run_sweep`) is the only writer of the store: workers return records, the
+driver appends them (under the store's lock, skipping keys already stored), so a point is never stored twice,
+whatever a worker does. A worker killed mid-task is retried by Ray (``max_retries``); a task whose computation
+raises is a failed record (:func:`failed_record`), stored and shown, and never stalls the grid; a group whose
+worker died more often than ``max_retries`` is left unstored and reported (a rerun computes it).
+
+Ray is optional (``pip install pih[ray]``); ``import pih`` never imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib.util
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import Interrupted, PihError, StoreError, bad
+
+EXECUTORS = ("serial", "ray")
+RAY_INSTALL = "pip install pih[ray]"
+#: environment variables a local Ray instance's workers get from the driver (cache folders, offline settings,
+#: the kernels' switches): every ``PIH_*`` and these
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "XLA_FLAGS",
+                 "JAX_PLATFORMS")
+
+
+def ray_installed() -> bool:
+    return importlib.util.find_spec("ray") is not None
+
+
+class EnvironmentMismatch(PihError):
+    """A worker cannot compute the task as the driver defined it (another model, other data on that node): not a
+    property of the point, so it is never stored as a failed record."""
+
+
+#: exceptions that say nothing about the point itself (a rerun may well succeed): never stored as failures
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, (MemoryError, Interrupted, StoreError, EnvironmentMismatch)) or \
+        type(exc).__name__ == "OutOfMemoryError"  # torch.cuda.OutOfMemoryError, without importing torch
+
+
+def failed_record(task, exc: BaseException):
+    """The record of a task whose computation raised ``exc``: value NaN, ``failed`` = the error in one line."""
+    from .records import Record
+
+    msg = " ".join(str(exc).split())
+    reason = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    return Record(task.provenance, tuple(task.pipeline), math.nan, dict(task.point), {"error": type(exc).__name__},
+                  failed=reason)
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """``compute(task)`` with a deterministic error turned into a failed record (MemoryError, an out-of-memory
+    GPU, an interrupt or a store error still raise: they say nothing about the point)."""
+
+    compute: Callable
+
+    def __call__(self, task):
+        try:
+            return self.compute(task)
+        except Exception as exc:  # noqa: BLE001 - stored as the point's failure, with its error
+            if _transient(exc):
+                raise
+            return failed_record(task, exc)
+
+
+@dataclass(frozen=True)
+class GroupWork:
+    """What a worker runs for one group of tasks: ``compute`` on each task (each guarded), or ``compute_group`` on
+    the whole group (an error fails every task of the group). Returns the records and where they were computed;
+    ``compute.work_info()``, when the compute object has it, adds what the worker's state did for the group."""
+
+    compute: Callable | None = None
+    compute_group: Callable | None = None
+
+    def __call__(self, tasks: list) -> dict[str, Any]:
+        t0 = time.time()
+        if self.compute_group is not None:
+            try:
+                recs = list(self.compute_group(tasks))
+            except Exception as exc:  # noqa: BLE001 - every task of the group failed with it
+                if _transient(exc):
+                    raise
+                recs = [failed_record(t, exc) for t in tasks]
+            fn = self.compute_group
+        else:
+            g = Guarded(self.compute)
+            recs = [g(t) for t in tasks]
+            fn = self.compute
+        info = fn.work_info() if hasattr(fn, "work_info") else {}
+        return {"records": recs, "pid": os.getpid(), "host": platform.node(), "started": t0,
+                "seconds": time.time() - t0, "info": info}
+
+
+@dataclass
+class Lost:
+    """A work item that did not come back: its worker died more often than the retries allow, or it raised an
+    error that says nothing about its points (out of memory, another model on the worker's node)."""
+
+    reason: str
+
+
+@dataclass
+class Executor:
+    """Runs ``fn`` over work items; :meth:`map` yields ``(index, outcome)`` in the order they finish, ``outcome``
+    being ``fn(item)`` or :class:`Lost`. ``log``: one entry per finished item (where and how long)."""
+
+    name: str = "serial"
+    log: list[dict] = field(default_factory=list)
+
+    def map(self, fn: Callable, items: list) -> Iterator[tuple[int, Any]]:
+        raise NotImplementedError
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"executor": self.name, "workers": self.workers}
+
+    def close(self) -> None:
+        pass
+
+    def warm(self, fn: Callable, item: Any = None) -> None:
+        """Start the workers now, each running ``fn(item)`` (imports, a model load) while the driver prepares the
+        tasks; nothing waits for it, and an error there is the real tasks' to report. Serial: nothing."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class SerialExecutor(Executor):
+    """Every item in this process, one after the other."""
+
+    def map(self, fn: Callable, items: list) -> Iterator[tuple[int, Any]]:
+        for i, item in enumerate(items):
+            yield i, fn(item)
+
+
+def _in_worker(fn, item):
+    return fn(item)
+
+
+@dataclass
+class RayExecutor(Executor):
+    """Each item as a Ray task on the cluster at ``address`` (None: a local instance of ``num_cpus`` CPUs, started
+    here and shut down by :meth:`close`; "auto": the cluster this node belongs to; "HOST:PORT"). Each task asks
+    for ``cpus_per_task`` CPUs and ``gpus_per_task`` GPUs (Ray sets ``CUDA_VISIBLE_DEVICES`` for it; a fraction
+    lets tasks share a GPU) and is retried ``max_retries`` times when its worker dies."""
+
+    name: str = "ray"
+    address: str | None = None
+    num_cpus: int | None = None
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
+    max_retries: int = 3
+    _owns: bool = False
+    _started: bool = False
+
+    def start(self) -> RayExecutor:
+        if self._started:
+            return self
+        if not ray_installed():
+            raise PihError(f"--executor ray needs Ray: {RAY_INSTALL}")
+        import ray
+
+        if not ray.is_initialized():
+            env = {k: v for k, v in os.environ.items() if k.startswith("PIH_") or k in FORWARDED_ENV}
+            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                  "runtime_env": {"env_vars": env}, "configure_logging": False}
+            if self.address is None:
+                kw["num_cpus"] = self.num_cpus or os.cpu_count() or 1
+            elif self.address != "auto":  # Ray itself retries an unreachable address for minutes
+                problem = _unreachable(self.address)
+                if problem:
+                    raise bad("--address", self.address, f"no Ray cluster answers there ({problem}); start one with "
+                              "`ray start --head` and give the address it prints")
+            try:
+                ray.init(address=self.address, **kw)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = self.address or "a local instance"
+                raise PihError(f"--address {where}: cannot start or reach the Ray cluster "
+                               f"({' '.join(str(exc).split())[:300]})") from None
+            self._owns = True
+        res = ray.cluster_resources()
+        if self.gpus_per_task and res.get("GPU", 0) < self.gpus_per_task:
+            self.close()
+            raise bad("--gpus-per-task", self.gpus_per_task, f"the Ray cluster has {res.get('GPU', 0):g} GPUs")
+        if res.get("CPU", 0) < self.cpus_per_task:
+            self.close()
+            raise bad("--cpus-per-task", self.cpus_per_task, f"the Ray cluster has {res.get('CPU', 0):g} CPUs")
+        self._started = True
+        return self
+
+    @property
+    def workers(self) -> int:
+        """How many tasks the cluster can run at once with these per-task resources."""
+        if not self._started:
+            return 0
+        import ray
+
+        res = ray.cluster_resources()
+        n = res.get("CPU", 0) / self.cpus_per_task if self.cpus_per_task else math.inf
+        if self.gpus_per_task:
+            n = min(n, res.get("GPU", 0) / self.gpus_per_task)
+        return max(1, int(n))
+
+    def describe(self) -> dict[str, Any]:
+        return {"executor": "ray", "address": self.address or "local", "workers": self.workers,
+                "cpus_per_task": self.cpus_per_task, "gpus_per_task": self.gpus_per_task,
+                "max_retries": self.max_retries}
+
+    def _remote(self):
+        import ray
+
+        return ray.remote(_in_worker).options(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
+                                              max_retries=self.max_retries, retry_exceptions=False)
+
+    def warm(self, fn: Callable, item: Any = None) -> None:
+        self.start()
+        remote = self._remote()
+        self._warming = [remote.remote(fn, item) for _ in range(self.workers)]
+
+    def map(self, fn: Callable, items: list) -> Iterator[tuple[int, Any]]:
+        import ray
+        from ray.exceptions import RayError, RayTaskError
+
+        self.start()
+        remote = self._remote()
+        fref = ray.put(fn)
+        pending = {remote.remote(fref, item): i for i, item in enumerate(items)}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    i = pending.pop(ref)
+                    try:
+                        yield i, ray.get(ref)
+                    except RayTaskError as exc:  # raised in the task: a transient error (guarded ones are records)
+                        cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
+                        first = str(getattr(exc, "cause", None) or cause).strip().splitlines()
+                        yield i, Lost(f"{type(getattr(exc, 'cause', exc)).__name__}: {first[-1] if first else ''}")
+                    except RayError as exc:  # the worker died more often than max_retries, or the node is gone
+                        msg = " ".join(str(exc).split())[:200]
+                        yield i, Lost(f"{type(exc).__name__} after {self.max_retries} retries: {msg}")
+        finally:
+            for ref in pending:  # the driver stops (an interrupt, an error): nothing keeps running for it
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        if self._started:
+            import ray
+
+            for ref in getattr(self, "_warming", []):
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+            self._warming = []
+        if self._owns:
+            import ray
+
+            ray.shutdown()
+            self._owns = False
+        self._started = False
+
+
+def make_executor(name: str = "serial", address: str | None = None, cpus_per_task: float | None = None,
+                  gpus_per_task: float | None = None, max_retries: int = 3, num_cpus: int | None = None) -> Executor:
+    """The executor a command line asks for (``--executor``, ``--address``, ``--cpus-per-task``,
+    ``--gpus-per-task``), checked before anything is loaded: one-line errors on bad input."""
+    if name not in EXECUTORS:
+        raise bad("--executor", name, f"must be one of {list(EXECUTORS)}")
+    ray_only = {"--address": address, "--cpus-per-task": cpus_per_task, "--gpus-per-task": gpus_per_task}
+    if name == "serial":
+        given = [k for k, v in ray_only.items() if v is not None]
+        if given:
+            raise bad(given[0], ray_only[given[0]], "applies to --executor ray only")
+        return SerialExecutor()
+    if not ray_installed():
+        raise PihError(f"--executor ray needs Ray, which is not installed: {RAY_INSTALL}")
+    for k, v, minimum in (("--cpus-per-task", cpus_per_task, 0), ("--gpus-per-task", gpus_per_task, 0)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                              or v < minimum):
+            raise bad(k, v, "must be a number >= 0")
+    if cpus_per_task is not None and cpus_per_task == 0 and not gpus_per_task:
+        raise bad("--cpus-per-task", cpus_per_task, "a task needs some CPU or a GPU")
+    if address is not None and (not isinstance(address, str) or not address or
+                                (address != "auto" and not _host_port(address))):
+        raise bad("--address", address, 'must be "auto", HOST:PORT or ray://HOST:PORT')
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise bad("max_retries", max_retries, "must be an integer >= 0")
+    return RayExecutor(address=address, num_cpus=num_cpus, cpus_per_task=1.0 if cpus_per_task is None else
+                       float(cpus_per_task), gpus_per_task=float(gpus_per_task or 0), max_retries=max_retries)
+
+
+def _unreachable(address: str, timeout: float = 5.0) -> str | None:
+    """Why nothing listens at HOST:PORT (None: a TCP connection was accepted)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
+def _host_port(address: str) -> bool:
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
+def add_executor_args(p) -> None:
+    """``--executor serial|ray [--address ...] [--cpus-per-task N] [--gpus-per-task N]`` on a subcommand."""
+    p.add_argument("--executor", choices=EXECUTORS, default="serial",
+                   help="serial (default: this process) or ray (tasks on a local Ray instance or a cluster; "
+                   f"{RAY_INSTALL}). The driver is the only writer of the store; records are the same either way")
+    p.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="with --executor ray: the cluster to join (auto: the one this node belongs to, started "
+                   "by `ray start --head`); default: a local instance on this machine's CPUs")
+    p.add_argument("--cpus-per-task", type=float, default=None, metavar="N",
+                   help="with --executor ray: CPUs each task asks for (default 1)")
+    p.add_argument("--gpus-per-task", type=float, default=None, metavar="N",
+                   help="with --executor ray: GPUs each task asks for (default 0; 0.5: two tasks share a GPU)")
+
+
+def executor_from_args(args) -> Executor:
+    return make_executor(args.executor, args.address, args.cpus_per_task, args.gpus_per_task)
+
+
+_current: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("pih_executor", default=None)
+
+
+def current() -> Executor | None:
+    """The executor :func:`using` set for this context (None: sweeps run in this process, as always)."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def using(executor: Executor | None):
+    """Run the sweeps inside the block (every :func:`pih.records.run_sweep` not given an executor) on
+    ``executor``; a serial executor leaves them as they are."""
+    token = _current.set(None if isinstance(executor, SerialExecutor) else executor)
+    try:
+        yield executor
+    finally:
+        _current.reset(token)
+
+
+def groups_of(tasks: Iterable, group_by: Callable | None) -> list[list]:
+    """Tasks with equal ``group_by(task)`` in one group (first-seen order); each task alone without it."""
+    if group_by is None:
+        return [[t] for t in tasks]
+    out: dict[Any, list] = {}
+    for t in tasks:
+        out.setdefault(group_by(t), []).append(t)
+    return list(out.values())
+
+
+@dataclass(frozen=True)
+class Imports:
+    """A warm-up for :meth:`Executor.warm`: import these modules in the worker."""
+
+    modules: tuple[str, ...]
+
+    def __call__(self, _=None) -> int:
+        import importlib
+
+        for m in self.modules:
+            importlib.import_module(m)
+        return os.getpid()
