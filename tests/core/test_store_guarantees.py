@@ -300,3 +300,24 @@ def test_threads_appending_the_same_keys_store_each_once(tmp_path):
     keys = [json.loads(s)["key"] for s in Store(tmp_path).file.read_bytes().splitlines()]
     assert sorted(keys) == sorted(r.key for r in rs)
     assert Store(tmp_path).verify() == []
+
+
+def test_stale_temporary_sidecars_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    """A writer killed between writing its temporary sidecar and renaming it leaves ``.KEY.PID.*.tmp.npz``; the next
+    append removes those of processes that are gone and keeps those of live ones (still writing)."""
+    st = filled(tmp_path, n=1, arrays=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # that process has exited
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        adir = tmp_path / "arrays"
+        stale = adir / f".abc.{dead_pid}.0123abcd.tmp.npz"
+        busy = adir / f".abd.{live.pid}.4567abcd.tmp.npz"
+        stale.write_bytes(b"partial")
+        busy.write_bytes(b"partial")
+        st.append(recs(2, arrays=True)[1])
+        assert not stale.exists(), "a dead writer's temporary sidecar was left behind"
+        assert busy.exists(), "a live writer's temporary sidecar was removed under it"
+    finally:
+        live.kill()
+        live.wait()
