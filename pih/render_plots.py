@@ -42,16 +42,22 @@ def _colours(keys: list, plt) -> dict:
     return {k: cycle[i % len(cycle)] for i, k in enumerate(uniq)}
 
 
+def _panel_grid(plt, fig_data: dict, default_cols: int, width: float, height: float):
+    """The figure and axes of a multi-panel figure: ``columns`` (or ``default_cols``) panels a row."""
+    n = max(1, len(fig_data["panels"]))
+    cols = min(fig_data.get("columns") or default_cols, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    return fig, axes, rows
+
+
 def panels_figure(fig_data: dict):
     """Panels of lines (``gap``, ``lines``) or point clouds (``scatter``) with one legend for all of them and the
     bit width written at every point; returns the matplotlib figure."""
     plt = _pyplot()
     kind = fig_data["kind"]
     panels = fig_data["panels"]
-    n = max(1, len(panels))
-    cols = min(fig_data.get("columns") or 3, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    fig, axes, rows = _panel_grid(plt, fig_data, 3, 4.6, 3.6)
     colours = _colours([ln["key"] for p in panels for ln in p["lines"]], plt)
     handles: dict = {}
     markers = ("o", "x", "s", "^", "v", "d")
@@ -88,10 +94,7 @@ def seeds_figure(fig_data: dict):
     """Means over seeds against the CER gap, each with its noise floor (2 sd over seeds) as an error bar."""
     plt = _pyplot()
     panels = fig_data["panels"]
-    n = max(1, len(panels))
-    cols = min(fig_data.get("columns") or 2, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.2 * rows), squeeze=False)
+    fig, axes, rows = _panel_grid(plt, fig_data, 2, 5.6, 4.2)
     colours = _colours([pt["key"] for p in panels for pt in p["points"]], plt)
     handles: dict = {}
     for ax, panel in zip(axes.ravel(), panels, strict=False):
