@@ -51,6 +51,16 @@ def _panel_grid(plt, fig_data: dict, default_cols: int, width: float, height: fl
     return fig, axes, rows
 
 
+def _finish_panel(ax, panel: dict, fig_data: dict, zero_lines: bool) -> None:
+    """A panel's axes lines at A = 0 and gap = 0 (when asked), its title and axis labels."""
+    if zero_lines:
+        ax.axhline(0, color="k", lw=0.6)
+        ax.axvline(0, color="k", lw=0.4, ls=":")
+    ax.set_title(panel["title"], fontsize=8)
+    ax.set_xlabel(fig_data.get("xlabel", GAP_X), fontsize=8)
+    ax.set_ylabel(fig_data.get("ylabel", GAP_Y), fontsize=8)
+
+
 def panels_figure(fig_data: dict):
     """Panels of lines (``gap``, ``lines``) or point clouds (``scatter``) with one legend for all of them and the
     bit width written at every point; returns the matplotlib figure."""
@@ -73,12 +83,7 @@ def panels_figure(fig_data: dict):
             handles.setdefault(ln["label"], h)
             for x, y, b in zip(ln["x"], ln["y"], ln["bits"], strict=True):
                 ax.annotate(f"{b}", (x, y), textcoords="offset points", xytext=(2, 2), fontsize=5, color=c)
-        if kind in ("gap", "scatter"):
-            ax.axhline(0, color="k", lw=0.6)
-            ax.axvline(0, color="k", lw=0.4, ls=":")
-        ax.set_title(panel["title"], fontsize=8)
-        ax.set_xlabel(fig_data.get("xlabel", GAP_X), fontsize=8)
-        ax.set_ylabel(fig_data.get("ylabel", GAP_Y), fontsize=8)
+        _finish_panel(ax, panel, fig_data, kind in ("gap", "scatter"))
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
     note = "" if kind == "lines" else " (numbers: bit width of each point)"
@@ -111,11 +116,7 @@ def seeds_figure(fig_data: dict):
             handles.setdefault((pt["key"], pt["label"]), h)
             ax.annotate(f"{pt['bits']}", (pt["x"], pt["y"]), textcoords="offset points", xytext=(3, 2), fontsize=5,
                         color=c)
-        ax.axhline(0, color="k", lw=0.6)
-        ax.axvline(0, color="k", lw=0.4, ls=":")
-        ax.set_title(panel["title"], fontsize=8)
-        ax.set_xlabel(fig_data.get("xlabel", GAP_X), fontsize=8)
-        ax.set_ylabel(fig_data.get("ylabel", GAP_Y), fontsize=8)
+        _finish_panel(ax, panel, fig_data, True)
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
     fig.suptitle(fig_data.get("title", "") + " (numbers: bit width; bars: noise floor = 2 sd over seeds; filled: "

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import Prune, Quantize, Record, Store, pipeline_label
+from .. import Prune, Quantize, Record, Store, pipeline_label, registry
 from ..advice import WEIGHTINGS, confidence, error_to_metric, evidence, layer_weights, next_curve_bits  # noqa: F401
 from ..errors import bad
 from ..order import all_orders
@@ -87,8 +87,6 @@ def check_methods(methods) -> tuple:
                   "orders are not worth predicting layer by layer)")
     for m in methods:
         if isinstance(m, Prune):
-            from .. import registry
-
             if m.structure in ("row", "head", "block") or not registry.has_kernel(m, "torch"):
                 names = ", ".join(registry.with_kernel("prune", "torch"))
                 raise bad("prune", m.label, f"pih advise predicts layer-wise pruners ({names}; unstructured or "
