@@ -34,7 +34,7 @@ from ..registry import KernelState, Stats
 from ._common import bad
 from .blocks import layer_names, walk
 from .conv import matrix_shape, set_weight_matrix, weight_matrix
-from .kernels import ModelStage, check_quantizer
+from .kernels import ModelStage, check_quantizer, quantizer_of
 from .models import LoadedModel, linears_of
 from .quant import Grid
 from .settings import OFFGRID_POLICIES, BridgeSettings  # noqa: F401  (re-exported: pih.bridge.engine.BridgeSettings)
@@ -84,7 +84,7 @@ def _check_pipeline(lm: LoadedModel, pipeline, settings: BridgeSettings, state: 
                             raise bad("structure", spec.structure, f"layer {n}: {exc}") from None
         else:
             registry.kernel_for(spec, "torch")
-            check_quantizer(spec if isinstance(spec, Quantize) else spec.quantizer(0))
+            check_quantizer(spec)
             quantized = True
             if isinstance(spec, Quantize) and spec.rotation:
                 from .rotate import check_rotatable
@@ -141,7 +141,7 @@ def compress_matrix(spec, W: torch.Tensor, H: torch.Tensor | None, norm2: torch.
     if isinstance(spec, Prune):
         setting = spec.ratio
     else:
-        setting = (spec if isinstance(spec, Quantize) else spec.quantizer(0)).bits if bits is None else bits
+        setting = quantizer_of(spec).bits if bits is None else bits
     state = KernelState(pruned=mask, grid=grid, offgrid=settings.offgrid)
     newW, out = kernel(spec, W, Stats(H=H, norm2=norm2), state, gen, setting, options=settings)
     return newW, out.pruned, out.grid, int(out.moved), int(out.kept)
@@ -163,10 +163,8 @@ def _layerwise(lm, spec, state, calib, settings, seed, stage_index, progress, en
             mask = state.masks.get(full)
             mask = mask.to(W.device) if mask is not None else None
             grid = state.grids.get(full)
-            bits = None
-            if not isinstance(spec, Prune):
-                q = spec if isinstance(spec, Quantize) else spec.quantizer(0)
-                bits = bits_override if bits_override is not None else (mp_bits[full] if mp_bits else q.bits)
+            # a quantizer's bit width: the mixed-precision group's, the layer's, or (None) the spec's own
+            bits = bits_override if bits_override is not None else (mp_bits[full] if mp_bits else None)
             st = step.stats.get(n)
             newW, mask, grid, moved, kept = compress_matrix(spec, Wf, None if st is None else st.H,
                                                             None if st is None else st.norm2, mask,

@@ -80,14 +80,20 @@ def sparsegpt_kernel(spec, W, stats: Stats, state: KernelState, key, setting, *,
     return newW, state.replace(pruned=mask, moved=moved, kept=kept)
 
 
+def quantizer_of(spec):
+    """The uniform quantizer a quantize or mixed-precision spec runs (mixed precision: its quantizer at the first
+    layer's bit width; the engine passes each layer's bit width as the kernel's ``setting``)."""
+    return spec if spec.kind == "quantize" else spec.quantizer(0)
+
+
 def _quantizer(spec):
-    q = spec if spec.kind == "quantize" else spec.quantizer(0)
-    check_quantizer(q)
-    return q
+    check_quantizer(spec)
+    return quantizer_of(spec)
 
 
-def check_quantizer(q) -> None:
+def check_quantizer(spec) -> None:
     """Refuse what the bridge's quantizers do not implement (before anything runs: the engine calls it)."""
+    q = quantizer_of(spec)
     if getattr(q, "grid", "full") != "full":
         raise bad("grid", q.grid, "the torch bridge quantizes on the full grid only (the odd grid is the "
                   "simulation's)")
