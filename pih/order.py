@@ -73,3 +73,20 @@ def search_orders(methods: Sequence, evaluate: Callable[[tuple], float], cers: S
     pred = predicted_order(methods, cers) if cers is not None else None
     regret = scores[best] - scores[pred] if pred is not None else None
     return OrderSearch(scores, best, pred, regret)
+
+
+def unit_model_error(order, lam, r, q, owner, k) -> float:
+    """The unit model of proofs/n_methods.md (N3, C2, C3): error of applying ``order`` (items: 'P' or a
+    quantizer index) under A1 + DS + A2a[phi]; the pruner removes the k units of least λ(r − q_seen), ties by
+    index. Returns E (lower is better)."""
+    n = len(r)
+    applied = np.zeros(n, bool)
+    pruned = np.zeros(n, bool)
+    for f in order:
+        if f == "P":
+            seen = np.where(applied, q, 0.0)
+            pruned = np.zeros(n, bool)
+            pruned[np.lexsort((np.arange(n), lam * (r - seen)))[:k]] = True
+        else:
+            applied |= owner == f
+    return float((lam * r)[pruned].sum() + (lam * np.where(applied, q, 0.0))[~pruned].sum())
