@@ -2,6 +2,7 @@
 against trying every order (both measured in the same process, one torch thread).
 
     PIH_CACHE=... python experiments/advise_measure.py [--seeds 0 1 2] [--out FILE.json]
+    python experiments/advise_measure.py --calibrate      # pih/data/advise_calibration.json from the committed files
 
 For every case: advise with the default stratified quarter of the layers and --verify (measured cost ratio), then
 advise on every layer (no verify) scored against the same verified perplexities. The raw (unweighted) sum of the
@@ -20,10 +21,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from pih.bridge.advise import AdviseConfig, advise
-from pih.commands.advise import parse_prune, parse_quantize
+from pih.advice import calibration_table, protocol_of
 
 CASES = [
     (["sparsegpt:0.5"], ["gptq:4"]),
@@ -37,6 +36,90 @@ CASES = [
 ]
 
 
+# the verified outcomes advise is calibrated against (``--calibrate``), as committed
+VERIFIED = ("experiments/measured/advise_tiny_llama.json", "experiments/measured/advise_tiny_llama_model1.json",
+            "experiments/measured/advise_smollm2.json")
+CALIBRATION = "pih/data/advise_calibration.json"
+# the family (config.model_type) of the models of files written before advise recorded ``model_info``: pih's
+# tiny LLaMA is a LlamaForCausalLM, SmolLM2-135M a Llama-architecture GGUF
+FAMILY_OF = {"tiny-llama": "llama", "SmolLM2": "llama"}
+
+
+def _family(model: str, info: dict | None) -> str | None:
+    if info and info.get("family"):
+        return info["family"]
+    return next((f for k, f in FAMILY_OF.items() if model.startswith(k)), None)
+
+
+def verified_runs(path: str) -> list[dict]:
+    """One dict per verified advise run of a committed file (this script's output, or a ``{"full": advise JSON,
+    "order_only": ...}`` document of single ``pih advise --verify --format json`` runs): its agreement, tie,
+    right/wrong against the verified best, predicted and measured gain, model, size and protocol."""
+    doc = json.loads(Path(path).read_text())
+    runs = []
+    if "rows" in doc:  # this script's: a quarter of the layers (with --verify) and every layer, per row
+        prov = doc["provenance"]
+        decided = {c["case"]: c["decided"] for c in doc["summary"]["per_case"]}
+        for r in doc["rows"]:
+            for key in ("quarter", "all_layers"):
+                q = r[key]
+                n_all = r["all_layers"]["layers"]
+                lf = 1.0 if key == "all_layers" else float(prov["settings"]["layer_fraction"])
+                pa, ma = q.get("predicted_A_QP"), r.get("A_QP_measured")
+                runs.append({
+                    "source": path, "case": r["case"], "seed": r["seed"], "model_seed": doc.get("model_seed", 0),
+                    "model": prov["model"], "family": _family(prov["model"], r.get("model_info")),
+                    "n_linear_layers": n_all, "layer_fraction": lf, "protocol": protocol_of(prov),
+                    "agreement": q["confidence"]["layers_agreeing"], "tie": q["confidence"]["level"] == "tie",
+                    "right": bool(q["right"]), "decided": decided.get(r["case"]),
+                    # pairs: gain = |predicted A|, measured gain of the pick = measured A / sign(predicted A)
+                    "predicted_gain": abs(pa) if pa is not None else None,
+                    "measured_gain": (ma * np.sign(pa)) if pa is not None and ma is not None else None})
+        return runs
+    for key in ("full", "order_only"):
+        out = doc.get(key)
+        if not out or "verify" not in out:
+            continue
+        prov, v = out["provenance"], out["verify"]
+        g = out.get("expected_gain_ppl")
+        runs.append({
+            "source": f"{path}:{key}", "case": " x ".join(out["methods"]), "seed": prov.get("seed"),
+            "model_seed": None, "model": prov["model"], "family": _family(prov["model"], out.get("model_info")),
+            "n_linear_layers": out["measurement"]["layers_total"],
+            "layer_fraction": float(out["measurement"]["layer_fraction"]), "protocol": protocol_of(prov),
+            "agreement": out["confidence"]["layers_agreeing"], "tie": out["confidence"]["level"] == "tie",
+            "right": bool(v["prediction_right"]), "decided": None,
+            "predicted_gain": g, "measured_gain": (v["ppl"][out["runner_up"]] - v["ppl"][out["recommendation"]])
+            if g is not None else None})
+    return runs
+
+
+def calibrate(files=VERIFIED, out=CALIBRATION) -> dict:
+    """The calibration table of ``pih advise`` (:func:`pih.advice.calibration_table`) from the committed verified
+    outcomes, written with the files and seeds it came from."""
+    runs = [r for f in files for r in verified_runs(f)]
+    # a case's order-only run repeats the full run's layer-wise measurement: one verified outcome, counted once
+    seen, uniq = set(), []
+    for r in runs:
+        k = (r["model"], r["case"], r["seed"], r["layer_fraction"], r["agreement"], r["right"])
+        if k not in seen:
+            seen.add(k)
+            uniq.append(r)
+    cal = calibration_table(uniq)
+    cal["source"] = {"script": "python experiments/advise_measure.py --calibrate", "files": [
+        {"file": f, "runs": sum(r["source"].split(":")[0] == f for r in uniq),
+         "models": sorted({r["model"] for r in uniq if r["source"].split(":")[0] == f}),
+         "model_seeds": sorted({r["model_seed"] for r in uniq if r["source"].split(":")[0] == f
+                                and r["model_seed"] is not None}),
+         "calibration_seeds": sorted({r["seed"] for r in uniq if r["source"].split(":")[0] == f})} for f in files],
+        "right": "advise's recommendation is the order with the lowest perplexity measured by --verify in the same "
+                 "run (decided: the case's measured best is above the noise floor of its calibration seeds)"}
+    cal["runs"] = uniq
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(cal, indent=1, default=float) + "\n")
+    return cal
+
+
 def _raw_pick(out: dict) -> str:
     errs = {k: float(np.sum(v)) for k, v in out["layers"]["errors"].items()}
     return min(errs, key=errs.get)
@@ -48,7 +131,24 @@ def main() -> None:
     ap.add_argument("--model", default="tiny-llama:kjv")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="calibration seeds")
     ap.add_argument("--model-seed", type=int, default=0, help="the tiny model's training seed")
+    ap.add_argument("--calibrate", action="store_true", help=f"write {CALIBRATION} from the committed verified "
+                    "outcomes (" + ", ".join(VERIFIED) + ") and measure nothing")
     args = ap.parse_args()
+    if args.calibrate:
+        cal = calibrate()
+        for lf, t in cal["tables"].items():
+            print(f"layer fraction {lf}: {t['n_runs']} verified runs")
+            for b in t["bins"]:
+                print(f"  agreement {b['lo']:.3f}-{b['hi']:.3f} (observed {b['observed_lo']:.3f}-"
+                      f"{b['observed_hi']:.3f}): right {b['right']}/{b['n']}, Wilson95 "
+                      f"{b['wilson95'][0]:.2f}-{b['wilson95'][1]:.2f} -> {b['level']}")
+            print("  ties:", t["tie"], "\n  gain ratio:", t["gain_ratio"])
+        return
+    import torch
+
+    from pih.bridge.advise import AdviseConfig, advise
+    from pih.commands.advise import parse_prune, parse_quantize
+
     torch.set_num_threads(1)
     rows = []
     for (prunes, quants), seed in [(c, s) for c in CASES for s in args.seeds]:
@@ -80,7 +180,7 @@ def main() -> None:
             "cost": {"advise_s": quick["cost"]["advise_s"], "verify_s": quick["cost"]["trying_every_order_s"],
                      "ratio": quick["cost"]["ratio_measured"], "estimated_ratio": quick["cost"]["ratio_estimated"],
                      "setup_s": quick["cost"]["setup_s"]},
-            "seconds_total": time.time() - t0,
+            "seconds_total": time.time() - t0, "model_info": quick.get("model_info"),
         }
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("case", "seed", "best", "A_QP_measured")}),

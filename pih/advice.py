@@ -228,3 +228,222 @@ def evidence(methods: Sequence, orders: Sequence[tuple[int, ...]], layer_names: 
         few_token_ppl={("dense" if v == "dense" else labels[v]): ppl[v] for v in ppl},
         predicted_A_QP_error=a_err, predicted_A_QP_ppl=a_ppl, predicted_first=first, best=best, pih=pih_order,
         summed_errors={**E, **{(k,): e for k, e in E_alone.items()}})
+
+
+# -- calibration against advise's own verified outcomes -------------------------------------------------------
+CALIBRATION_MIN_RUNS = 5  # verified runs per agreement bin at least (fewer: merged with the next lower level)
+LEVEL_RULE = ("high: the Wilson 95 % lower bound of the fraction right at this agreement level >= 0.8; medium: "
+              ">= 0.5; low: below; uncalibrated: no verified run at this agreement level; tie: identical errors")
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``k``/``n`` (95 % by default); (0, 1) for n = 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def gain_ratio(runs: Sequence[Mapping[str, Any]]) -> dict | None:
+    """The measured/predicted gain ratios of verified runs (those with a predicted gain): n, min, 5 %, median,
+    95 %, max (negative: the recommended order was the worse one)."""
+    ratios = np.array([r["measured_gain"] / r["predicted_gain"] for r in runs
+                       if r.get("predicted_gain") and r.get("measured_gain") is not None], dtype=float)
+    if not ratios.size:
+        return None
+    return {"n": int(ratios.size), "min": float(ratios.min()), "q05": float(np.quantile(ratios, 0.05)),
+            "median": float(np.median(ratios)), "q95": float(np.quantile(ratios, 0.95)), "max": float(ratios.max()),
+            "ratio": "measured gain (--verify) / predicted gain (few-token map)"}
+
+
+def _agreement_bins(runs: Sequence[Mapping[str, Any]], min_runs: int) -> list[dict]:
+    """Bins of the layer agreement, from the top down, each of at least ``min_runs`` runs (equal agreements never
+    split; a short remainder joins the bin above it); contiguous edges at the midpoints between bins, the lowest
+    bin starting at its lowest verified agreement (below it: uncalibrated)."""
+    vals = sorted({r["agreement"] for r in runs}, reverse=True)
+    groups: list[list[Mapping[str, Any]]] = []
+    cur: list[Mapping[str, Any]] = []
+    for v in vals:
+        cur += [r for r in runs if r["agreement"] == v]
+        if len(cur) >= min_runs:
+            groups.append(cur)
+            cur = []
+    if cur:
+        if groups:
+            groups[-1] += cur
+        else:
+            groups.append(cur)
+    bins = []
+    for g in groups:
+        a = [r["agreement"] for r in g]
+        k = sum(bool(r["right"]) for r in g)
+        dec = [r for r in g if r.get("decided")]
+        lo, hi = wilson(k, len(g))
+        bins.append({"observed_lo": min(a), "observed_hi": max(a), "n": len(g), "right": k, "wilson95": [lo, hi],
+                     "n_decided": len(dec), "right_decided": sum(bool(r["right"]) for r in dec),
+                     "level": level_of(lo), "gain_ratio": gain_ratio(g)})
+    for i, b in enumerate(bins):
+        b["hi"] = 1.0 if i == 0 else (bins[i - 1]["observed_lo"] + b["observed_hi"]) / 2
+        b["lo"] = b["observed_lo"] if i == len(bins) - 1 else (b["observed_lo"] + bins[i + 1]["observed_hi"]) / 2
+    return bins
+
+
+def level_of(wilson_lo: float) -> str:
+    """The confidence level a calibrated agreement bin earns (:data:`LEVEL_RULE`)."""
+    return "high" if wilson_lo >= 0.8 else ("medium" if wilson_lo >= 0.5 else "low")
+
+
+def calibration_table(runs: Sequence[Mapping[str, Any]], min_runs: int = CALIBRATION_MIN_RUNS) -> dict:
+    """The calibration of advise from verified runs (one dict per run: ``layer_fraction``, ``agreement``, ``tie``,
+    ``right``, ``decided``, ``predicted_gain``, ``measured_gain``, ``model``, ``family``, ``n_linear_layers`` and the
+    ``protocol``), one table per layer fraction (the agreement of a quarter of the layers and of all of them are
+    different measurements): the fraction right per agreement bin with its Wilson 95 % interval, the ties, the
+    measured/predicted gain ratios (quantiles), and the scope verified (models, families, sizes, protocols)."""
+    tables: dict[str, Any] = {}
+    for lf in sorted({r["layer_fraction"] for r in runs}):
+        rs = [r for r in runs if r["layer_fraction"] == lf]
+        ties = [r for r in rs if r["tie"]]
+        kt = sum(bool(r["right"]) for r in ties)
+        gain = gain_ratio([r for r in rs if not r["tie"]])
+        models = {}
+        for r in rs:
+            m = models.setdefault(r["model"], {"model": r["model"], "family": r["family"],
+                                               "n_linear_layers": r["n_linear_layers"], "runs": 0})
+            m["runs"] += 1
+        tables[repr(float(lf))] = {
+            "layer_fraction": float(lf), "n_runs": len(rs),
+            "bins": _agreement_bins([r for r in rs if not r["tie"]], min_runs),
+            "tie": {"n": len(ties), "right": kt, "wilson95": list(wilson(kt, len(ties)))} if ties else None,
+            "gain_ratio": gain, "models": list(models.values()),
+            "families": sorted({r["family"] for r in rs}),
+            "n_linear_layers": [min(r["n_linear_layers"] for r in rs), max(r["n_linear_layers"] for r in rs)],
+            "protocols": sorted({tuple(sorted(r["protocol"].items())) for r in rs})}
+        tables[repr(float(lf))]["protocols"] = [dict(p) for p in tables[repr(float(lf))]["protocols"]]
+    return {"min_runs_per_bin": min_runs, "level_rule": LEVEL_RULE, "tables": tables}
+
+
+PROTOCOL_KEYS = ("eval_tokens", "calibration_size", "seqlen", "weighting", "offgrid")
+
+
+def protocol_of(prov: Mapping[str, Any]) -> dict:
+    """The part of advise's provenance (its JSON ``provenance``) that its calibration depends on."""
+    st = prov.get("settings") or {}
+    return {"eval_tokens": st.get("advise_eval_tokens"), "calibration_size": prov.get("calibration_size"),
+            "seqlen": prov.get("seqlen"), "weighting": st.get("weighting"),
+            "offgrid": (st.get("bridge") or {}).get("offgrid")}
+
+
+def calibrate(out: Mapping[str, Any], cal: Mapping[str, Any] | None) -> dict:
+    """What the verified outcomes say about one advice (``out``: advise's JSON dict, its ``provenance`` and
+    ``model_info`` included): the fraction right at its agreement level, the calibrated level, the expected gain as
+    an interval (the predicted gain times the 5-95 % quantiles of the measured/predicted ratios, their range below
+    20 runs), and where the run is outside what was verified. ``cal``: :func:`calibration_table`'s dict (None:
+    nothing verified)."""
+    prov = out.get("provenance") or {}
+    conf = out["confidence"]
+    lf = float(out["measurement"]["layer_fraction"])
+    res: dict[str, Any] = {"source": (cal or {}).get("source"), "level_rule": LEVEL_RULE, "outside_verified": []}
+    tables = (cal or {}).get("tables") or {}
+    table = tables.get(repr(lf))
+    if table is None and tables:
+        near = min(tables.values(), key=lambda t: abs(math.log(t["layer_fraction"] / lf)))
+        res["outside_verified"].append(
+            f"layer fraction {lf:g} was never verified (verified: "
+            + ", ".join(f"{t['layer_fraction']:g}" for t in tables.values())
+            + f"); calibrated by the runs at {near['layer_fraction']:g}")
+        table = near
+    if table is None:
+        res.update(level="tie" if conf.get("level") == "tie" else "uncalibrated", bin=None, gain_interval_ppl=None,
+                   text="uncalibrated (no verified runs)")
+        return res
+    res["layer_fraction_table"] = table["layer_fraction"]
+    a = conf["layers_agreeing"]
+    if conf.get("level") == "tie":
+        t = table.get("tie")
+        res["bin"] = t
+        res["level"] = "tie"
+        res["text"] = (f"in {t['n']} verified ties the order listed first was best in {t['right']} (Wilson 95 % "
+                       f"{100 * t['wilson95'][0]:.0f}-{100 * t['wilson95'][1]:.0f} %): the order is not decided"
+                       if t else "uncalibrated (no verified ties)")
+    else:
+        b = next((b for b in table["bins"] if b["lo"] <= a <= b["hi"]), None)
+        res["bin"] = b
+        if b is None:
+            res["level"] = "uncalibrated"
+            res["text"] = "uncalibrated (no verified runs at this agreement level)"
+        else:
+            res["level"] = b["level"]
+            rng = (f"{100 * b['observed_lo']:.0f} %" if b["observed_lo"] == b["observed_hi"]
+                   else f"{100 * b['observed_lo']:.0f}-{100 * b['observed_hi']:.0f} %")
+            res["text"] = (f"right in {b['right']} of {b['n']} verified runs with agreement {rng} (Wilson 95 % "
+                           f"{100 * b['wilson95'][0]:.0f}-{100 * b['wilson95'][1]:.0f} %)")
+    # the gain: the predicted gain times the 5-95 % measured/predicted ratios of the runs at this agreement level
+    # (of every verified run of the table where this level has too few)
+    g, gr, scope = out.get("expected_gain_ppl"), table.get("gain_ratio"), "every verified run"
+    bg = (res.get("bin") or {}).get("gain_ratio")
+    if conf.get("level") != "tie" and bg and bg["n"] >= CALIBRATION_MIN_RUNS:
+        gr, scope = bg, "the verified runs at this agreement level"
+    if gr:  # 5-95 % quantiles from 20 ratios on; below, the range of the few there are
+        lo_r, hi_r = (gr["q05"], gr["q95"]) if gr["n"] >= 20 else (gr["min"], gr["max"])
+        res["gain_ratio_interval"] = [lo_r, hi_r]
+        res["gain_ratio_interval_kind"] = "5-95 % quantiles" if gr["n"] >= 20 else "range"
+    res["gain_interval_ppl"] = ([g * res["gain_ratio_interval"][0], g * res["gain_ratio_interval"][1]]
+                                if g is not None and gr else None)
+    res["gain_ratio"] = gr
+    res["gain_ratio_scope"] = scope
+    # the scope: model family, size, protocol
+    info, proto = out.get("model_info") or {}, protocol_of(prov)
+    fam, nl = info.get("family"), info.get("n_linear_layers")
+    if fam is not None and fam not in table["families"]:
+        res["outside_verified"].append(f"model family {fam!r} was never verified (verified: "
+                                       f"{', '.join(table['families'])})")
+    lo, hi = table["n_linear_layers"]
+    if nl is not None and not lo <= nl <= hi:
+        res["outside_verified"].append(f"{nl} linear layers: outside the verified sizes ({lo}-{hi} linear layers)")
+    same = [m for m in table["models"] if m["model"] == prov.get("model")]
+    if not same:
+        res["outside_verified"].append(
+            "this model (its content identity) is not among the verified ones (verified: "
+            + "; ".join(f"{m['model']} ({m['runs']} runs)" for m in table["models"]) + ")")
+    elif same[0]["runs"] < CALIBRATION_MIN_RUNS:
+        res["outside_verified"].append(f"this model has only {same[0]['runs']} verified run(s)")
+    diff = [k for k in PROTOCOL_KEYS
+            if proto.get(k) is not None and all(p.get(k) != proto[k] for p in table["protocols"])]
+    if diff:
+        res["outside_verified"].append("protocol never verified: " + ", ".join(
+            f"{k} {proto[k]} (verified: {', '.join(sorted({str(p.get(k)) for p in table['protocols']}))})"
+            for k in diff))
+    return res
+
+
+CALIBRATION_FILE = "data/advise_calibration.json"  # package data, from experiments/advise_measure.py --calibrate
+
+
+def load_calibration() -> dict | None:
+    """The calibration table shipped with pih (None when the package data is missing)."""
+    import json
+    from importlib.resources import files
+
+    try:
+        cal = json.loads(files("pih").joinpath(CALIBRATION_FILE).read_text())
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+    cal.pop("runs", None)  # the per-run rows: provenance of the table, not needed to apply it
+    return cal
+
+
+def attach_calibration(out: dict, cal: Mapping[str, Any] | None) -> dict:
+    """Add the calibration (:func:`calibrate`) to advise's JSON dict ``out``, in place: ``out["calibration"]``,
+    ``out["expected_gain_interval_ppl"]``; ``confidence.level`` becomes the calibrated level (the layers' own
+    agreement level, never evidence of being right, stays as ``confidence.agreement_level``)."""
+    res = calibrate(out, cal)
+    conf = out["confidence"]
+    conf.setdefault("agreement_level", conf.get("level"))
+    conf["level"] = res["level"]
+    conf["calibrated"] = res["text"]
+    out["calibration"] = res
+    out["expected_gain_interval_ppl"] = res["gain_interval_ppl"]
+    return out

@@ -94,6 +94,7 @@ def advice_lines(out: dict, md: bool = False) -> list[str]:
     first = {"prune": "prune first", "quantize": "quantize first"}.get(out.get("predicted_first"), "")
     b = "**" if md else ""
     L.append(f"{b}Use: {out['recommendation']}{b}" + (f"  ({first})" if first else ""))
+    cal = out.get("calibration")
     if out["measurement"]["evaluations"] == 0:
         L.append("Expected gain: not computed (order only: no evaluations, no CER).")
     elif out["expected_gain_ppl"] is None:
@@ -102,14 +103,20 @@ def advice_lines(out: dict, md: bool = False) -> list[str]:
     else:
         L.append(f"Expected gain: {_f(out['expected_gain_ppl'], '.3g')} perplexity over the runner-up "
                  f"({out['runner_up']}); approximate (layer errors mapped to perplexity by a fit of the measured "
-                 f"evaluations, R2 {_f(out['error_to_ppl']['r2'], '.2f')}).")
+                 f"evaluations, R2 {_f(out['error_to_ppl']['r2'], '.2f')})." + _gain_interval(cal))
     if out.get("tie"):
         L.append(f"TIE: the layer-wise errors of {' and '.join(out['tie'])} are identical (the later methods change "
                  "nothing the earlier ones left); the measurement cannot choose between them.")
-    L.append(f"How sure: {conf['level']} -- {conf['layers_agreeing'] * conf['n_layers']:.0f}/{conf['n_layers']} "
-             f"measured layers favour it, bootstrap over layers {conf['bootstrap_sign']:.2f}, margin "
-             f"{_f(conf['margin_sd'], '.3g')} per-layer sd. This is agreement between layers, not a guarantee: "
-             "the layer-wise errors ignore sequential calibration and error propagation.")
+    agreement = (f"{conf['layers_agreeing'] * conf['n_layers']:.0f}/{conf['n_layers']} measured layers "
+                 f"({conf['layers_agreeing']:.0%}) favour it, bootstrap over layers {conf['bootstrap_sign']:.2f}, "
+                 f"margin {_f(conf['margin_sd'], '.3g')} per-layer sd")
+    if cal is not None:
+        L.append(f"How sure: {conf['level']} -- {cal['text']}. Layer agreement: {agreement}.")
+    else:
+        L.append(f"How sure: uncalibrated (no verified outcomes available) -- {agreement}: agreement between "
+                 "layers, not evidence of being right.")
+    for w in (cal or {}).get("outside_verified") or []:
+        L.append(f"WARNING: outside what was verified: {w}.")
     if "verify" in out:
         v = out["verify"]
         verdict = "RIGHT" if v["prediction_right"] else f"WRONG (regret {_f(v['regret_ppl'], '.3g')} perplexity)"
@@ -156,8 +163,13 @@ def advice_lines(out: dict, md: bool = False) -> list[str]:
         L.append(f"PIH (weaker by CER first) would pick {out['pih_order']}: it {agree} with the layer-wise "
                  "prediction." + (f" Measured: PIH {'right' if out['verify']['pih_right'] else 'wrong'}."
                                   if "verify" in out and "pih_right" in out["verify"] else ""))
-    else:
+    elif meas["evaluations"] == 0:
+        L.append("Order only (--order-only): no evaluations were run, so no quantization curve, no CER and no PIH "
+                 "prediction were computed.")
+    elif not any(m.startswith("Q[") for m in out["methods"]):
         L.append("No quantizer among the methods: no quantization curve, no CER, no PIH prediction.")
+    else:
+        L.append("No quantization curve (fewer than two bit widths evaluated): no CER, no PIH prediction.")
     L.append("")
     L.append(f"Measured: {meas['layers_used']} of {meas['layers_total']} linear layers ({out['weighting']} "
              f"errors), calibration {meas['calibration']}; {meas['evaluations']} evaluations of "
@@ -176,6 +188,19 @@ def advice_lines(out: dict, md: bool = False) -> list[str]:
                  f" s from this run's per-stage timings (not measured; run --verify to measure), about "
                  f"{cost['ratio_estimated']:.1f}x. Loading ({cost['setup_s']:.1f} s) not counted.")
     return L
+
+
+def _gain_interval(cal: dict | None) -> str:
+    """advice_lines' sentence on the expected gain's interval from the verified outcomes."""
+    if not cal or cal.get("gain_interval_ppl") is None:
+        return " No verified outcomes to put an interval on it."
+    lo, hi = cal["gain_interval_ppl"]
+    gr = cal["gain_ratio"]
+    r0, r1 = cal["gain_ratio_interval"]
+    return (f" From the verified outcomes: {_f(lo, '.3g')} to {_f(hi, '.3g')} (the predicted gain times the "
+            f"{cal['gain_ratio_interval_kind']} {r0:.2g} to {r1:.2g} of the measured/predicted gain ratios of "
+            f"{gr['n']} runs, {cal['gain_ratio_scope']}"
+            + ("; below 0: the other order was better" if lo < 0 else "") + ").")
 
 
 def short_label(label: str) -> str:

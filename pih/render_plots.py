@@ -288,6 +288,48 @@ def sim_report(name: str, summary: dict, figures: dict, report: dict, out: Path)
 
 
 # -- pih advise ------------------------------------------------------------------------------------------------
+def _loss_bars(ax, x, v, width, color, label) -> None:
+    """advice_report's bars of the loss above the best order; a zero (the best order itself) is no bar of zero
+    height but a marker on the zero line, labelled with its value."""
+    import numpy as np
+
+    v = np.asarray(v, dtype=float)
+    zero = np.isclose(v, 0.0, rtol=0.0, atol=1e-12 * max(1.0, float(np.abs(v).max(initial=0.0))))
+    ax.bar(x[~zero], v[~zero], width, color=color, label=label)
+    ax.plot(x[zero], v[zero] * 0, "D", color=color, ms=7, mec="k", mew=0.6, zorder=3, clip_on=False,
+            **({} if (~zero).any() else {"label": label}))
+    for xi in x[zero]:
+        ax.annotate("0 (best)", (xi, 0), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7)
+    for xi, vi in zip(x[~zero], v[~zero], strict=True):
+        ax.annotate(f"{vi:.3g}", (xi, vi), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7)
+
+
+def _layer_ticks(ax, names: list[str], d) -> None:
+    """advice_report's layer axis: every layer named when they fit (24 at most), else one tick per block (its
+    number, thinned to about 16 labels) with the layers that favour the runner-up named on their bars."""
+    import numpy as np
+
+    n = len(names)
+    if n <= 24:
+        ax.set_xticks(np.arange(n), names, rotation=60, ha="right", fontsize=7)
+        return
+    block = [nm.split(".")[0] for nm in names]
+    starts = [i for i in range(n) if i == 0 or block[i] != block[i - 1]]
+    step = max(1, math.ceil(len(starts) / 16))
+    ax.set_xticks([starts[j] for j in range(0, len(starts), step)], [block[starts[j]] for j in range(0, len(starts),
+                  step)], fontsize=7)
+    ax.set_xticks(starts, minor=True)
+    ax.set_xlabel("block (its measured layers side by side)", fontsize=8)
+    top = float(np.abs(d).max(initial=0.0))
+    for i, v in enumerate(d):
+        if v <= 0:
+            ax.annotate(names[i], (i, v), textcoords="offset points", xytext=(0, -3), ha="center", va="top",
+                        fontsize=6, rotation=90, color="#c92a2a")
+    if top > 0:
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(min(lo, -0.25 * top), hi)
+
+
 def advice_report(out: dict, folder) -> Path:
     """``folder/README.md`` (readable in two minutes) and PNGs: every order's predicted (and measured)
     perplexity, the per-layer contributions, the quantization curve with each method's CER."""
@@ -308,14 +350,14 @@ def advice_report(out: dict, folder) -> Path:
     have_ppl = all(o["predicted_ppl"] is not None for o in out["orders"])
     pred = np.array([o["predicted_ppl"] if have_ppl else o["layerwise_error"] for o in out["orders"]], dtype=float)
     wdt = 0.38 if "verify" in out else 0.6
-    ax.bar(xs - (wdt / 2 if "verify" in out else 0), pred - pred.min(), wdt, color="#8fb3d9",
-           label="predicted (layer-wise)" if have_ppl else "layer-wise error above the best (predicted)")
+    _loss_bars(ax, xs - (wdt / 2 if "verify" in out else 0), pred - pred.min(), wdt, "#8fb3d9",
+               "predicted (layer-wise)" if have_ppl else "layer-wise error above the best (predicted)")
     if not have_ppl and "verify" in out:
         ax = ax.twinx()  # measured perplexity on its own axis: the units differ
     if "verify" in out:
         meas = np.array([out["verify"]["ppl"][o["order"]] for o in out["orders"]])
-        ax.bar(xs + wdt / 2, meas - meas.min(), wdt, label=f"measured ({out['verify']['eval_tokens']} tokens)",
-               color="#2b5d8a")
+        _loss_bars(ax, xs + wdt / 2, meas - meas.min(), wdt, "#2b5d8a",
+                   f"measured ({out['verify']['eval_tokens']} tokens)")
     ax.set_xticks(xs, [short[o["order"]] + (" (*)" if o["predicted_best"] else "") for o in out["orders"]],
                   fontsize=7)
     ax.set_ylabel("perplexity above the best order" if have_ppl or "verify" in out else "layer-wise error above "
@@ -329,10 +371,10 @@ def advice_report(out: dict, folder) -> Path:
     d = np.asarray(out["layers"]["diff_runner_up_minus_best"])
     names = [n.replace("model.layers.", "").replace("self_attn.", "").replace("mlp.", "")
              for n in out["layers"]["names"]]
-    fig, ax = plt.subplots(figsize=(max(5, 0.28 * len(d) + 2), 3.4))
+    fig, ax = plt.subplots(figsize=(min(14, max(5, 0.28 * len(d) + 2)), 3.6))
     ax.bar(np.arange(len(d)), d, color=["#2b8a3e" if v > 0 else "#c92a2a" for v in d])
     ax.axhline(0, color="k", lw=0.6)
-    ax.set_xticks(np.arange(len(d)), names, rotation=90, fontsize=6)
+    _layer_ticks(ax, names, d)
     ax.set_ylabel(f"{out['weighting']} error: runner-up - predicted")
     ax.set_title(f"Per layer: green favours {short[out['recommendation']].replace(chr(10), ' ')}", fontsize=9)
     fig.tight_layout()

@@ -39,7 +39,16 @@ from typing import Any
 import numpy as np
 
 from .. import Prune, Quantize, Record, Store, pipeline_label, registry
-from ..advice import WEIGHTINGS, confidence, error_to_metric, evidence, layer_weights, next_curve_bits  # noqa: F401
+from ..advice import (  # noqa: F401
+    WEIGHTINGS,
+    attach_calibration,
+    confidence,
+    error_to_metric,
+    evidence,
+    layer_weights,
+    load_calibration,
+    next_curve_bits,
+)
 from ..errors import bad
 from ..order import all_orders
 from ..render import advice_text as human_report  # noqa: F401  (pih advise's text report)
@@ -293,9 +302,10 @@ def _same_data(runner, cfg: AdviseConfig) -> None:
 
 
 def advise(cfg: AdviseConfig, verify: bool = False, store: str | Path | None = None, progress: bool = True,
-           runner=None) -> dict:
+           runner=None, calibration: dict | None = None) -> dict:
     """Predict the best order of ``cfg.methods`` (and with ``verify`` run every order for real). See module doc.
-    ``runner``: an existing :func:`make_runner` for the same model and data (its loading is then not repeated)."""
+    ``runner``: an existing :func:`make_runner` for the same model and data (its loading is then not repeated);
+    ``calibration``: a :func:`pih.advice.calibration_table` dict (default: the one shipped with pih)."""
     from .. import Provenance
     from .engine import BridgeSettings, CompressionState, _check_pipeline
 
@@ -417,6 +427,10 @@ def advise(cfg: AdviseConfig, verify: bool = False, store: str | Path | None = N
         out["cost"]["ratio_measured"] = out["verify"]["seconds"] / t_advise
     out["cost"]["ratio_estimated"] = est / t_advise
     out["provenance"] = _provenance(runner, cfg, settings)
+    out["model_info"] = {"family": lm.family.model_type if lm.family is not None else lm.arch,
+                         "n_linear_layers": n_all, "n_parameters": int(sum(p.numel() for p in lm.model.parameters()))}
+    # how sure, from advise's own verified outcomes (pih/data/advise_calibration.json)
+    attach_calibration(out, load_calibration() if calibration is None else calibration)
     if store is not None:
         _store(Path(store), runner, cfg, methods, specs, keep, ppl, E, E_alone, idx_orders, lw, out, settings,
                Provenance)

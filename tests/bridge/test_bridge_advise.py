@@ -223,6 +223,10 @@ def test_cli_json_and_report(tiny_source, cache, corpus_name, tmp_path, capsys, 
                 "quant_curve", "measurement", "cost", "provenance", "predicted_A_QP_ppl", "store", "report"):
         assert key in out, key
     assert "verify" not in out and "trying_every_order_s" not in out["cost"]
+    lo, hi = out["expected_gain_interval_ppl"]  # the predicted gain times the verified measured/predicted ratios
+    r0, r1 = out["calibration"]["gain_ratio_interval"]
+    assert (lo, hi) == (pytest.approx(out["expected_gain_ppl"] * r0), pytest.approx(out["expected_gain_ppl"] * r1))
+    assert out["confidence"]["agreement_level"] in ("high", "medium", "low", "tie")
     assert out["cost"]["trying_every_order_estimate_s"] > 0
     assert {r["method"] for r in out["cer"]} == {P.label, Q.label}
     assert next(r for r in out["cer"] if r["method"] == Q.label)["value"] == pytest.approx(16 / 3)
@@ -263,6 +267,13 @@ def test_order_only_skips_the_evaluations(cfg_of, runner, tmp_path):
     assert out["measurement"]["evaluations"] == 0 and out["cost"]["evals_s"] == 0 and out["cost"]["curve_s"] == 0
     assert out["expected_gain_ppl"] is None and out["pih_order"] is None and out["cer"] == []
     assert out["recommendation"] == out["verify"]["best"]  # magnitude x RTN 3: prune first, as with evaluations
-    assert "not computed" in human_report(out)
+    text = human_report(out)
+    assert "not computed" in text
+    assert "--order-only" in text and "No quantizer" not in text  # the quantizer is there: the curve was skipped
+    # confidence from the shipped calibration (the layer agreement is measured without evaluations too)
+    assert out["confidence"]["level"] in ("high", "medium", "low", "uncalibrated", "tie")
+    assert out["confidence"]["calibrated"] == out["calibration"]["text"] and out["expected_gain_interval_ppl"] is None
+    assert out["model_info"]["family"] == "llama"
+    assert out["model_info"]["n_linear_layers"] == out["measurement"]["layers_total"]
     write_report(out, tmp_path / "r")
     assert (tmp_path / "r" / "orders.png").is_file() and not (tmp_path / "r" / "curve.png").exists()
