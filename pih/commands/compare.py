@@ -373,41 +373,54 @@ def run(args) -> int:
         raise PihError(f"pih compare needs the simulation (jax) and, without --tensors, the bridge (torch): "
                        f"{exc}") from exc
 
-    def human() -> None:
-        w = sys.stdout.write
-        prov = out["provenance"]
-        nf = out["noise_floor"]
-        w(f"{prov.get('model')}  data {prov.get('data')}  seeds {out['seeds']}  protocol {out['protocol']}\n")
-        pooled = nf["pooled"]
-        w(f"noise floor: {nf['rule']}; pooled {'-' if pooled is None else f'{pooled:.4g}'}; "
-          f"{nf['n_above']} points above, {nf['n_below']} below\n")
-        if out["n_failed"]:
-            w(f"{out['n_failed']} failed record(s) excluded ({out['failed'][0]['reason']}; pih records lists them)\n")
-        if out["incomplete"]:
-            w(f"{len(out['incomplete'])} half pair(s) without the other order, not scored\n")
-        if out["tensors"]:
-            w(f"simulation on {', '.join(out['tensors'])} ({out['max_tokens_per_layer']} tokens per layer, "
-              f"seeds {out['simulation_seeds']}; predicted A = mean over them)\n")
-        w(f"\n{'assumption set':<18}{'points':>7}{'above':>7}{'below':>7}{'sign agr.':>11}{'rho':>8}"
-          f"{'rho above':>11}{'sign (all)':>12}{'majority':>10}\n")
-        for r in out["results"]:
-            def f(x, fmt):
-                return "-" if x is None else format(x, fmt)
-            w(f"{r['assumption_set']:<18}{r['n_points']:>7}{r['n_above_floor']:>7}{r['n_below_floor']:>7}"
-              f"{f(r['sign_agreement'], '.1%'):>11}{f(r['spearman_rho'], '+.3f'):>8}"
-              f"{f(r['spearman_rho_above_floor'], '+.3f'):>11}{f(r['sign_agreement_all_points'], '.1%'):>12}"
-              f"{f(r['majority_sign_baseline'], '.1%'):>10}\n")
-        for r in out["results"]:
-            if r["failures"]:
-                fails = ", ".join(f"p={x['prune']:g}/{x['quant']}b (pred {x['A_pred']:+.3g}, meas "
-                                  f"{x['A_measured']:+.3g})" for x in r["failures"])
-                w(f"  {r['assumption_set']} fails at: {fails}\n")
-        if out["best"]:
-            b = out["best"]
-            w(f"\nbest: {b['assumption_set']}  (majority: the score of always predicting the more frequent measured "
-              "sign above the floor)\n")
-        if out.get("plot"):
-            w(f"plot: {out['plot']}\n")
-
-    emit(args, out, human)
+    emit(args, out, lambda: sys.stdout.write("\n".join(text_lines(out)) + "\n"))
     return 0
+
+
+def text_lines(out: dict) -> list[str]:
+    """``pih compare``'s result (its JSON dict) as lines of text. With one calibration seed there is no noise
+    floor: every point counts, and the columns that split points by the floor show '-'."""
+    from ..render import fmt, table
+
+    prov = out["provenance"]
+    nf = out["noise_floor"]
+    has_floor = nf.get("n_seeds", len(out["seeds"])) > 1
+    L = [f"{prov.get('model')}  data {prov.get('data')}  seeds {out['seeds']}  protocol {out['protocol']}"]
+    if has_floor:
+        L.append(f"noise floor: {nf['rule']}")
+        L.append(f"  {nf['n_above']} points above their floor, {nf['n_below']} below (not scored); pooled floor "
+                 f"{fmt(nf['pooled'], '.4g')} ({nf['pooled_rule']})")
+    else:
+        L.append("one calibration seed: no noise floor, every point counts; run >= 3 seeds for a floor")
+    if out["n_failed"]:
+        L.append(f"{out['n_failed']} failed record(s) excluded ({out['failed'][0]['reason']}; pih records lists them)")
+    if out["incomplete"]:
+        L.append(f"{len(out['incomplete'])} half pair(s) without the other order, not scored")
+    if out["tensors"]:
+        L.append(f"simulation on {', '.join(out['tensors'])} ({out['max_tokens_per_layer']} tokens per layer, "
+                 f"seeds {out['simulation_seeds']}; predicted A = mean over them)")
+    rows = []
+    for r in out["results"]:
+        split = [r["n_above_floor"], r["n_below_floor"], fmt(r["spearman_rho_above_floor"], "+.3f")] if has_floor \
+            else ["-", "-", "-"]
+        rows.append([r["assumption_set"], r["n_points"], *split[:2], fmt(r["sign_agreement"], ".1%"),
+                     fmt(r["spearman_rho"], "+.3f"), split[2], fmt(r["sign_agreement_all_points"], ".1%"),
+                     fmt(r["majority_sign_baseline"], ".1%")])
+    L.append("")
+    L += table(["assumption set", "points", "above", "below", "sign agr.", "rho", "rho above", "sign (all)",
+                "majority"], rows)
+    scope = " above the floor" if has_floor else ""
+    for r in out["results"]:
+        if r["failures"]:
+            fails = ", ".join(f"p={x['prune']:g}/{x['quant']}b (pred {x['A_pred']:+.3g}, meas "
+                              f"{x['A_measured']:+.3g})" for x in r["failures"])
+            L.append(f"  {r['assumption_set']} has the wrong sign{scope} at: {fails}")
+    if out["best"]:
+        b = out["best"]
+        L.append("")
+        L.append(f"best: {b['assumption_set']}  (sign agr.: predicted sign right, over the points "
+                 + ("above their floor" if has_floor else "of the grid") + "; majority: the score of always "
+                 "predicting the more frequent measured sign on the same points)")
+    if out.get("plot"):
+        L.append(f"plot: {out['plot']}")
+    return L

@@ -75,21 +75,34 @@ def _table(out: dict) -> None:
         w(f"note: {n}\n")
     for n in out.get("adjustments", []):
         w(f"adjusted: {n}\n")
+    from pih.render import table
+
     k = out.get("metric", "ppl")
-    w(f"{'order':<10}{'prune':>8}{'quant':>7}{'seed':>6}{k:>12}{'sparsity':>10}  pipeline\n")
-    for r in out["points"]:
-        w(f"{r['order']:<10}{_fmt(r['prune']):>8}{_fmt(r['quant']):>7}{_fmt(r.get('seed')):>6}{_fmt(r[k]):>12}"
-          f"{_fmt(r.get('sparsity')):>10}  {r['pipeline']}{'  FAILED: ' + r['failed'] if r.get('failed') else ''}\n")
+    rows = [[r["order"], _fmt(r["prune"]), _fmt(r["quant"]), _fmt(r.get("seed")), _fmt(r[k]),
+             _fmt(r.get("sparsity")), r["pipeline"] + ("  FAILED: " + r["failed"] if r.get("failed") else "")]
+            for r in out["points"]]
+    for line in table(["order", "prune", "quant", "seed", k, "sparsity", "pipeline"], rows, "lrrrrrl"):
+        w(line + "\n")
     if out.get("pairs"):
-        w(f"\n{'prune':>6}{'bits':>6}{'seed':>6}{k + ' P first':>13}{k + ' Q first':>13}{'A(Q->P)':>11}"
-          f"{'CER_P-C_Q':>11}"
-          f"{'T1 A(P->Q)':>12}{'dPQ':>10}{'dQP':>10}\n")
+        rows, censored = [], False
         for r in out["pairs"]:
             an = r.get("analysis", {})
-            w(f"{_fmt(r['prune']):>6}{_fmt(r['quant']):>6}{_fmt(r.get('seed')):>6}{_fmt(r[k + '_P_first']):>13}"
-              f"{_fmt(r[k + '_Q_first']):>13}"
-              f"{_fmt(r['A_QP']):>11}{_fmt(r.get('cer_minus_cq')):>11}{_fmt(an.get('A_PQ_t1')):>12}"
-              f"{_fmt(an.get('delta_PQ')):>10}{_fmt(an.get('delta_QP')):>10}\n")
+            gap = r.get("cer_minus_cq")
+            cer = r.get("cer_P") or {}
+            if gap is None and cer.get("censored"):
+                gap, censored = f"cens:{cer['censored']}", True
+            rows.append([_fmt(r["prune"]), _fmt(r["quant"]), _fmt(r.get("seed")), _fmt(r[k + "_P_first"]),
+                         _fmt(r[k + "_Q_first"]), _fmt(r["A_QP"]), _fmt(gap), _fmt(an.get("A_PQ_t1")),
+                         _fmt(an.get("delta_PQ")), _fmt(an.get("delta_QP"))])
+        w("\n")
+        for line in table(["prune", "bits", "seed", k + " P first", k + " Q first", "A(Q->P)", "C*_P-C_Q",
+                           "T1 A(P->Q)", "dPQ", "dQP"], rows, "r" * 10):
+            w(line + "\n")
+        w(f"A(Q->P) = M(Q first) - M(P first), M = {'-ppl' if k == 'ppl' else k}: > 0 means quantizing first "
+          "is better\n")
+        if censored:
+            w("cens: the pruner's CER lies outside the quantization curve's measured range (stronger or weaker "
+              "than every bit width); never extrapolated\n")
     from pih.render import seed_summary_lines
 
     for g in out.get("grids", []):

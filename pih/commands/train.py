@@ -36,7 +36,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch  # noqa: F401 - loaded before the thread policy applies to it
 
     from pih.bridge.train import tiny_deit_folder, tiny_llama_folder, tiny_resnet_folder
-    from pih.errors import bad
+    from pih.errors import PihError, bad
 
     fns = {"tiny-llama": tiny_llama_folder, "tiny-deit": tiny_deit_folder, "tiny-resnet": tiny_resnet_folder}
     name, *rest = args.model.split(":")
@@ -56,19 +56,35 @@ def _train(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     fn = fns[name]
     data = data or args.data or ("kjv" if name == "tiny-llama" else "digits")
-    if args.force:
-        try:
-            shutil.rmtree(fn(data, args.seed, args.cache, steps))
-        except Exception:  # noqa: BLE001 - nothing cached yet
-            pass
+    try:  # already trained? (the folder functions raise a PihError when nothing is cached)
+        cached_folder = fn(data, args.seed, args.cache, steps)
+    except PihError:
+        cached_folder = None
+    if args.force and cached_folder is not None:
+        shutil.rmtree(cached_folder, ignore_errors=True)
+        cached_folder = None
     folder = fn(data, args.seed, args.cache, steps, train_if_missing=True)
     info = json.loads((folder / "train_info.json").read_text())
     info["folder"] = str(folder)
+    info["cached"] = cached_folder is not None  # "seconds" is always the training's own time, cached or not
     if args.format == "json":
         json.dump(info, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        extra = f"  test accuracy {info['test_accuracy']:.3f}" if "test_accuracy" in info else ""
-        print(f"{folder}\n  data {info.get('corpus') or info.get('data')}  seed {info['seed']}  params "
-              f"{info['n_params']}  final loss {info['final_loss']:.3f}{extra}  ({info['seconds']:.0f} s)")
+        print(f"{folder}\n{summary_line(info, (folder / 'train_info.json').stat().st_mtime)}")
     return 0
+
+
+def summary_line(info: dict, trained_at: float | None = None) -> str:
+    """One line on a trained model (its train_info.json, plus ``cached``): what it is, and whether it was just
+    trained or taken from the cache (then when it was trained; --force retrains)."""
+    import time
+
+    extra = f"  test accuracy {info['test_accuracy']:.3f}" if "test_accuracy" in info else ""
+    head = (f"  data {info.get('corpus') or info.get('data')}  seed {info['seed']}  params {info['n_params']}  "
+            f"final loss {info['final_loss']:.3f}{extra}")
+    took = f"{info['seconds']:.0f} s"
+    if info.get("cached"):
+        when = f" on {time.strftime('%Y-%m-%d %H:%M', time.localtime(trained_at))}" if trained_at else ""
+        return f"{head}\n  cached: not retrained (trained{when} in {took}; --force retrains)"
+    return f"{head}\n  trained now in {took}"
