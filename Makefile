@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: report test install lint bench mutants clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# CPU build of torch first, so nothing pulls a CUDA build.

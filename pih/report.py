@@ -132,24 +132,31 @@ def _sections(rows: list[V.Verdict], mine: dict[str, V.Verdict], link, link_run)
                   f"**Measured**: {v.measured}.", "",
                   f"**Verdict: {v.verdict}**" + (f": {v.detail}." if v.detail else "."), ""]
         r = mine.get(v.key)
-        if r is not None and r.verdict != V.MISSING:
+        if _reproduced(r):
             lines += [f"**This run**: {r.verdict}" + (f": {r.detail}." if r.detail else "."), ""]
         links = ([f"[proof]({link(v.proof)})"] if v.proof else []) + [f"[{p}]({link(p)})" for p in v.evidence]
         if links:
             lines += ["Evidence: " + ", ".join(links) + ".", ""]
         for p in v.plots:
             lines += [f"![{v.title}]({link(p)})", ""]
-        if r is not None:
+        if _reproduced(r):
             for p in r.plots:
                 lines += [f"![{v.title}, this run]({link_run(p)})", ""]
     return lines
 
 
+def _reproduced(r: V.Verdict | None) -> bool:
+    """A row this run recomputed from its own simulation (not a proof or a computation that needs no run)."""
+    return r is not None and r.verdict != V.MISSING and any(p.startswith("sim/") for p in r.evidence)
+
+
 def _this_run_cell(key: str, committed: V.Verdict, mine: dict[str, V.Verdict]) -> str:
     r = mine.get(key)
-    if r is None or r.verdict == V.MISSING:
+    if not _reproduced(r):
         return "—"
-    return "same" if r.verdict == committed.verdict else f"**{r.verdict}**"
+    if r.verdict != committed.verdict:
+        return f"**{r.verdict}**"
+    return "same, same figures" if r.figures == committed.figures else "same verdict, other figures"
 
 
 def build_report(out: str | Path, quick: bool = False, sections: tuple[str, ...] = ("sim", "bridge"),
@@ -195,8 +202,8 @@ def build_report(out: str | Path, quick: bool = False, sections: tuple[str, ...]
              f"{n[V.FAILS]} fail, {n[V.UNDECIDED]} not decidable at this size.** Each row is computed from the "
              "committed full-size results of this clone (`experiments/sim`, `experiments/measured`: real weights "
              "with ≥ 3 calibration seeds) by `pih.verdicts`; the column *this run* is the verdict recomputed from "
-             "this run's own simulation (\"same\" when it agrees). Definitions follow the table; every row links "
-             "its section, proof and records.", ""]
+             "this run's own simulation (\"same, same figures\": this run reproduced the committed result). "
+             "Definitions follow the table; every row links its section, proof and records.", ""]
     if not have_repo:
         lines += ["> Not run from a clone: the committed results are absent, so only this run's sections follow.", ""]
     else:

@@ -175,10 +175,14 @@ def test_report_shows_this_runs_verdict_beside_the_committed_one(tmp_path, monke
     next(c for c in d["configs"] if c["in_scope"])["n_quantize_first_better"] = 3
     (out / "sim" / "harma-A1").mkdir(parents=True)
     (out / "sim" / "harma-A1" / "summary.json").write_text(json.dumps(d))
+    shutil.copytree(SIM / "kuzmin-A1", out / "sim" / "kuzmin-A1")  # reproduced exactly
     monkeypatch.setattr(R, "SIM_RUNS", ())
     R.build_report(out, quick=True, sections=("sim",), progress=False)
-    line = next(x for x in (out / "README.md").read_text().splitlines() if x.startswith("| [Harma"))
-    assert "| **fails** |" in line  # this run's verdict differs from the committed "holds", and says so
+    lines = (out / "README.md").read_text().splitlines()
+    harma = next(x for x in lines if x.startswith("| [Harma"))
+    assert "| **fails** |" in harma  # this run's verdict differs from the committed "holds", and says so
+    assert "| same, same figures |" in next(x for x in lines if x.startswith("| [Kuzmin"))
+    assert "| — |" in next(x for x in lines if x.startswith("| [T2 under A2a[E]"))  # a proof: nothing to rerun
 
 
 def test_a_quick_report_never_replaces_a_full_one_silently(tmp_path):
