@@ -26,6 +26,7 @@ from .records import Record, require_same_protocol, split_failed
 NOISE_RULE = ("noise(point) = 2 x sample std (ddof=1) of measured A(Q->P) over calibration seeds; "
               "a point is above the floor when |mean A| > noise(point)")
 MEASURED_LAYERS = "measured-layers"
+PRUNE_FIRST, MAJORITY, PIH_RULE = "prune-first", "majority-loo", "pih"
 
 
 @dataclass
@@ -36,6 +37,7 @@ class MeasuredPoint:
     quant_spec: object
     A: dict[int, float]  # per seed
     layer_pred: dict[int, float] = field(default_factory=dict)  # per seed: Σ err(P first) − Σ err(Q first)
+    seconds: dict[int, float] = field(default_factory=dict)  # per seed: compress + evaluate, both orders
 
     @property
     def seeds(self) -> list[int]:
@@ -66,6 +68,12 @@ class MeasuredGrid:
     incomplete: list[dict]
     n_failed: int = 0  # failed records (non-finite metric) excluded
     failed: list[dict] = field(default_factory=list)  # one entry per excluded record (pih.records.split_failed)
+    records: list = field(default_factory=list, repr=False)  # every record of the protocol (each-alone ones too)
+
+    @property
+    def measure_seconds(self) -> float:
+        """What measuring the grid's pairs cost: compress + evaluate seconds of both orders, every seed."""
+        return float(sum(sum(p.seconds.values()) for p in self.points))
 
     @property
     def pooled_noise(self) -> float | None:
@@ -97,25 +105,32 @@ def measured_grid(records: Iterable[Record], layer_arrays: Callable[[Record], Ma
     points, incomplete = [], []
     for (p, b), d in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         seeds = sorted({s for _, s in d})
-        A, lp = {}, {}
+        A, lp, secs = {}, {}, {}
         for s in seeds:
             pf, qf = d.get(("P->Q", s)), d.get(("Q->P", s))
             if pf is None or qf is None:
                 incomplete.append({"prune": p, "quant": b, "seed": s, "missing": "Q->P" if qf is None else "P->Q"})
                 continue
             A[s] = order_advantage_of(qf, pf)  # A(Q->P) = M(P∘Q) − M(Q∘P); checks seed, protocol, reversal
+            secs[s] = _seconds(pf) + _seconds(qf)
             arr = layer_arrays(qf) if layer_arrays else {}
             if arr and "layer_err_pq" in arr and "layer_err_qp" in arr:
                 lp[s] = float(np.sum(arr["layer_err_pq"]) - np.sum(arr["layer_err_qp"]))
         if A:
             ref = d.get(("P->Q", min(A)))
-            points.append(MeasuredPoint(float(p), int(b), ref.pipeline[0], ref.pipeline[1], A, lp))
+            points.append(MeasuredPoint(float(p), int(b), ref.pipeline[0], ref.pipeline[1], A, lp, secs))
     if not points:
         raise bad("records", f"{len(incomplete)} half pairs", "no grid point has both orders (P->Q and Q->P) "
                   "for one seed")
     seeds = sorted({s for pt in points for s in pt.A})
     prov = {k: v for k, v in recs[0].provenance.to_dict().items() if k not in ("seed", "versions")}
-    return MeasuredGrid(protocol, prov, seeds, points, incomplete, len(failed), failed)
+    same = [r for r in records if r.protocol == protocol]
+    return MeasuredGrid(protocol, prov, seeds, points, incomplete, len(failed), failed, same)
+
+
+def _seconds(r: Record) -> float:
+    x = r.extras or {}
+    return float(x.get("compress_seconds", 0.0) or 0.0) + float(x.get("eval_seconds", 0.0) or 0.0)
 
 
 def _spearman(x, y) -> float | None:
@@ -170,6 +185,9 @@ def score(name: str, predicted: Mapping[tuple[float, int], float], grid: Measure
         "n_above_pooled_floor": len(above_pooled),
         "noise_floor": {"rule": NOISE_RULE if has_floor else "one seed: no noise floor, every point counts",
                         "pooled": pooled},
+        # the measured quantize-first wins (A > 0 above the floor) and how many the predictor calls
+        "qfirst_wins_total": sum(r["A_measured"] > 0 for r in above),
+        "qfirst_wins_right": sum(r["A_measured"] > 0 and r["A_pred"] > 0 for r in above),
         "failures": [r for r in above if not r["sign_agrees"]],
         "below_floor": below,
         "points": rows,
@@ -180,3 +198,75 @@ def layer_predictions(grid: MeasuredGrid) -> dict[tuple[float, int], float]:
     """The "measured-layers" predictor: per point, the mean over seeds of the bridge's own λ-weighted per-layer
     errors, Σ err(P first) − Σ err(Q first) (> 0: quantizing first leaves less layer-wise error)."""
     return {(p.prune, p.quant): float(np.mean(list(p.layer_pred.values()))) for p in grid.points if p.layer_pred}
+
+
+# ------------------------------------------------------------------------------------------- store predictors
+# Predictors that need only the store (no simulation): each returns ({(prune, quant): predicted A(Q→P)}, the
+# seconds the measurements it reads cost). Nothing a predictor reads is a scored quantity of the point it
+# predicts: the pair records (both orders) are what is scored; the each-alone records are not.
+
+
+@dataclass(frozen=True)
+class StorePredictor:
+    name: str
+    what: str
+    predict: Callable[[MeasuredGrid], tuple[dict[tuple[float, int], float], float]]
+
+
+PREDICTORS: dict[str, StorePredictor] = {}
+CENSORED_STEP = 1e-6  # how far beyond its bound a censored CER is placed (only its side matters)
+
+
+def register_predictor(name: str, what: str, predict) -> StorePredictor:
+    """Make ``predict(grid) -> (predictions, cost seconds)`` a predictor ``pih compare`` runs by name."""
+    if not name or name in PREDICTORS:
+        raise bad("name", name, "is empty or already a registered predictor")
+    PREDICTORS[name] = StorePredictor(name, what, predict)
+    return PREDICTORS[name]
+
+
+def _prune_first(grid: MeasuredGrid):
+    return {(p.prune, p.quant): -1.0 for p in grid.points}, 0.0
+
+
+def _majority_loo(grid: MeasuredGrid):
+    """Leave-one-out majority: each point gets the more frequent measured sign among the *other* points above
+    their floor (ties and no such points: prune first); the point's own measurement is never used."""
+    above = [p for p in grid.points if len(p.A) > 1 and p.above()]
+    out = {}
+    for p in grid.points:
+        others = [q.mean for q in above if q is not p]
+        pos, neg = sum(x > 0 for x in others), sum(x < 0 for x in others)
+        out[(p.prune, p.quant)] = 1.0 if pos > neg else -1.0
+    return out, 0.0
+
+
+def _pih_rule(grid: MeasuredGrid):
+    """PIH (weaker first by CER): the predicted A is the mean over seeds of C*_P − C_Q, from the each-alone
+    records (P alone, Q alone at every bit width) by :func:`pih.analysis.analyze_grid`'s CERs; a censored CER is
+    placed just beyond the measured range's end it lies past (its bound), so its sign is PIH's."""
+    from .analysis import analyze_grid
+
+    g = analyze_grid(grid.records, n_boot=1)  # only the CERs are used; no interval
+    by: dict[tuple, list[float]] = defaultdict(list)
+    for r in g.rows:
+        gap = None if r.cer_prune is None else r.cer_prune - r.c_quant
+        if gap is None and r.cer_detail and r.cer_detail.get("bound") is not None:  # censored: just beyond
+            side = 1.0 if r.cer_censored == "stronger" else -1.0  # its bound, on the side it lies
+            gap = float(r.cer_detail["bound"]) - r.c_quant + side * CENSORED_STEP
+        if gap is not None:
+            by[(float(r.prune.ratio), int(r.quant.bits))].append(gap)
+    singles = [r for r in grid.records if len(r.pipeline) == 1 or r.role == "dense"]
+    return {k: float(np.mean(v)) for k, v in by.items()}, float(sum(_seconds(r) for r in singles))
+
+
+def _measured_layers(grid: MeasuredGrid):
+    return layer_predictions(grid), grid.measure_seconds  # a by-product of measuring: costs what measuring does
+
+
+register_predictor(PRUNE_FIRST, "always prune first (A = -1 everywhere)", _prune_first)
+register_predictor(MAJORITY, "leave-one-out majority of the other points' measured signs", _majority_loo)
+register_predictor(PIH_RULE, "PIH: weaker first by CER (predicted A = C*_P - C_Q from each-alone records)",
+                   _pih_rule)
+register_predictor(MEASURED_LAYERS, "the bridge's own per-layer errors of both orders (needs the measurement)",
+                   _measured_layers)

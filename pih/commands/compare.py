@@ -29,8 +29,9 @@ def register(sub) -> None:
         "report sign agreement above the noise floor (2 x std of A over calibration seeds), Spearman rho, and "
         "the failing points. The predictor 'measured-layers' uses the bridge's own per-layer errors instead.")
     p.add_argument("stores", nargs="+", metavar="STORE", help="results store folder(s) of one protocol")
-    p.add_argument("--assumptions", nargs="+", metavar="NAME", default=None,
-                   help="assumption sets (default: every registered one, and measured-layers)")
+    p.add_argument("--assumptions", "--predictors", nargs="+", metavar="NAME", default=None,
+                   help="predictors: simulation assumption sets and store predictors (prune-first, majority-loo, "
+                   "pih, measured-layers); default: the default assumption sets and every store predictor")
     p.add_argument("--tensors", default=None,
                    help="exported layer tensors (.npz, pih.bridge.export format); default: exported from the "
                    "model and calibration of the records and cached in the first store")
@@ -42,6 +43,9 @@ def register(sub) -> None:
                    help="simulation seeds: each one's calibration windows are exported and compressed (tie-breaks, "
                    "stochastic rounding keyed by it too) and the predicted A is the mean over them; default: every "
                    "seed of the records (with --tensors: the records' lowest seed)")
+    p.add_argument("--protocol", default=None, metavar="ID",
+                   help="the protocol to compare when the store holds several (one per model; pih records lists "
+                   "them); a prefix is enough")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the scatter plot here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_format(p)
@@ -63,14 +67,31 @@ def _records(stores: list[str]):
     return recs, (lambda r: arrays[r.key].load_arrays(r))
 
 
+def _one_protocol(recs, chosen: str | None):
+    """The records of one protocol: ``chosen`` (an id or a prefix of one), or the only one there is."""
+    models = {}
+    for r in recs:
+        models.setdefault(r.protocol, r.provenance.model)
+    if chosen is not None:
+        hit = [p for p in models if p.startswith(chosen)]
+        if len(hit) != 1:
+            raise bad("--protocol", chosen, f"matches {len(hit)} of the store's protocols "
+                      f"({', '.join(f'{p} ({m})' for p, m in models.items())})")
+        return [r for r in recs if r.protocol == hit[0]]
+    if len(models) > 1:
+        raise bad("STORE", "records", f"hold {len(models)} protocols: "
+                  f"{', '.join(f'{p} ({m})' for p, m in models.items())}; choose one with --protocol")
+    return recs
+
+
 def _assumption_names(names: list[str] | None) -> list[str]:
     from sim.assumptions import ASSUMPTION_SETS, COMPARE_DEFAULTS
 
-    from ..compare import MEASURED_LAYERS
+    from ..compare import PREDICTORS
 
-    allowed = [*ASSUMPTION_SETS, MEASURED_LAYERS]
+    allowed = [*ASSUMPTION_SETS, *PREDICTORS]
     if names is None:  # an explicit list: a set registered later (a plugin, a test) is used only when named
-        return [*COMPARE_DEFAULTS, MEASURED_LAYERS]
+        return [*COMPARE_DEFAULTS, *PREDICTORS]
     for n in names:
         if n not in allowed:
             raise bad("--assumptions", n, f"unknown assumption set; allowed: {allowed}")
@@ -202,7 +223,7 @@ class PredictSeed:
 def compare(args, executor=None) -> dict:
     """The comparison; ``executor`` (:mod:`pih.executors`, None: this process): where each seed's predictions
     are computed (the exports stay in this process, which alone writes the tensor cache)."""
-    from ..compare import MEASURED_LAYERS, layer_predictions, measured_grid, score
+    from ..compare import MEASURED_LAYERS, PREDICTORS, measured_grid, score
     from ..executors import SerialExecutor
 
     if isinstance(executor, SerialExecutor):
@@ -213,8 +234,9 @@ def compare(args, executor=None) -> dict:
             raise bad("STORE", s, "no such results store folder")
     names = _assumption_names(args.assumptions)
     recs, arrays = _records(args.stores)
+    recs = _one_protocol(recs, getattr(args, "protocol", None))
     grid = measured_grid(recs, arrays)
-    sim_names = [n for n in names if n != MEASURED_LAYERS]
+    sim_names = [n for n in names if n not in PREDICTORS]
     if args.seed is not None:
         sim_seeds = list(dict.fromkeys(args.seed))
     else:  # each calibration seed of the records, with its own export; one seed with given tensors
@@ -280,14 +302,25 @@ def compare(args, executor=None) -> dict:
             for row in res["points"]:
                 row["A_pred_seeds"] = per[(row["prune"], row["quant"])]
             res["n_prediction_sign_stable"] = sum(len({np.sign(x) for x in v}) == 1 for v in per.values())
+            # the simulation's cost: exporting the layer tensors and predicting every set together
+            res["cost_seconds"] = round(timing["export_seconds"] + timing["predict_seconds"], 1)
             results.append(res)
-    if MEASURED_LAYERS in names:
-        lp = layer_predictions(grid)
-        if lp:
-            results.append(score(MEASURED_LAYERS, lp, grid))
-        elif args.assumptions is not None:
-            raise bad("--assumptions", MEASURED_LAYERS, "the records carry no per-layer errors (run with analysis = "
-                      "true)")
+    measure = grid.measure_seconds
+    for n in names:
+        if n not in PREDICTORS:
+            continue
+        pred, cost = PREDICTORS[n].predict(grid)
+        if not pred:
+            if args.assumptions is not None:
+                why = ("the records carry no per-layer errors (run with analysis = true)" if n == MEASURED_LAYERS
+                       else "predicts none of the grid's points (each-alone records missing?)")
+                raise bad("--assumptions", n, why)
+            continue
+        res = score(n, pred, grid)
+        res["cost_seconds"] = round(cost, 1)
+        results.append(res)
+    for res in results:
+        res["cost_ratio"] = round(res["cost_seconds"] / measure, 4) if measure > 0 else None
     ranked = sorted(results, key=lambda r: (-(r["sign_agreement"] if r["sign_agreement"] is not None else -1),
                                             -(r["spearman_rho"] if r["spearman_rho"] is not None else -2)))
     best = ranked[0] if ranked else None
@@ -296,7 +329,8 @@ def compare(args, executor=None) -> dict:
         "seeds": grid.seeds, "simulation_seeds": sim_seeds if sim_names else None,
         "tensors": tensor_files,
         "max_tokens_per_layer": args.max_tokens if sim_names else None,
-        "noise_floor": grid.noise_floor(), "incomplete": grid.incomplete, "timing": timing,
+        "noise_floor": grid.noise_floor(), "incomplete": grid.incomplete,
+        "timing": {**timing, "measure_seconds": round(measure, 1)},
         "n_failed": grid.n_failed, "failed": grid.failed,
         "best": {k: best[k] for k in ("assumption_set", "sign_agreement", "spearman_rho", "n_above_floor")}
         if best else None,
@@ -403,12 +437,15 @@ def text_lines(out: dict) -> list[str]:
     for r in out["results"]:
         split = [r["n_above_floor"], r["n_below_floor"], fmt(r["spearman_rho_above_floor"], "+.3f")] if has_floor \
             else ["-", "-", "-"]
+        wins = f"{r['qfirst_wins_right']}/{r['qfirst_wins_total']}" if "qfirst_wins_total" in r else "-"
         rows.append([r["assumption_set"], r["n_points"], *split[:2], fmt(r["sign_agreement"], ".1%"),
                      fmt(r["spearman_rho"], "+.3f"), split[2], fmt(r["sign_agreement_all_points"], ".1%"),
-                     fmt(r["majority_sign_baseline"], ".1%")])
+                     fmt(r["majority_sign_baseline"], ".1%"), wins, fmt(r.get("cost_ratio"), ".3g")])
     L.append("")
-    L += table(["assumption set", "points", "above", "below", "sign agr.", "rho", "rho above", "sign (all)",
-                "majority"], rows)
+    L += table(["predictor", "points", "above", "below", "sign agr.", "rho", "rho above", "sign (all)",
+                "majority", "Q-first wins", "cost"], rows)
+    L.append("(Q-first wins: measured quantize-first wins above the floor the predictor calls / all of them; cost: "
+             "the predictor's seconds over what measuring both orders cost)")
     scope = " above the floor" if has_floor else ""
     for r in out["results"]:
         if r["failures"]:

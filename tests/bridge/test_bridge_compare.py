@@ -204,3 +204,69 @@ def test_model_seed_lets_the_calibration_seed_vary_alone():
     for name in ("compare_sparsegpt_gptq", "compare_wanda_rtn"):
         cfg = load_config(Path(__file__).parents[2] / "experiments" / f"{name}.toml")
         assert cfg.model_seed == 0 and cfg.seed == 0 and cfg.name == name
+
+
+# ------------------------------------------------------------------------------------------- store predictors
+
+
+def _singles(st, m_prune, m_quant, seeds=(0, 1, 2)):
+    """Each-alone and dense records: M(P alone) per ratio, M(Q alone) per bit width (the PIH predictor's CERs)."""
+    for seed in seeds:
+        prov = _prov(seed)
+        st.append(Record(prov, (), -9.0, {"order": "dense"}))
+        for p, ps in zip(RATIOS, P, strict=True):
+            st.append(Record(prov, (ps,), m_prune[p], {"prune": p, "order": "P"}))
+        for b, qs in zip(BITS, Q, strict=True):
+            st.append(Record(prov, (qs,), m_quant[b], {"quant": b, "order": "Q"}))
+
+
+def test_store_predictors_baselines_and_qfirst_wins(tmp_path):
+    from pih.compare import MAJORITY, PREDICTORS, PRUNE_FIRST
+
+    A = {(0.25, 2): [1.0, 1.1, 0.9], (0.5, 2): [-1.0, -1.1, -0.9], (0.25, 4): [-2.0, -2.1, -1.9],
+         (0.5, 4): [-0.5, -0.6, -0.4]}
+    g = measured_grid(_write(tmp_path / "s", A).records())
+    pf, cost = PREDICTORS[PRUNE_FIRST].predict(g)
+    assert set(pf.values()) == {-1.0} and cost == 0.0
+    s = score(PRUNE_FIRST, pf, g)
+    assert (s["qfirst_wins_right"], s["qfirst_wins_total"]) == (0, 1) and s["sign_agreement"] == 0.75
+    # leave-one-out majority: a point's own sign is never used. Make the grid 2 positive, 2 negative: each
+    # positive point sees 1 positive and 2 negative others -> predicts prune first, and vice versa
+    A2 = {**A, (0.5, 4): [0.5, 0.6, 0.4]}
+    g2 = measured_grid(_write(tmp_path / "s2", A2).records())
+    loo, _ = PREDICTORS[MAJORITY].predict(g2)
+    assert loo[(0.25, 2)] == -1.0 and loo[(0.5, 4)] == -1.0  # positives: the others are 1 pos vs 2 neg
+    assert loo[(0.25, 4)] == 1.0 and loo[(0.5, 2)] == 1.0  # negatives: the others are 2 pos vs 1 neg
+    assert score(MAJORITY, loo, g2)["sign_agreement"] == 0.0  # no information leaks from the point itself
+
+
+def test_pih_predictor_is_the_cer_gap_of_the_each_alone_records(tmp_path):
+    from pih import analyze_grid
+    from pih.compare import PIH_RULE, PREDICTORS
+
+    A = {(0.25, 2): [1.0, 1.1, 0.9], (0.5, 2): [-1.0, -1.1, -0.9], (0.25, 4): [-2.0, -2.1, -1.9],
+         (0.5, 4): [-0.5, -0.6, -0.4]}
+    st = _write(tmp_path / "s", A)
+    # Q alone: -12 at 2 bits (C_Q 8), -10 at 4 bits (C_Q 4); P alone 0.25: -11 (CER 6), 0.5: -13 (stronger than 2
+    # bits: censored, placed just beyond C_Q = 8)
+    _singles(st, {0.25: -11.0, 0.5: -13.0}, {2: -12.0, 4: -10.0})
+    g = measured_grid(st.records())
+    pred, _ = PREDICTORS[PIH_RULE].predict(g)
+    assert pred[(0.25, 2)] == pytest.approx(6 - 8) and pred[(0.25, 4)] == pytest.approx(6 - 4)
+    assert pred[(0.5, 2)] > 0 and pred[(0.5, 2)] == pytest.approx(0.0, abs=1e-5)  # censored "stronger"
+    assert pred[(0.5, 4)] == pytest.approx(8 - 4, abs=1e-5)
+    rows = {(r.prune.ratio, r.quant.bits): r.gap for r in analyze_grid(st.records()).rows if r.seed == 0}
+    assert rows[(0.25, 2)] == pytest.approx(pred[(0.25, 2)])  # one definition of the gap
+
+
+def test_compare_reports_qfirst_wins_and_cost(tmp_path, capsys):
+    A = {(0.25, 2): [1.0, 1.1, 0.9], (0.5, 2): [-1.0, -1.1, -0.9], (0.25, 4): [-2.0, -2.1, -1.9],
+         (0.5, 4): [-0.5, -0.6, -0.4]}
+    st = _write(tmp_path / "s", A)
+    _singles(st, {0.25: -11.0, 0.5: -13.0}, {2: -12.0, 4: -10.0})
+    rc = main(["compare", str(st.path), "--predictors", "prune-first", "pih", "--format", "json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    res = {r["assumption_set"]: r for r in out["results"]}
+    assert res["prune-first"]["qfirst_wins_total"] == 1 and res["prune-first"]["qfirst_wins_right"] == 0
+    assert res["pih"]["cost_seconds"] >= 0 and "measure_seconds" in out["timing"]

@@ -84,7 +84,7 @@ def test_compare_with_one_seed_says_there_is_no_floor_and_claims_no_split(tmp_pa
     (tab,) = tables(out)
     header = re.split(r"\s{2,}", tab[0].strip())
     row = dict(zip(header, re.split(r"\s{2,}", tab[1].strip()), strict=True))
-    assert row["assumption set"] == "measured-layers" and row["points"] == "4"
+    assert row["predictor"] == "measured-layers" and row["points"] == "4"
     assert row["above"] == row["below"] == row["rho above"] == "-"  # no floor: no point is "above" one
     # the JSON keeps its meaning: no floor counts (null), every point counted as scored
     rc, doc, _ = _compare(capsys, st.path, "--format", "json")

@@ -1,0 +1,119 @@
+"""The prediction benchmark: every predictor ``pih compare`` runs, on every measured grid, side by side.
+
+    python experiments/prediction_benchmark.py [--runs results/runs] [--out FILE]
+
+Each grid is a ``pih run`` store (both orders over >= 3 calibration seeds) under ``--runs`` named as in GRIDS;
+build one with ``pih run experiments/<config>.toml --out <runs>/<name>`` (it resumes from its store, so a grid can be
+built over several sittings). Grids whose store is absent are listed as missing, never guessed. Per grid the
+command is ``pih compare <store> [--model SOURCE]`` with its default predictors (the simulation's default
+assumption sets where the model's layers can be exported, and every store predictor); pooled figures sum the
+per-grid counts. Writes the summary the issue asks for and, per grid, each predictor's scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+# (name, the store folder, the protocol's model in it (None: the store's only one), config that builds it, model
+# source for the simulation's export (None: from the records; "": no export, store predictors only), pairing)
+GRIDS = (
+    ("compare_sparsegpt_gptq", "compare_sparsegpt_gptq", None, "experiments/compare_sparsegpt_gptq.toml", None,
+     "SparseGPT x GPTQ"),
+    ("compare_wanda_rtn", "compare_wanda_rtn", None, "experiments/compare_wanda_rtn.toml", None, "Wanda x RTN"),
+    ("smollm2_wanda_rtn", "smollm2_wanda_rtn", None, "experiments/smollm2_wanda_rtn.toml", "smollm2",
+     "Wanda x RTN g64"),
+    ("smollm2_sparsegpt_rtn", "smollm2_sparsegpt_rtn", None, "experiments/smollm2_sparsegpt_rtn.toml", "smollm2",
+     "SparseGPT x RTN g64"),
+    ("resnet_fashion_m0", "resnet_fashion", "tiny-resnet-fashion-mnist-s0", "experiments/resnet_fashion.toml", "",
+     "SparseGPT x GPTQ"),
+    ("resnet_fashion_m1", "resnet_fashion", "tiny-resnet-fashion-mnist-s1", "experiments/resnet_fashion.toml", "",
+     "SparseGPT x GPTQ"),
+)
+
+
+def _protocol(store: Path, model_prefix: str | None) -> str | None:
+    if model_prefix is None:
+        return None
+    from pih.records import Store
+
+    hits = {r.protocol for r in Store.existing(store).records() if r.provenance.model.startswith(model_prefix)}
+    if len(hits) != 1:
+        raise SystemExit(f"{store}: {len(hits)} protocols of a model named {model_prefix}*")
+    return hits.pop()
+
+
+def run_grid(store: Path, model_prefix: str | None, source: str | None) -> dict:
+    from pih.commands.compare import compare
+    from pih.compare import PREDICTORS
+
+    names = list(PREDICTORS) if source == "" else None  # no export for this model: the store predictors only
+    args = argparse.Namespace(stores=[str(store)], assumptions=names, tensors=None, model=source or None,
+                              max_tokens=2048, seed=None, plot=None, no_progress=True,
+                              protocol=_protocol(store, model_prefix))
+    return compare(args)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", default="results/runs", help="folder holding the grids' stores")
+    ap.add_argument("--out", default="experiments/measured/prediction_benchmark.json")
+    ap.add_argument("--only", nargs="+", default=None, help="grid names to run (default: all present)")
+    a = ap.parse_args(argv)
+    grids, per_grid, missing = [], {}, []
+    for name, folder, model_prefix, config, source, pairing in GRIDS:
+        store = Path(a.runs) / folder
+        if a.only and name not in a.only:
+            continue
+        if not (store / "records.jsonl").is_file():
+            missing.append({"name": name, "config": config, "why": f"no store at {store}"})
+            continue
+        t0 = time.time()
+        print(f"prediction benchmark: {name} ...", file=sys.stderr, flush=True)
+        out = run_grid(store, model_prefix, source)
+        nf = out["noise_floor"]
+        grids.append({"name": name, "model": out["provenance"]["model"], "pairing": pairing, "config": config,
+                      "seeds": out["seeds"], "n_points": len(out["measured"]), "n_above_floor": nf["n_above"],
+                      "data": out["provenance"].get("data"), "measure_seconds": out["timing"]["measure_seconds"],
+                      "seconds": round(time.time() - t0, 1)})
+        per_grid[name] = {r["assumption_set"]: {k: r.get(k) for k in (
+            "n_points", "n_above_floor", "n_agree", "sign_agreement", "spearman_rho", "spearman_rho_above_floor",
+            "qfirst_wins_right", "qfirst_wins_total", "cost_seconds", "cost_ratio", "majority_sign_baseline")}
+            | {"failures": [{k: f[k] for k in ("prune", "quant", "A_pred", "A_measured")} for f in r["failures"]]}
+            for r in out["results"]}
+    names = sorted({n for g in per_grid.values() for n in g})
+    predictors = {}
+    for n in names:
+        rows = [g[n] for g in per_grid.values() if n in g]
+        above = sum(r["n_above_floor"] for r in rows)
+        agree = sum(r["n_agree"] for r in rows)
+        rhos = [r["spearman_rho"] for r in rows if r["spearman_rho"] is not None]
+        measure = sum(g["measure_seconds"] for g in grids if n in per_grid[g["name"]])
+        predictors[n] = {
+            "grids": len(rows),
+            "sign_agreement_above_floor": agree / above if above else None,
+            "n_agree": agree, "n_above_floor": above,
+            "qfirst_wins_right": sum(r["qfirst_wins_right"] for r in rows),
+            "qfirst_wins_total": sum(r["qfirst_wins_total"] for r in rows),
+            "spearman_min_over_grids": min(rhos) if len(rhos) == len(rows) and rhos else None,
+            "cost_ratio": (sum(r["cost_seconds"] for r in rows) / measure) if measure else None,
+        }
+    full = [n for n in names if predictors[n]["grids"] == len(grids)]  # the best is chosen among those on every grid
+    best = max(full, key=lambda n: (predictors[n]["sign_agreement_above_floor"] or 0,
+                                    predictors[n]["qfirst_wins_right"],
+                                    predictors[n]["spearman_min_over_grids"] or -2)) if full else None
+    result = {"how": "python experiments/prediction_benchmark.py --runs " + a.runs, "grids": grids,
+              "missing": missing, "predictors": predictors, "best": best, "per_grid": per_grid,
+              "targets": {"sign_agreement_above_floor": 0.95, "qfirst_wins_right_fraction": 0.75,
+                          "spearman_per_grid": 0.9, "cost_ratio": 1 / 3}}
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"prediction benchmark: {len(grids)} grids, {len(missing)} missing; best {best}; wrote {a.out}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
