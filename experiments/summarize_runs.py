@@ -84,13 +84,15 @@ def figure(summary: dict) -> dict | None:
         title = (f"{g['model'].split('@')[0]}: {floors}\n{ss['n_censored']} censored (not drawn); "
                  + (f"pooled rho {rho:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if rho is not None and None not in ci
                     else "rho not computed"))
-        panels.append({"title": title, "points": pts})
+        panels.append({"title": title, "points": pts,
+                       "empty": f"all {ss['n_points']} points censored: C*_P outside the measured quantization curve"})
     if not panels:
         return None
     unit = "accuracy points" if scale == 100 else "perplexity" if summary.get("metric") == "ppl" else "metric"
     n = len(summary["seeds"] or [])
     return {"kind": "seeds", "title": f"{summary['experiment']}: A(Q→P) over {n} calibration seed{'s' * (n != 1)}, "
-            "one panel per model", "panels": panels, "ylabel": f"A(Q→P) = M(Q first) − M(P first) ({unit})",
+            "one panel per model", "n_seeds": n, "panels": panels,
+            "ylabel": f"A(Q→P) = M(Q first) − M(P first) ({unit})",
             "xlabel": "C*_P − C_Q (the pruner's CER minus the quantizer's 16/b)"}
 
 

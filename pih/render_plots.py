@@ -12,8 +12,9 @@ simulation's presets (:mod:`sim.presets`) return a summary, the data of each fig
   the claim named by the figure's ``"scope"``): its title says so and its frame is coloured (green inside, red
   outside), with both frames in the legend;
 - ``{"kind": "seeds", "title", "panels": [{"title", "points": [{"x", "y", "floor", "above", "key", "label",
-  "bits"}]}], "xlabel"?, "ylabel"?}``: measured means over seeds with their noise floors as error bars (filled:
-  |mean| above the floor; hollow: not), the band |y| <= the median floor shaded, one colour per ``key``;
+  "bits"}], "empty"?}], "xlabel"?, "ylabel"?, "n_seeds"?}``: measured means over seeds with their noise floors as
+  error bars (filled: |mean| above the floor; hollow: not), the band |y| <= the median floor shaded, one colour
+  per ``key``; a panel without points says ``empty`` instead;
 - ``{"kind": "orders", "title", "panels": [{"title", "log_y"?, "lines": [{"label", "key", "x", "y", "err"}],
   "hlines": [{"label", "key", "y", "err"}]}], "xlabel"?, "ylabel"?, "columns"?}``: a metric against bits (both
   orders and a method alone as lines, the dense model and the other method alone as horizontal lines), ``err``
@@ -174,10 +175,15 @@ def seeds_figure(fig_data: dict):
             handles.setdefault((pt["key"], pt["label"]), h)
             ax.annotate(f"{pt['bits']}", (pt["x"], pt["y"]), textcoords="offset points", xytext=(3, 2), fontsize=5,
                         color=c)
+        if not pts:
+            ax.text(0.5, 0.5, panel.get("empty", "no point to draw"), transform=ax.transAxes, ha="center",
+                    va="center", fontsize=8, color="0.35")
         _finish_panel(ax, panel, fig_data, True)
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
-    one_seed = all(pt["floor"] is None for p in panels for pt in p["points"])
+    floors_all = [pt["floor"] for p in panels for pt in p["points"]]
+    one_seed = fig_data["n_seeds"] == 1 if "n_seeds" in fig_data else bool(floors_all) and all(
+        f is None for f in floors_all)
     _suptitle(fig, fig_data.get("title", "") + (" (numbers: bit width; one seed: no noise floor, no error bars)"
               if one_seed else " (numbers: bit width; bars: noise floor = 2 sd over seeds; filled: above it; "
               "grey band: the median floor)"), 8)

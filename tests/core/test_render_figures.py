@@ -183,3 +183,15 @@ def test_compare_figure_one_panel_per_assumption_set_and_one_legend():
     assert _legend_texts(fig) == ["2 bits", "4 bits", "8 bits", "below noise floor"]
     hollow = [len(c.get_facecolors()) == 0 or c.get_facecolors()[0][3] == 0 for c in axes[0].collections]
     assert hollow == [p["above"] is False for p in pts]
+
+
+def test_gap_figure_of_an_all_censored_store_says_so_and_claims_no_single_seed():
+    from pih.render_plots import seeds_figure
+
+    s = _committed("rotation_on")  # three seeds, every CER censored
+    data = _summarize_runs().figure(s)
+    assert data["n_seeds"] == 3 and all(not p["points"] for p in data["panels"])
+    fig = seeds_figure(data)
+    assert "one seed" not in fig._suptitle.get_text()
+    notes = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert notes and all("censored" in t for t in notes)
