@@ -8,9 +8,23 @@ simulation's presets (:mod:`sim.presets`) return a summary, the data of each fig
   "bits"}]}], "xlabel"?, "ylabel"?, "columns"?}``: one panel per pairing; every line of every panel shares one
   legend (one colour per ``key`` across panels) and each point is marked with its bit width (``bits``);
 - ``{"kind": "snr", "series": [{"label", "style", "bits", "quant", "prune"}]}``: SNR against bits (Kuzmin et al.);
+  A panel may say whether it lies inside the scope of the claim the figure checks (``"in_scope": true | false``,
+  the claim named by the figure's ``"scope"``): its title says so and its frame is coloured (green inside, red
+  outside), with both frames in the legend;
 - ``{"kind": "seeds", "title", "panels": [{"title", "points": [{"x", "y", "floor", "above", "key", "label",
-  "bits"}]}], "xlabel"?, "ylabel"?}``: measured means over seeds with their noise floors as error bars (filled:
-  |mean| above the floor; hollow: not), the band |y| <= the median floor shaded, one colour per ``key``.
+  "bits"}], "empty"?}], "xlabel"?, "ylabel"?, "n_seeds"?}``: measured means over seeds with their noise floors as
+  error bars (filled: |mean| above the floor; hollow: not), the band |y| <= the median floor shaded, one colour
+  per ``key``; a panel without points says ``empty`` instead;
+- ``{"kind": "orders", "title", "panels": [{"title", "log_y"?, "lines": [{"label", "key", "x", "y", "err"}],
+  "hlines": [{"label", "key", "y", "err"}]}], "xlabel"?, "ylabel"?, "columns"?}``: a metric against bits (both
+  orders and a method alone as lines, the dense model and the other method alone as horizontal lines), ``err``
+  drawn as error bars (lines) or a band (horizontal lines; None: no spread measured), one legend for the figure.
+
+- ``{"kind": "compare", "title", "bits": [...], "panels": [{"title", "points": [{"x", "y", "bits", "ratio",
+  "above"}]}]}``: predicted (x) against measured (y) A(Q→P) of ``pih compare``, one panel per assumption set,
+  colour: bit width, marker size: pruning ratio, hollow: measured below its noise floor, symlog axes.
+
+Every multi-panel figure has one legend, below the panels, for every line of every panel (numeric keys in order).
 """
 
 from __future__ import annotations
@@ -51,14 +65,58 @@ def _panel_grid(plt, fig_data: dict, default_cols: int, width: float, height: fl
     return fig, axes, rows
 
 
+SCOPE_COLOURS = {True: "#2b8a3e", False: "#c92a2a"}
+
+
+def scope_word(inside: bool) -> str:
+    return "inside" if inside else "outside"
+
+
 def _finish_panel(ax, panel: dict, fig_data: dict, zero_lines: bool) -> None:
-    """A panel's axes lines at A = 0 and gap = 0 (when asked), its title and axis labels."""
+    """A panel's axes lines at A = 0 and gap = 0 (when asked), its title and axis labels, and (when the panel says
+    whether it lies inside the figure's claim's scope) that in the title and the frame's colour."""
     if zero_lines:
         ax.axhline(0, color="k", lw=0.6)
         ax.axvline(0, color="k", lw=0.4, ls=":")
-    ax.set_title(panel["title"], fontsize=8)
+    title = panel["title"]
+    inside = panel.get("in_scope")
+    if inside is not None:
+        title += f"\n[{scope_word(inside)} {fig_data.get('scope', 'the claim')}'s scope]"
+        for sp in ax.spines.values():
+            sp.set_edgecolor(SCOPE_COLOURS[bool(inside)])
+            sp.set_linewidth(2.2)
+    ax.set_title(title, fontsize=8, color=SCOPE_COLOURS[bool(inside)] if inside is not None else "k")
     ax.set_xlabel(fig_data.get("xlabel", GAP_X), fontsize=8)
     ax.set_ylabel(fig_data.get("ylabel", GAP_Y), fontsize=8)
+
+
+def _suptitle(fig, text: str, fontsize: float) -> None:
+    """The figure's title, wrapped to the figure's width."""
+    import textwrap
+
+    chars = max(40, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
+    fig.suptitle(textwrap.fill(text, chars), fontsize=fontsize)
+
+
+def _legend_order(handles: dict) -> list:
+    """Legend entries keyed ``(key, label)``: numeric keys in increasing order first, the others as they came."""
+    num = sorted((k for k in handles if isinstance(k[0], (int, float))), key=lambda k: (k[0], k[1]))
+    return num + [k for k in handles if not isinstance(k[0], (int, float))]
+
+
+def _figure_legend(fig, handles: dict, fig_data: dict, panels: list) -> None:
+    """One legend for the whole figure: every line of every panel (``handles``: (key, label) -> artist), and the
+    scope frames when any panel carries ``in_scope``."""
+    from matplotlib.patches import Patch
+
+    order = _legend_order(handles)
+    arts, labels = [handles[k] for k in order], [k[1] for k in order]
+    for inside in (True, False):
+        if any(p.get("in_scope") is inside for p in panels):
+            arts.append(Patch(facecolor="none", edgecolor=SCOPE_COLOURS[inside], lw=2.2))
+            labels.append(f"frame: {scope_word(inside)} {fig_data.get('scope', 'the claim')}'s scope")
+    if arts:
+        fig.legend(arts, labels, loc="lower center", ncol=min(8, len(arts)), fontsize=7, frameon=False)
 
 
 def panels_figure(fig_data: dict):
@@ -68,30 +126,31 @@ def panels_figure(fig_data: dict):
     kind = fig_data["kind"]
     panels = fig_data["panels"]
     fig, axes, rows = _panel_grid(plt, fig_data, 3, 4.6, 3.6)
-    colours = _colours([ln["key"] for p in panels for ln in p["lines"]], plt)
-    handles: dict = {}
+    keys = [ln["key"] for p in panels for ln in p["lines"]]
+    colours = _colours(keys, plt)
     markers = ("o", "x", "s", "^", "v", "d")
+    marker_of = {k: markers[i % len(markers)] for i, k in enumerate(dict.fromkeys(keys))}
+    handles: dict = {}
     for ax, panel in zip(axes.ravel(), panels, strict=False):
-        for li, ln in enumerate(panel["lines"]):
+        for ln in panel["lines"]:
             if not ln["x"]:
                 continue
             c = colours[ln["key"]]
             if kind == "scatter":
-                h = ax.scatter(ln["x"], ln["y"], marker=markers[li % len(markers)], s=16, color=c)
+                h = ax.scatter(ln["x"], ln["y"], marker=marker_of[ln["key"]], s=16, color=c)
             else:
                 (h,) = ax.plot(ln["x"], ln["y"], "o-", ms=3, color=c)
-            handles.setdefault(ln["label"], h)
+            handles.setdefault((ln["key"], ln["label"]), h)
             for x, y, b in zip(ln["x"], ln["y"], ln["bits"], strict=True):
                 ax.annotate(f"{b}", (x, y), textcoords="offset points", xytext=(2, 2), fontsize=5, color=c)
         _finish_panel(ax, panel, fig_data, kind in ("gap", "scatter"))
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
     note = "" if kind == "lines" else " (numbers: bit width of each point)"
-    fig.suptitle(fig_data.get("title", "") + note, fontsize=10)
-    if handles:
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(8, len(handles)), fontsize=7,
-                   frameon=False)
-    fig.tight_layout(rect=(0, 0.9 / (3.6 * rows), 1, 1 - 0.3 / (3.6 * rows)))
+    _suptitle(fig, fig_data.get("title", "") + note, 10)
+    _figure_legend(fig, handles, fig_data, panels)
+    scoped = any(p.get("in_scope") is not None for p in panels)
+    fig.tight_layout(rect=(0, 0.9 / (3.6 * rows), 1, 1 - (0.3 if not scoped else 0.15) / (3.6 * rows)))
     return fig
 
 
@@ -116,16 +175,100 @@ def seeds_figure(fig_data: dict):
             handles.setdefault((pt["key"], pt["label"]), h)
             ax.annotate(f"{pt['bits']}", (pt["x"], pt["y"]), textcoords="offset points", xytext=(3, 2), fontsize=5,
                         color=c)
+        if not pts:
+            ax.text(0.5, 0.5, panel.get("empty", "no point to draw"), transform=ax.transAxes, ha="center",
+                    va="center", fontsize=8, color="0.35")
         _finish_panel(ax, panel, fig_data, True)
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
-    fig.suptitle(fig_data.get("title", "") + " (numbers: bit width; bars: noise floor = 2 sd over seeds; filled: "
-                 "above it; grey band: the median floor)", fontsize=8)
-    if handles:
-        order = sorted(handles, key=lambda kl: (not isinstance(kl[0], (int, float)), kl[0]))
-        fig.legend([handles[k] for k in order], [k[1] for k in order], loc="lower center", ncol=min(8, len(order)),
-                   fontsize=7, frameon=False)
+    floors_all = [pt["floor"] for p in panels for pt in p["points"]]
+    one_seed = fig_data["n_seeds"] == 1 if "n_seeds" in fig_data else bool(floors_all) and all(
+        f is None for f in floors_all)
+    _suptitle(fig, fig_data.get("title", "") + (" (numbers: bit width; one seed: no noise floor, no error bars)"
+              if one_seed else " (numbers: bit width; bars: noise floor = 2 sd over seeds; filled: above it; "
+              "grey band: the median floor)"), 8)
+    _figure_legend(fig, handles, fig_data, panels)
     fig.tight_layout(rect=(0, 0.35 / (3.9 * rows), 1, 1 - 0.3 / (3.9 * rows)))
+    return fig
+
+
+def orders_figure(fig_data: dict):
+    """A metric against bits per panel: lines with error bars (both orders, a method alone), horizontal lines with
+    a band (the dense model, the other method alone), the measured bit widths as ticks, one legend."""
+    plt = _pyplot()
+    panels = fig_data["panels"]
+    fig, axes, rows = _panel_grid(plt, fig_data, 4, 3.9, 3.2)
+    styles = {"P->Q": ("#1f77b4", "o", "-"), "Q->P": ("#d62728", "s", "-"), "Q": ("#7f7f7f", "^", "--"),
+              "P": ("#9467bd", None, ":"), "dense": ("k", None, "-")}
+    keys = [ln["key"] for p in panels for ln in p["lines"] + p.get("hlines", [])]
+    extra = _colours([k for k in keys if k not in styles], plt)
+    handles: dict = {}
+    for ax, panel in zip(axes.ravel(), panels, strict=False):
+        ticks: set = set()
+        for ln in panel["lines"]:
+            if not ln["x"]:
+                continue
+            c, m, ls = styles.get(ln["key"], (extra.get(ln["key"]), "o", "-"))
+            err = [e or 0.0 for e in ln["err"]] if ln.get("err") else None
+            h = ax.errorbar(ln["x"], ln["y"], yerr=err, fmt=(m or "o"), ls=ls, ms=3.5, color=c, lw=1.0,
+                            elinewidth=0.8, capsize=2.5)
+            handles.setdefault((ln["key"], ln["label"]), h)
+            ticks.update(ln["x"])
+        for hl in panel.get("hlines", []):
+            c, _, ls = styles.get(hl["key"], (extra.get(hl["key"]), None, "-"))
+            h = ax.axhline(hl["y"], color=c, ls=ls, lw=1.0)
+            if hl.get("err"):
+                ax.axhspan(hl["y"] - hl["err"], hl["y"] + hl["err"], color=c, alpha=0.12, lw=0)
+            handles.setdefault((hl["key"], hl["label"]), h)
+        if ticks:
+            ax.set_xticks(sorted(ticks))
+        if panel.get("log_y"):
+            from matplotlib.ticker import ScalarFormatter
+
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(ScalarFormatter())
+        _finish_panel(ax, panel, {"xlabel": "bits", "ylabel": "metric", **fig_data}, False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    _suptitle(fig, fig_data.get("title", ""), 9)
+    _figure_legend(fig, handles, fig_data, panels)
+    fig.tight_layout(rect=(0, 0.5 / (3.2 * rows), 1, 1 - 0.35 / (3.2 * rows)))
+    return fig
+
+
+def compare_figure(fig_data: dict):
+    """Predicted against measured A(Q→P), one panel per assumption set (``pih compare --plot``)."""
+    import numpy as np
+
+    plt = _pyplot()
+    panels = fig_data["panels"]
+    fig, axes, rows = _panel_grid(plt, {"columns": 4, **fig_data}, 4, 3.6, 3.3)
+    bits = sorted(fig_data["bits"])
+    colours = {b: plt.cm.viridis(i / max(1, len(bits) - 1)) for i, b in enumerate(bits)}
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        for r in panel["points"]:
+            c = colours[r["bits"]]
+            ax.scatter(r["x"], r["y"], s=14 + 40 * r["ratio"], marker="o",
+                       facecolors=c if r["above"] is not False else "none", edgecolors=c, linewidths=1.0)
+        ax.margins(0.12)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.axvline(0, color="grey", lw=0.6)
+        for axis, key in (("x", "x"), ("y", "y")):  # signs matter, magnitudes span decades
+            v = np.abs([r[key] for r in panel["points"]])
+            v = v[v > 0]
+            if len(v):
+                lt = float(np.quantile(v, 0.2))
+                (ax.set_xscale if axis == "x" else ax.set_yscale)("symlog", linthresh=lt)
+        _finish_panel(ax, panel, {"xlabel": "predicted A(Q->P)", "ylabel": "measured A(Q->P)"}, False)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles = {(b, f"{b} bits"): plt.Line2D([], [], ls="", marker="o", color=colours[b]) for b in bits}
+    handles[("floor", "below noise floor")] = plt.Line2D([], [], ls="", marker="o", mfc="none", color="k")
+    _figure_legend(fig, handles, fig_data, panels)
+    _suptitle(fig, fig_data.get("title", ""), 9)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
     return fig
 
 
@@ -144,8 +287,10 @@ def snr_figure(fig_data: dict):
 
 def draw(fig_data: dict, path: Path) -> Path:
     """Draw one figure from its data (see the module docstring) into the PNG ``path``."""
-    make = {"snr": snr_figure, "seeds": seeds_figure}.get(fig_data["kind"], panels_figure)
+    make = {"snr": snr_figure, "seeds": seeds_figure, "orders": orders_figure,
+            "compare": compare_figure}.get(fig_data["kind"], panels_figure)
     fig = make(fig_data)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
     return Path(path)

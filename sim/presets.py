@@ -202,7 +202,11 @@ def preset_harma(out: Path, quick: bool, seeds, assumptions, progress, **_) -> P
                "n_quantize_first_better": sum(r["n_quantize_first_better"] for r in ins),
                "scope": "top-level counts: configurations with one quantization scale per pruning ranking scope",
                "configs": rows}
-    fig = gap_figure(grids, "Harma: magnitude pruning x max-scaled quantization (weight error)")
+    fig = gap_figure(grids, "Harma: magnitude pruning x max-scaled quantization (weight error); Harma's scope: one "
+                            "quantization scale per pruning comparison group")
+    fig["scope"], fig["columns"] = "Harma", len(HARMA_CONFIGS)  # one row per weight law
+    for panel, row in zip(fig["panels"], rows, strict=True):
+        panel["in_scope"] = row["in_scope"]
     return PresetResult("harma", summary, {"harma.png": fig})
 
 

@@ -344,56 +344,19 @@ def compare(args, executor=None) -> dict:
 
 
 def plot(results: list[dict], path: str, grid) -> Path:
-    import math
+    """The scatter of predicted against measured A(Q->P), one panel per assumption set (pih.render_plots)."""
+    from ..render_plots import draw
 
-    import matplotlib
-    import numpy as np
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = max(1, len(results))
-    cols = min(4, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows), squeeze=False)
-    quants = sorted({p.quant for p in grid.points})
-    colors = {b: plt.cm.viridis(i / max(1, len(quants) - 1)) for i, b in enumerate(quants)}
-    for ax, res in zip(axes.flat, results, strict=False):
-        for r in res["points"]:
-            c = colors[r["quant"]]
-            filled = r["above_floor"] is not False
-            ax.scatter(r["A_pred"], r["A_measured"], s=14 + 40 * r["prune"], marker="o",
-                       facecolors=c if filled else "none", edgecolors=c, linewidths=1.0)
-        ax.margins(0.12)
-        ax.axhline(0, color="grey", lw=0.6)
-        ax.axvline(0, color="grey", lw=0.6)
-        for axis, key in (("x", "A_pred"), ("y", "A_measured")):  # signs matter, magnitudes span decades
-            v = np.abs([r[key] for r in res["points"]])
-            v = v[v > 0]
-            if len(v):
-                lt = float(np.quantile(v, 0.2))
-                (ax.set_xscale if axis == "x" else ax.set_yscale)("symlog", linthresh=lt)
-        sa = res["sign_agreement"]
-        rho = res["spearman_rho"]
-        ax.set_title(f"{res['assumption_set']}: sign {'-' if sa is None else f'{sa:.0%}'} "
-                     f"(n={res['n_above_floor']}), rho {'-' if rho is None else f'{rho:+.2f}'}", fontsize=8)
-        ax.set_xlabel("predicted A(Q->P)", fontsize=7)
-        ax.set_ylabel("measured A(Q->P)", fontsize=7)
-        ax.tick_params(labelsize=6)
-    for ax in list(axes.flat)[len(results):]:
-        ax.axis("off")
-    handles = [plt.Line2D([], [], ls="", marker="o", color=colors[b], label=f"{b} bits") for b in quants]
-    handles.append(plt.Line2D([], [], ls="", marker="o", mfc="none", color="k", label="below noise floor"))
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
-    prov = grid.provenance
-    fig.suptitle(f"{prov.get('model')}: predicted vs measured A(Q->P), seeds {grid.seeds} "
-                 "(marker size: pruning ratio; symlog axes)", fontsize=9)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    panels = []
+    for res in results:
+        sa, rho = res["sign_agreement"], res["spearman_rho"]
+        panels.append({"title": f"{res['assumption_set']}: sign {'-' if sa is None else f'{sa:.0%}'} "
+                                f"(n={res['n_above_floor']}), rho {'-' if rho is None else f'{rho:+.2f}'}",
+                       "points": [{"x": r["A_pred"], "y": r["A_measured"], "bits": r["quant"], "ratio": r["prune"],
+                                   "above": r["above_floor"]} for r in res["points"]]})
+    return draw({"kind": "compare", "bits": sorted({p.quant for p in grid.points}), "panels": panels,
+                 "title": f"{grid.provenance.get('model')}: predicted vs measured A(Q->P), seeds {grid.seeds} "
+                          "(marker size: pruning ratio; symlog axes)"}, path)
 
 
 def run(args) -> int:
