@@ -79,7 +79,7 @@ def _one_protocol(recs, chosen: str | None):
                       f"({', '.join(f'{p} ({m})' for p, m in models.items())})")
         return [r for r in recs if r.protocol == hit[0]]
     if len(models) > 1:
-        raise bad("STORE", "records", f"hold {len(models)} protocols: "
+        raise bad("STORE", "records", f"hold {len(models)} different protocols: "
                   f"{', '.join(f'{p} ({m})' for p, m in models.items())}; choose one with --protocol")
     return recs
 
