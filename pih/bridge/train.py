@@ -198,7 +198,8 @@ def tiny_deit_folder(data: str = "digits", seed: int = 0, cache: str | None = No
                       num_labels=ims.num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = DeiTForImageClassification(dcfg)
     losses, acc = _fit_classifier(model, ims, cfg, f"train tiny-deit[{data}]", seed, progress)
-    info = {"data": ims.tag, "seed": seed, "config": asdict(cfg), "final_loss": sum(losses[-20:]) / 20,
+    info = {"data": ims.tag, "seed": seed, "config": asdict(cfg),
+            "final_loss": sum(losses[-20:]) / len(losses[-20:]),
             "test_accuracy": acc, "seconds": time.time() - t0, "torch": torch.__version__,
             "n_params": sum(p.numel() for p in model.parameters())}
     _save_atomically(folder, info, model)
@@ -245,7 +246,8 @@ def tiny_resnet_folder(data: str = "digits", seed: int = 0, cache: str | None = 
     if size:
         resize_hook(model, size)
     losses, acc = _fit_classifier(model, ims, cfg, f"train tiny-resnet[{data}]", seed, progress)
-    info = {"data": ims.tag, "seed": seed, "config": asdict(cfg), "final_loss": sum(losses[-20:]) / 20,
+    info = {"data": ims.tag, "seed": seed, "config": asdict(cfg),
+            "final_loss": sum(losses[-20:]) / len(losses[-20:]),
             "test_accuracy": acc, "seconds": time.time() - t0, "torch": torch.__version__,
             "n_params": sum(p.numel() for p in model.parameters()), "input_size": size or h,
             "train_images": int(ims.train_x.shape[0]), "train_samples_drawn": cfg.steps * cfg.batch_size,
