@@ -18,6 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]  # this folder holds experiments/sim (results), which would shadow the package sim
+
 # (name, the store folder, the protocol's model in it (None: the store's only one), config that builds it, model
 # source for the simulation's export (None: from the records; "": no export, store predictors only), pairing)
 GRIDS = (

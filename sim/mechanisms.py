@@ -18,6 +18,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+if not jax.config.jax_enable_x64:  # the package's __init__ turns it on before importing its modules
+    raise ImportError("the simulation runs in float64, which importing the package 'sim' turns on; here a module "
+                      "of it was loaded without its package (a folder named 'sim' on sys.path, e.g. the script's "
+                      "own folder experiments/, shadows the package): run from elsewhere or import sim first")
+
 
 def is_priorities(key) -> bool:
     """True when ``key`` is an array of tie-break priorities (floating point) rather than a JAX PRNG key."""
