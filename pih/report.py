@@ -99,8 +99,14 @@ def _bridge_section(out: Path, progress: bool) -> tuple[list[str], dict]:
         lines.append(f"| {r['prune']} | {r['quant']} | {r['ppl_P_first']:.4g} | {r['ppl_Q_first']:.4g} | "
                      f"{r['A_QP']:+.4g} | {'censored' if gap is None else f'{gap:+.3g}'} |")
     lines.append("")
-    for png in sorted(folder.glob("*.png")):
-        lines += [f"![{png.stem}]({_rel(png, out)})", ""]
+    from .render_plots import draw
+    from .run_summary import figure, orders_figure, summarize
+
+    s = summarize(summary)
+    for fig, png in ((figure(s), "smoke.png"), (orders_figure(s), "smoke_orders.png")):
+        if fig is not None:
+            draw(fig, folder / png)
+            lines += [f"![{png}]({_rel(folder / png, out)})", ""]
     return lines, summary
 
 

@@ -1,5 +1,5 @@
 """The figures of the real-weight grids and of the simulation (``pih.render_plots``, built by
-``experiments/summarize_runs.py`` and ``sim.presets``): checked on the figure data and on the matplotlib objects
+``pih.run_summary`` and ``sim.presets``): checked on the figure data and on the matplotlib objects
 drawn from it (legend entries, error-bar lengths, frame colours), never on pixels.
 
 - one legend per figure listing every line of every panel, numeric keys in order;
@@ -12,7 +12,6 @@ drawn from it (legend entries, error-bar lengths, frame colours), never on pixel
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -21,15 +20,10 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+from pih import run_summary  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 MEASURED = ROOT / "experiments" / "measured"
-
-
-def _summarize_runs():
-    spec = importlib.util.spec_from_file_location("summarize_runs", ROOT / "experiments" / "summarize_runs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _legend_texts(fig) -> list[str]:
@@ -86,7 +80,7 @@ def test_gap_figure_is_per_model_with_the_seed_floors_as_error_bars(name):
     from pih.render_plots import seeds_figure
 
     s = _committed(name)
-    fig_data = _summarize_runs().figure(s)
+    fig_data = run_summary.figure(s)
     scale = 100.0 if s["metric"] == "accuracy" else 1.0
     assert len(fig_data["panels"]) == len(s["models"]) == len(s["grids"])
     for panel, g in zip(fig_data["panels"], s["grids"], strict=True):
@@ -111,7 +105,7 @@ def test_orders_figure_data_are_the_seed_means_and_floors(name):
     from pih.stats import seed_stat
 
     s = _committed(name)
-    fig = _summarize_runs().orders_figure(s)
+    fig = run_summary.orders_figure(s)
     vision = s["metric"] == "accuracy"
     scale, sign = (100.0, 1.0) if vision else (1.0, -1.0)  # LM: M = -perplexity
     panels = {(p["model"], p["ratio"]): p for p in fig["panels"]}
@@ -144,7 +138,7 @@ def test_orders_figure_draws_one_legend_and_its_error_bars():
     from pih.render_plots import orders_figure
 
     s = _committed("rotation_on")
-    data = _summarize_runs().orders_figure(s)
+    data = run_summary.orders_figure(s)
     fig = orders_figure(data)
     labels = list(dict.fromkeys(ln["label"] for p in data["panels"] for ln in p["lines"] + p["hlines"]))
     assert sorted(_legend_texts(fig)) == sorted(labels)
@@ -161,7 +155,7 @@ def test_orders_figure_draws_one_legend_and_its_error_bars():
 def test_orders_figure_with_one_seed_has_no_spread():
     s = _committed("rotation_on")
     one = {**s, "seeds": [0], "points": [p for p in s["points"] if p["seed"] == 0]}
-    fig = _summarize_runs().orders_figure(one)
+    fig = run_summary.orders_figure(one)
     assert "one calibration seed" in fig["title"]
     errs = [e for p in fig["panels"] for ln in p["lines"] for e in ln["err"]] + \
            [h["err"] for p in fig["panels"] for h in p["hlines"]]
@@ -189,7 +183,7 @@ def test_gap_figure_of_an_all_censored_store_says_so_and_claims_no_single_seed()
     from pih.render_plots import seeds_figure
 
     s = _committed("rotation_on")  # three seeds, every CER censored
-    data = _summarize_runs().figure(s)
+    data = run_summary.figure(s)
     assert data["n_seeds"] == 3 and all(not p["points"] for p in data["panels"])
     fig = seeds_figure(data)
     assert "one seed" not in fig._suptitle.get_text()
