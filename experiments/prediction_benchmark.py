@@ -108,7 +108,9 @@ def main(argv=None) -> int:
     best = max(full, key=lambda n: (predictors[n]["sign_agreement_above_floor"] or 0,
                                     predictors[n]["qfirst_wins_right"],
                                     predictors[n]["spearman_min_over_grids"] or -2)) if full else None
-    result = {"how": "python experiments/prediction_benchmark.py --runs " + a.runs, "grids": grids,
+    how = ("python experiments/prediction_benchmark.py --runs RUNS, each grid's store built first with "
+           "pih run CONFIG --out RUNS/FOLDER (the grids' configs above); pih compare scores every predictor")
+    result = {"how": how, "grids": grids,
               "missing": missing, "predictors": predictors, "best": best, "per_grid": per_grid,
               "targets": {"sign_agreement_above_floor": 0.95, "qfirst_wins_right_fraction": 0.75,
                           "spearman_per_grid": 0.9, "cost_ratio": 1 / 3}}

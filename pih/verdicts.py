@@ -531,29 +531,98 @@ def rotation(ev: Evidence) -> Verdict:
                    figures)
 
 
+STORE_PREDICTORS = ("prune-first", "majority-loo", "pih", "measured-layers")
+
+
+def _sign_test(k: int, m: int) -> float:
+    """Two-sided exact sign test of k against m discordant outcomes (McNemar's exact test); 1.0 with none."""
+    n = k + m
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(0, min(k, m) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def _benchmark(ev: Evidence):
+    return ev.measured("prediction_benchmark")
+
+
+def _pooled(b: dict, name: str, grids: list[str] | None = None) -> str:
+    """A predictor's pooled figures, over every grid it was scored on or over ``grids`` (per-grid rows summed)."""
+    rows = [g[name] for n, g in b["per_grid"].items() if name in g and (grids is None or n in grids)]
+    agree, above = sum(r["n_agree"] for r in rows), sum(r["n_above_floor"] for r in rows)
+    rhos = [r["spearman_rho"] for r in rows]
+    rho = min(rhos) if rhos and None not in rhos else None
+    return (f"{name}: {agree} of {above} signs above the floor ({f'{agree / above:.1%}' if above else '-'}), "
+            f"quantize-first wins {sum(r['qfirst_wins_right'] for r in rows)} of "
+            f"{sum(r['qfirst_wins_total'] for r in rows)}, worst per-grid ρ {'-' if rho is None else signed(rho)}")
+
+
 def sim_vs_measured(ev: Evidence) -> Verdict:
     title = "Simulation predicts real weights"
-    claim = ("the best assumption set predicts the sign of the measured A(Q→P) on ≥ 90 % of the points above the "
-             "noise floor, better than always predicting prune-first")
-    found = [m for n in ("compare_sparsegpt_gptq", "compare_wanda_rtn") if (m := ev.measured(n))]
+    claim = ("the simulation, compressing the model's own layer tensors under its best assumption set, predicts the "
+             "sign of the measured A(Q→P) better than always pruning first")
+    found = _benchmark(ev)
     if not found:
-        return _missing("sim-vs-real", title, claim, OURS, None, "experiments/measured/compare_*.json")
-    rows = []
-    for s, path in found:
-        best = max(s["results"], key=lambda r: (r["sign_agreement"] or 0))
-        ties = [r["assumption_set"] for r in s["results"] if r["sign_agreement"] == best["sign_agreement"]]
-        rows.append((path, best, s["noise_floor"]["n_seeds"], len(ties)))
-    ok = all(b["sign_agreement"] >= 0.9 and b["sign_agreement"] > b["majority_sign_baseline"]
-             for _, b, _, _ in rows)
-    detail = "; ".join(f"{Path(p).stem}: best {b['n_agree']} of {b['n_above_floor']} ({b['sign_agreement']:.1%}, "
-                       f"{t} sets tied), always the majority sign {b['majority_sign_baseline']:.1%}"
-                       for p, b, _, t in rows)
+        return _missing("sim-vs-real", title, claim, OURS, None, "experiments/measured/prediction_benchmark.json")
+    b, path = found
+    sims = [n for n, p in b["predictors"].items() if n not in STORE_PREDICTORS and p["grids"]]
+    if not sims:
+        return _missing("sim-vs-real", title, claim, OURS, None, "simulation sets in the benchmark")
+    best = max(sims, key=lambda n: (b["predictors"][n]["sign_agreement_above_floor"] or 0,
+                                    b["predictors"][n]["qfirst_wins_right"]))
+    grids = [g for g in b["grids"] if best in b["per_grid"].get(g["name"], {})]
+    names = [g["name"] for g in grids]
+
+    def pooled(name):  # over the grids the simulation scored, for both predictors alike
+        rows = [b["per_grid"][n][name] for n in names]
+        above = sum(r["n_above_floor"] for r in rows)
+        return (sum(r["n_agree"] for r in rows) / above if above else 0.0, sum(r["qfirst_wins_right"] for r in rows))
+
+    def wrong(name):
+        return {(n, f["prune"], f["quant"]) for n in names for f in b["per_grid"][n][name]["failures"]}
+
+    # paired on the same points above the floor: only the points where exactly one of the two is wrong count
+    only_pf, only_best = len(wrong("prune-first") - wrong(best)), len(wrong(best) - wrong("prune-first"))
+    p_value = _sign_test(only_pf, only_best)
+    if p_value < 0.05:
+        v = HOLDS if only_pf > only_best else FAILS
+    else:
+        v = UNDECIDED
     return Verdict("sim-vs-real", title, claim, OURS,
-                   f"{len(rows)} grids (tiny LLaMA, 16 points each), {rows[0][2]} calibration seeds, per-point floor",
-                   HOLDS if ok else FAILS, detail + " (scored before the float32 Hessian default; re-scoring open)",
-                   None, tuple(p for p, _, _, _ in rows),
-                   tuple(x for n in ("compare_sparsegpt_gptq", "compare_wanda_rtn") for x in ev.measured_plot(n)),
-                   {"best": [b["sign_agreement"] for _, b, _, _ in rows]})
+                   f"{len(grids)} grids ({', '.join(sorted({g['model'].split('@')[0] for g in grids}))}), "
+                   f"{len(sims)} assumption sets, ≥ 3 calibration seeds, per-point floor; paired sign test on the "
+                   "points where exactly one of the two is wrong", v,
+                   f"best set {_pooled(b, best, names)}; on the same grids {_pooled(b, 'prune-first', names)}; "
+                   f"only prune-first wrong at {only_pf}, only {best} wrong at {only_best} (two-sided p = "
+                   f"{p_value:.2g})",
+                   None, (path,), (),
+                   {"best": best, "best_sign": b["predictors"][best]["sign_agreement_above_floor"],
+                    "only_prune_first_wrong": only_pf, "only_best_wrong": only_best})
+
+
+def prediction_targets(ev: Evidence) -> Verdict:
+    title = "Predicting the order before measuring it"
+    claim = ("the best predictor agrees in sign on ≥ 95 % of the points above the floor (pooled), gets ≥ 3/4 of the "
+             "measured quantize-first wins, ranks A with Spearman ≥ 0.9 on every grid, at < 1/3 of measuring's cost")
+    found = _benchmark(ev)
+    if not found:
+        return _missing("prediction", title, claim, OURS, None, "experiments/measured/prediction_benchmark.json")
+    b, path = found
+    best = b.get("best")
+    if best is None:
+        return _missing("prediction", title, claim, OURS, None, "a predictor scored on every grid")
+    p = b["predictors"][best]
+    ok = ((p["sign_agreement_above_floor"] or 0) >= 0.95 and p["qfirst_wins_total"]
+          and p["qfirst_wins_right"] >= 0.75 * p["qfirst_wins_total"]
+          and (p["spearman_min_over_grids"] or -1) >= 0.9 and (p["cost_ratio"] or 1) < 1 / 3)
+    cost = "-" if p["cost_ratio"] is None else f"{p['cost_ratio']:.3g}"
+    missing = f"; grids not yet measured: {', '.join(m['name'] for m in b['missing'])}" if b.get("missing") else ""
+    return Verdict("prediction", title, claim, OURS,
+                   f"{len(b['grids'])} grids, {len(b['predictors'])} predictors (`pih compare`), ≥ 3 calibration "
+                   "seeds", HOLDS if ok else FAILS,
+                   f"best {_pooled(b, best)}, cost {cost} of measuring{missing}", None, (path,), (),
+                   {"best": best})
 
 
 def advise_accuracy(ev: Evidence) -> Verdict:
@@ -562,21 +631,26 @@ def advise_accuracy(ev: Evidence) -> Verdict:
     found = [m for n in ("advise_tiny_llama", "advise_tiny_llama_model1") if (m := ev.measured(n))]
     if not found:
         return _missing("advise", title, claim, OURS, None, "experiments/measured/advise_tiny_llama*.json")
-    right = n = pih = prune_first = 0
+    right = n = pih = prune_first = only_advise = only_pf = 0
     for s, _ in found:
         for case in s["summary"]["per_case"]:
             if not case["decided"]:
                 continue
             prune_won = case["A_QP_mean"] < 0
             for k in range(len(case["seeds"])):
+                ok = bool(case["all_layers_right"][k])
                 n += 1
-                right += bool(case["all_layers_right"][k])
+                right += ok
                 pih += bool(case["pih_right"][k])
                 prune_first += prune_won
+                only_advise += ok and not prune_won
+                only_pf += prune_won and not ok
     lo, hi = wilson(right, n)
-    v = HOLDS if n and lo > 0.5 else UNDECIDED
-    detail = (f"right in {right} of {n} decided runs (Wilson 95 % {lo:.0%}–{hi:.0%}); PIH's rule {pih} of {n}; "
-              f"always prune first {prune_first} of {n}")
+    p_value = _sign_test(only_advise, only_pf)
+    v = HOLDS if n and lo > 0.5 and p_value < 0.05 and only_advise > only_pf else UNDECIDED
+    detail = (f"right in {right} of {n} decided runs (Wilson 95 % {lo:.0%}–{hi:.0%}); always prune first "
+              f"{prune_first} of {n} (advise alone right in {only_advise}, prune-first alone in {only_pf}: "
+              f"sign test p = {p_value:.2g}); PIH's rule {pih} of {n}")
     return Verdict("advise", title, claim, OURS, f"{len(found)} models (tiny LLaMA), 3 calibration seeds, cases "
                    "where the two orders differ by more than the noise floor", v, detail, None,
                    tuple(p for _, p in found), (), {"right": right, "n": n, "pih": pih, "prune_first": prune_first})
@@ -600,7 +674,7 @@ ROWS: tuple[Callable[[Evidence], Verdict], ...] = (
     *(lambda ev, r=r: t2_sign(ev, *r) for r in READINGS),
     *(lambda ev, r=r: t2_trend(ev, *r) for r in READINGS), t2_expected,
     real_trend, prune_first_convention, t20_bound, interference_additive, interference_b_free, mixed_precision,
-    harma, kuzmin, n_methods, rotation, sim_vs_measured, advise_accuracy, fidelity,
+    harma, kuzmin, n_methods, rotation, sim_vs_measured, prediction_targets, advise_accuracy, fidelity,
 )
 
 

@@ -193,3 +193,34 @@ def test_a_quick_report_never_replaces_a_full_one_silently(tmp_path):
     R.build_report(out, quick=False, sections=(), progress=False)  # resuming the same mode is automatic
     assert R.build_report(out, quick=True, sections=(), progress=False, force=True) == 0
     assert R.default_out(True) != R.default_out(False)
+
+
+def test_sign_test():
+    assert V._sign_test(0, 0) == 1.0 and V._sign_test(1, 0) == 1.0
+    assert V._sign_test(6, 0) == pytest.approx(2 / 64) and V._sign_test(0, 6) == pytest.approx(2 / 64)
+    assert V._sign_test(3, 3) == 1.0
+
+
+def test_simulation_beats_prune_first_only_when_the_paired_test_says_so(evidence):
+    ev, root = evidence
+    assert _row(ev, "sim-vs-real").verdict == V.UNDECIDED  # 1 discordant point: no verdict either way
+
+    def many(d):  # prune-first wrong at 6 more points where the best set is right
+        for g in ("compare_sparsegpt_gptq", "compare_wanda_rtn"):
+            d["per_grid"][g]["prune-first"]["failures"] += [
+                {"prune": 9.0 + i, "quant": 2, "A_pred": -1.0, "A_measured": 1.0} for i in range(3)]
+
+    _edit(root / "measured" / "prediction_benchmark.json", many)
+    r = _row(ev, "sim-vs-real")
+    assert r.verdict == V.HOLDS and r.figures["only_prune_first_wrong"] == 7
+
+    def worse(d):  # the other way round
+        for g in ("compare_sparsegpt_gptq", "compare_wanda_rtn"):
+            d["per_grid"][g]["prune-first"]["failures"] = []
+            for name in d["per_grid"][g]:
+                if name not in V.STORE_PREDICTORS:
+                    d["per_grid"][g][name]["failures"] = [
+                        {"prune": 9.0 + i, "quant": 2, "A_pred": 1.0, "A_measured": -1.0} for i in range(4)]
+
+    _edit(root / "measured" / "prediction_benchmark.json", worse)
+    assert _row(ev, "sim-vs-real").verdict == V.FAILS
