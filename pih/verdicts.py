@@ -574,11 +574,6 @@ def sim_vs_measured(ev: Evidence) -> Verdict:
     grids = [g for g in b["grids"] if best in b["per_grid"].get(g["name"], {})]
     names = [g["name"] for g in grids]
 
-    def pooled(name):  # over the grids the simulation scored, for both predictors alike
-        rows = [b["per_grid"][n][name] for n in names]
-        above = sum(r["n_above_floor"] for r in rows)
-        return (sum(r["n_agree"] for r in rows) / above if above else 0.0, sum(r["qfirst_wins_right"] for r in rows))
-
     def wrong(name):
         return {(n, f["prune"], f["quant"]) for n in names for f in b["per_grid"][n][name]["failures"]}
 
