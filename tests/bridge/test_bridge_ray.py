@@ -161,7 +161,11 @@ def test_compare_predictions_on_ray_are_the_serial_ones(local_ray, tmp_path, cap
     assert rc == 0, err
     assert len(serial["predictions"]) == 3 * 2 * 4
     assert distributed["predictions"] == serial["predictions"]
-    assert distributed["results"] == serial["results"]
+
+    def scores(out):  # the cost columns are wall time, the one thing that may differ
+        return [{k: v for k, v in r.items() if k not in ("cost_seconds", "cost_ratio")} for r in out["results"]]
+
+    assert scores(distributed) == scores(serial)
 
 
 def _out_of_memory_on_quantize(task):
