@@ -99,14 +99,10 @@ def _bridge_section(out: Path, progress: bool) -> tuple[list[str], dict]:
         lines.append(f"| {r['prune']} | {r['quant']} | {r['ppl_P_first']:.4g} | {r['ppl_Q_first']:.4g} | "
                      f"{r['A_QP']:+.4g} | {'censored' if gap is None else f'{gap:+.3g}'} |")
     lines.append("")
-    from .render_plots import draw
-    from .run_summary import figure, orders_figure, summarize
+    from .commands.run import draw_figures  # the figures pih run --plot draws
 
-    s = summarize(summary)
-    for fig, png in ((figure(s), "smoke.png"), (orders_figure(s), "smoke_orders.png")):
-        if fig is not None:
-            draw(fig, folder / png)
-            lines += [f"![{png}]({_rel(folder / png, out)})", ""]
+    for png in draw_figures(summary, folder):
+        lines += [f"![{png.name}]({_rel(png, out)})", ""]
     return lines, summary
 
 

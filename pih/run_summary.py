@@ -27,16 +27,22 @@ def round_floats(x):
     return x
 
 
+def _cer_value(c):
+    """A run's CER dict, or a summary's value already (so a summary summarizes to itself)."""
+    return c.get("value") if isinstance(c, dict) else c
+
+
 def summarize(doc: dict) -> dict:
+    """What ``pih run --format json`` printed (or such a summary again), kept for reading."""
     grids = []
     for g in doc.get("grids") or []:
         mono = {k: v for k, v in (g.get("monotonicity") or {}).items() if k != "violating_pairs"}
         grids.append({"model": g["model"], "protocol": g.get("protocol"), "seed_summary": g.get("seed_summary"),
                       "monotonicity": mono})
     pairs = [{**_scalars(p), "analysis": _scalars(p.get("analysis") or {}, drop=("units",)),
-              "cer_P": (p.get("cer_P") or {}).get("value")} for p in doc.get("pairs") or []]
+              "cer_P": _cer_value(p.get("cer_P"))} for p in doc.get("pairs") or []]
     units = next((p["analysis"]["units"] for p in doc.get("pairs") or [] if "units" in (p.get("analysis") or {})),
-                 None)
+                 doc.get("pair_analysis_units"))
     return {"experiment": doc.get("experiment"), "metric": doc.get("metric"), "seeds": doc.get("seeds"),
             "models": doc.get("models"), "provenance": doc.get("provenance"), "n_failed": doc.get("n_failed"),
             "failed": doc.get("failed"), "adjustments": doc.get("adjustments"), "notes": doc.get("notes"),

@@ -27,10 +27,30 @@ def register(subparsers) -> None:
     p.add_argument("--save-only", action="append", default=None, metavar="POINT",
                    help="with --save: only these points, by order (P, Q, P->Q, Q->P, a [[pipelines]] name) or "
                    "pipeline label (repeatable; default every compressed point)")
+    p.add_argument("--plot", default=None, metavar="DIR",
+                   help="write the run's two figures to DIR: NAME.png (A(Q->P) against C*_P - C_Q, one panel per "
+                   "model, noise floors over seeds) and NAME_orders.png (both orders, each method alone and the "
+                   "dense model against bits, one panel per model and pruning ratio)")
     from pih.executors import add_executor_args
 
     add_executor_args(p)
     p.set_defaults(func=_run)
+
+
+def draw_figures(out: dict, folder) -> list:
+    """The run's two figures (:mod:`pih.run_summary`) under ``folder``; returns the paths written."""
+    from pathlib import Path
+
+    from pih.render_plots import draw
+    from pih.run_summary import figure, orders_figure, summarize
+
+    s = summarize(out)
+    name = s.get("experiment") or "run"
+    drawn = []
+    for fig, png in ((figure(s), f"{name}.png"), (orders_figure(s), f"{name}_orders.png")):
+        if fig is not None:
+            drawn.append(draw(fig, Path(folder) / png))
+    return drawn
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -41,11 +61,18 @@ def _run(args: argparse.Namespace) -> int:
         from pih.errors import PihError
 
         raise PihError("--save-only needs --save DIR")
+    if args.plot:
+        from pih.validate import check_output_folder
+
+        check_output_folder("--plot", args.plot)  # before anything is computed
     from pih.executors import executor_from_args
 
     with executor_from_args(args) as executor:  # checked before the config is read or any model loaded
         out = main_run(args.config, args.out, progress=not args.no_progress, seeds=args.seeds,
                        model_seeds=args.model_seeds, save=args.save, save_select=args.save_only, executor=executor)
+    if args.plot:
+        out["plots"] = [str(p) for p in draw_figures(out, args.plot)]
+        print(f"pih run: figures {', '.join(out['plots'])}", file=sys.stderr)
     emit(args, out, lambda: _table(out))
     if out.get("n_failed"):  # stored and shown, but the run did not measure everything
         from pih.cli import EXIT_FAILED
