@@ -253,6 +253,30 @@ def t2_expected(ev: Evidence) -> Verdict:  # noqa: ARG001 - a proof, no data
                    proof, ("tests/proofs/test_proof_t2_bounds.py",))
 
 
+def survey(ev: Evidence) -> Verdict:
+    title, proof = "PIH in the simulation survey", "proofs/t2_monotonicity.md"
+    claim = ("some real pairing of mechanisms (magnitude, Wanda, SparseGPT × RTN, MSE-scaled RTN, GPTQ, stochastic "
+             "rounding, Hadamard rotation) shows PIH's sign flip on a simulated layer")
+    found = [x for f in ("survey-A1", "survey-A2-seen") if (x := ev.sim(f))]
+    if not found:
+        return _missing("survey", title, claim, PAPER, proof, "the survey preset")
+    flips = [(s["assumptions"]["name"], p["pairing"]) for s, _ in found for p in s["pairings"]
+             if p["mean_A_x_neg"] is not None and p["mean_A_x_pos"] is not None
+             and p["mean_A_x_neg"] < 0 < p["mean_A_x_pos"]]
+    n = sum(len(s["pairings"]) for s, _ in found)
+    gptq = [p["spearman_rho"] for s, _ in found[:1] for p in s["pairings"] if "GPTQ" in p["pairing"]]
+    detail = (f"the pattern appears in {len(flips)} of {n} pairing × assumption-set cells"
+              + (f" ({', '.join(f'{a}: {p}' for a, p in flips)})" if flips else "")
+              + (f"; under {found[0][0]['assumptions']['name']} the GPTQ pairings show the reverse trend, ρ "
+                 f"{signed(max(gptq))}..{signed(min(gptq))} (low-bit GPTQ's free zeros leave pruning after it little "
+                 "to remove)" if gptq else ""))
+    sets = ", ".join(s["assumptions"]["name"] for s, _ in found)
+    return Verdict("survey", title, claim, PAPER, f"{n} cells ({sets}), "
+                   f"{found[0][0]['pairings'][0].get('n_points')} points and 4 seeds each", HOLDS if flips else FAILS,
+                   detail, proof, tuple(p for _, p in found), ev.sim_plot("survey-A1", "t2.png"),
+                   {"n_flip": len(flips), "n": n})
+
+
 def _grids(ev: Evidence, names) -> list[tuple[str, str, dict]]:
     out = []
     for name in names:
@@ -667,7 +691,7 @@ def fidelity(ev: Evidence) -> Verdict:
 ROWS: tuple[Callable[[Evidence], Verdict], ...] = (
     t1_simulation, t1_real, t1_no_owner_change,
     *(lambda ev, r=r: t2_sign(ev, *r) for r in READINGS),
-    *(lambda ev, r=r: t2_trend(ev, *r) for r in READINGS), t2_expected,
+    *(lambda ev, r=r: t2_trend(ev, *r) for r in READINGS), t2_expected, survey,
     real_trend, prune_first_convention, t20_bound, interference_additive, interference_b_free, mixed_precision,
     harma, kuzmin, n_methods, rotation, sim_vs_measured, prediction_targets, advise_accuracy, fidelity,
 )

@@ -224,3 +224,12 @@ def test_simulation_beats_prune_first_only_when_the_paired_test_says_so(evidence
 
     _edit(root / "measured" / "prediction_benchmark.json", worse)
     assert _row(ev, "sim-vs-real").verdict == V.FAILS
+
+
+def test_survey_holds_when_one_pairing_shows_the_flip(evidence):
+    ev, root = evidence
+    assert _row(ev, "survey").verdict == V.FAILS
+    _edit(root / "sim" / "survey-A1" / "summary.json",
+          lambda d: d["pairings"][0].update(mean_A_x_neg=-0.1, mean_A_x_pos=0.1))
+    r = _row(ev, "survey")
+    assert r.verdict == V.HOLDS and r.figures["n_flip"] == 1
