@@ -139,11 +139,15 @@ def _sections(rows: list[V.Verdict], mine: dict[str, V.Verdict], link, link_run)
         links = ([f"[proof]({link(v.proof)})"] if v.proof else []) + [f"[{p}]({link(p)})" for p in v.evidence]
         if links:
             lines += ["Evidence: " + ", ".join(links) + ".", ""]
+        tab = v.figures.get("table")
+        if tab:
+            lines += ["| " + " | ".join(tab[0]) + " |", "|" + "---|" * len(tab[0])]
+            lines += ["| " + " | ".join(map(str, row)) + " |" for row in tab[1:]] + [""]
         for p in v.plots:
-            lines += [f"![{v.title}]({link(p)})", ""]
+            lines += [f"![{Path(p).stem}]({link(p)})", ""]
         if _reproduced(r):
             for p in r.plots:
-                lines += [f"![{v.title}, this run]({link_run(p)})", ""]
+                lines += [f"![{Path(p).stem}, this run]({link_run(p)})", ""]
     return lines
 
 

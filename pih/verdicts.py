@@ -318,7 +318,12 @@ def real_trend(ev: Evidence) -> Verdict:
                    tuple(dict.fromkeys(p for _, p, _ in grids)),
                    tuple(x for n in REAL_TREND_GRIDS for x in ev.measured_plot(n)),
                    {"n_grids": len(grids), "n_negative": len(neg), "n_positive": len(pos), "rho_min": lo,
-                    "rho_max": hi})
+                    "rho_max": hi,
+                    "table": [["grid", "model", "pooled ρ [95 % interval]", "points above the floor"]]
+                    + [[n, g["model"].split("@")[0],
+                        rho_ci(g["seed_summary"]["pooled"]["value"], g["seed_summary"]["pooled"]["ci"]),
+                        f"{g['seed_summary']['n_above_floor']} of {g['seed_summary']['n_points']}"]
+                       for n, _, g in grids]})
 
 
 def prune_first_convention(ev: Evidence) -> Verdict:
