@@ -210,7 +210,7 @@ def layer_predictions(grid: MeasuredGrid) -> dict[tuple[float, int], float]:
 class StorePredictor:
     name: str
     what: str
-    predict: Callable[[MeasuredGrid], tuple[dict[tuple[float, int], float], float]]
+    predict: Callable[..., tuple[dict[tuple[float, int], float], float]]  # (grid, **context)
 
 
 PREDICTORS: dict[str, StorePredictor] = {}
@@ -218,18 +218,19 @@ CENSORED_STEP = 1e-6  # how far beyond its bound a censored CER is placed (only 
 
 
 def register_predictor(name: str, what: str, predict) -> StorePredictor:
-    """Make ``predict(grid) -> (predictions, cost seconds)`` a predictor ``pih compare`` runs by name."""
+    """Make ``predict(grid, **context) -> (predictions, cost seconds)`` a predictor ``pih compare`` runs by name
+    (context: ``model`` (the --model source or None), ``seeds`` (the simulation's seeds), ``progress``)."""
     if not name or name in PREDICTORS:
         raise bad("name", name, "is empty or already a registered predictor")
     PREDICTORS[name] = StorePredictor(name, what, predict)
     return PREDICTORS[name]
 
 
-def _prune_first(grid: MeasuredGrid):
+def _prune_first(grid: MeasuredGrid, **_):
     return {(p.prune, p.quant): -1.0 for p in grid.points}, 0.0
 
 
-def _majority_loo(grid: MeasuredGrid):
+def _majority_loo(grid: MeasuredGrid, **_):
     """Leave-one-out majority: each point gets the more frequent measured sign among the *other* points above
     their floor (ties and no such points: prune first); the point's own measurement is never used."""
     above = [p for p in grid.points if len(p.A) > 1 and p.above()]
@@ -241,7 +242,7 @@ def _majority_loo(grid: MeasuredGrid):
     return out, 0.0
 
 
-def _pih_rule(grid: MeasuredGrid):
+def _pih_rule(grid: MeasuredGrid, **_):
     """PIH (weaker first by CER): the predicted A is the mean over seeds of C*_P − C_Q, from the each-alone
     records (P alone, Q alone at every bit width) by :func:`pih.analysis.analyze_grid`'s CERs; a censored CER is
     placed just beyond the measured range's end it lies past (its bound), so its sign is PIH's."""
@@ -260,7 +261,7 @@ def _pih_rule(grid: MeasuredGrid):
     return {k: float(np.mean(v)) for k, v in by.items()}, float(sum(_seconds(r) for r in singles))
 
 
-def _measured_layers(grid: MeasuredGrid):
+def _measured_layers(grid: MeasuredGrid, **_):
     return layer_predictions(grid), grid.measure_seconds  # a by-product of measuring: costs what measuring does
 
 

@@ -87,6 +87,7 @@ def _one_protocol(recs, chosen: str | None):
 def _assumption_names(names: list[str] | None) -> list[str]:
     from sim.assumptions import ASSUMPTION_SETS, COMPARE_DEFAULTS
 
+    _register_advise()
     from ..compare import PREDICTORS
 
     allowed = [*ASSUMPTION_SETS, *PREDICTORS]
@@ -206,6 +207,55 @@ def _options(grid) -> dict:
     return {k: bridge[k] for k in ("offgrid", "percdamp", "blocksize", "act_order") if k in bridge}
 
 
+ADVISE_LAYERS = "advise-layers"
+ADVISE_FRACTION = 0.25  # advise's default share of the linear layers
+
+
+def advise_layers(grid, model=None, seeds=(0,), progress=False, **_):
+    """``pih advise``'s layer-wise predictor at every grid point, before measuring: both orders applied to each
+    sampled dense layer (a stratified quarter, as advise samples them) with the bridge's compressors, scored by
+    the layer's output error tr(ΔW H ΔWᵀ) on the records' calibration windows of each seed; the predicted A(Q→P)
+    is Σ err(P first) − Σ err(Q first) (> 0: quantizing first leaves less error), the mean over the seeds."""
+    import time
+
+    import numpy as np
+
+    from pih.bridge.advise import measure_layerwise, sample_layers
+    from pih.bridge.data import calibration_windows, load_corpus, tokenize
+    from pih.bridge.models import load_model
+    from pih.bridge.settings import BridgeSettings
+
+    prov = grid.provenance
+    if prov.get("backend") != "torch" or prov.get("metric") != "neg_perplexity" or \
+            (prov.get("settings") or {}).get("rotate"):
+        return {}, 0.0  # language models without rotation only (as the export)
+    t0 = time.time()
+    source, mseed = _model_source(prov["model"], model)
+    lm = load_model(source, "cpu", "float32", seed=mseed)
+    if lm.name != prov["model"]:
+        raise bad("--model", source, f"gives model {lm.name!r}, the records were measured on {prov['model']!r}")
+    bridge = ((prov.get("settings") or {}).get("bridge") or {})
+    settings = BridgeSettings(**{k: v for k, v in bridge.items() if k in BridgeSettings.__dataclass_fields__})
+    corpus = load_corpus(prov["calibration"].split("@", 1)[0].split(":", 1)[0])
+    P = sorted({p.prune_spec for p in grid.points}, key=lambda s: s.ratio)
+    Q = sorted({p.quant_spec for p in grid.points}, key=lambda s: s.bits)
+    specs = [*P, *Q]
+    orders = [o for i in range(len(P)) for j in range(len(Q)) for o in ((i, len(P) + j), (len(P) + j, i))]
+    layers = sample_layers(lm, ADVISE_FRACTION)
+    per: dict[tuple, list[float]] = {}
+    for seed in seeds:
+        calib = calibration_windows(tokenize(lm.tokenizer, corpus.train), int(prov["seqlen"]),
+                                    int(prov["calibration_size"]), int(seed), source=f"train split of {corpus.name}")
+        lw = measure_layerwise(lm, calib, specs, orders, (), settings, seed=int(seed), progress=progress,
+                               layers=layers)
+        for i, p in enumerate(P):
+            for j, q in enumerate(Q):
+                pf = float(np.sum(lw.errors[(i, len(P) + j)]))
+                qf = float(np.sum(lw.errors[(len(P) + j, i)]))
+                per.setdefault((float(p.ratio), int(q.bits)), []).append(pf - qf)
+    return {k: float(np.mean(v)) for k, v in per.items()}, time.time() - t0
+
+
 class PredictSeed:
     """One seed's predictions (:func:`sim.predict.predict_grid` on its exported tensors): a task for an executor."""
 
@@ -220,12 +270,21 @@ class PredictSeed:
                             options=self.options, max_samples=self.max_tokens)
 
 
+def _register_advise() -> None:
+    from ..compare import PREDICTORS, register_predictor
+
+    if ADVISE_LAYERS not in PREDICTORS:
+        register_predictor(ADVISE_LAYERS, "pih advise's layer-wise orders on the dense layers (a quarter of them), "
+                           "before measuring", advise_layers)
+
+
 def compare(args, executor=None) -> dict:
     """The comparison; ``executor`` (:mod:`pih.executors`, None: this process): where each seed's predictions
     are computed (the exports stay in this process, which alone writes the tensor cache)."""
     from ..compare import MEASURED_LAYERS, PREDICTORS, measured_grid, score
     from ..executors import SerialExecutor
 
+    _register_advise()
     if isinstance(executor, SerialExecutor):
         executor = None
 
@@ -309,7 +368,14 @@ def compare(args, executor=None) -> dict:
     for n in names:
         if n not in PREDICTORS:
             continue
-        pred, cost = PREDICTORS[n].predict(grid)
+        try:
+            pred, cost = PREDICTORS[n].predict(grid, model=args.model, seeds=sim_seeds,
+                                               progress=not args.no_progress)
+        except PihError as exc:  # a predictor this store cannot feed: said, and the others still run
+            if args.assumptions is not None:
+                raise
+            warnings.warn(f"predictor {n} skipped: {exc}", PihWarning, stacklevel=2)
+            continue
         if not pred:
             if args.assumptions is not None:
                 why = ("the records carry no per-layer errors (run with analysis = true)" if n == MEASURED_LAYERS

@@ -270,3 +270,30 @@ def test_compare_reports_qfirst_wins_and_cost(tmp_path, capsys):
     res = {r["assumption_set"]: r for r in out["results"]}
     assert res["prune-first"]["qfirst_wins_total"] == 1 and res["prune-first"]["qfirst_wins_right"] == 0
     assert res["pih"]["cost_seconds"] >= 0 and "measure_seconds" in out["timing"]
+
+
+def test_advise_layers_predictor_is_advise_measurement_of_both_orders(tiny, tiny_source, corpus, cache, tmp_path,
+                                                                       monkeypatch):
+    """advise-layers predicts A at (p, b) as Σ err(P first) − Σ err(Q first) over advise's sampled layers, from the
+    records' calibration windows: the same numbers advise's own measurement gives (orders not swapped)."""
+    from pih.bridge.advise import measure_layerwise, sample_layers
+    from pih.bridge.data import calibration_windows, tokenize
+    from pih.bridge.settings import BridgeSettings
+    from pih.commands.compare import ADVISE_FRACTION, advise_layers
+
+    monkeypatch.setenv("PIH_CACHE", cache)
+    st = Store(tmp_path / "s")
+    prov = Provenance(backend="torch", model=tiny.name, data=f"{corpus.tag}:test", metric="neg_perplexity",
+                      seqlen=32, calibration=f"{corpus.tag}:train:random-windows", calibration_size=4, seed=0,
+                      settings={"bridge": {"offgrid": "requantize"}})
+    p, q = Prune(0.5, criterion="wanda"), Quantize(2, symmetric=False)
+    st.append(Record(prov, (p, q), -10.0, {"prune": 0.5, "quant": 2, "order": "P->Q"}))
+    st.append(Record(prov, (q, p), -10.5, {"prune": 0.5, "quant": 2, "order": "Q->P"}))
+    g = measured_grid(st.records())
+    pred, cost = advise_layers(g, model=tiny_source, seeds=[0])
+    assert set(pred) == {(0.5, 2)} and cost > 0
+    calib = calibration_windows(tokenize(tiny.tokenizer, corpus.train), 32, 4, 0, source=f"train split of {corpus.name}")
+    lw = measure_layerwise(tiny, calib, [p, q], [(0, 1), (1, 0)], (), BridgeSettings(offgrid="requantize"), seed=0,
+                           progress=False, layers=sample_layers(tiny, ADVISE_FRACTION))
+    expected = float(np.sum(lw.errors[(0, 1)]) - np.sum(lw.errors[(1, 0)]))
+    assert pred[(0.5, 2)] == pytest.approx(expected, rel=1e-6) and expected != 0
