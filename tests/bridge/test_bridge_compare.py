@@ -292,7 +292,8 @@ def test_advise_layers_predictor_is_advise_measurement_of_both_orders(tiny, tiny
     g = measured_grid(st.records())
     pred, cost = advise_layers(g, model=tiny_source, seeds=[0])
     assert set(pred) == {(0.5, 2)} and cost > 0
-    calib = calibration_windows(tokenize(tiny.tokenizer, corpus.train), 32, 4, 0, source=f"train split of {corpus.name}")
+    calib = calibration_windows(tokenize(tiny.tokenizer, corpus.train), 32, 4, 0,
+                                source=f"train split of {corpus.name}")
     lw = measure_layerwise(tiny, calib, [p, q], [(0, 1), (1, 0)], (), BridgeSettings(offgrid="requantize"), seed=0,
                            progress=False, layers=sample_layers(tiny, ADVISE_FRACTION))
     expected = float(np.sum(lw.errors[(0, 1)]) - np.sum(lw.errors[(1, 0)]))
