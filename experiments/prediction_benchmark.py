@@ -49,13 +49,11 @@ def _protocol(store: Path, model_prefix: str | None) -> str | None:
     return hits.pop()
 
 
-def run_grid(store: Path, model_prefix: str | None, source: str | None) -> dict:
+def run_grid(store: Path, model_prefix: str | None, source: str | None, simulated: bool) -> dict:
     from pih.commands.compare import compare
-    from pih.compare import PREDICTORS
 
-    names = list(PREDICTORS) if source == "" else None  # no export for this model: the store predictors only
-    args = argparse.Namespace(stores=[str(store)], assumptions=names, tensors=None, model=source or None,
-                              max_tokens=2048, seed=None, plot=None, no_progress=True,
+    args = argparse.Namespace(stores=[str(store)], assumptions=None, tensors=None, model=source or None,
+                              max_tokens=2048, seed=None, plot=None, no_progress=True, no_simulation=not simulated,
                               protocol=_protocol(store, model_prefix))
     return compare(args)
 
@@ -80,7 +78,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         print(f"prediction benchmark: {name} ...", file=sys.stderr, flush=True)
         simulated = source != "" and name not in a.no_simulation
-        out = run_grid(store, model_prefix, source if simulated else "")
+        out = run_grid(store, model_prefix, source, simulated)
         nf = out["noise_floor"]
         grids.append({"name": name, "model": out["provenance"]["model"], "pairing": pairing, "config": config,
                       "seeds": out["seeds"], "n_points": len(out["measured"]), "n_above_floor": nf["n_above"],

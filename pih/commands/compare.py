@@ -43,6 +43,9 @@ def register(sub) -> None:
                    help="simulation seeds: each one's calibration windows are exported and compressed (tie-breaks, "
                    "stochastic rounding keyed by it too) and the predicted A is the mean over them; default: every "
                    "seed of the records (with --tensors: the records' lowest seed)")
+    p.add_argument("--no-simulation", action="store_true",
+                   help="only the predictors that need no simulation (prune-first, majority-loo, pih, "
+                   "measured-layers, advise-layers): no layer export, no JAX")
     p.add_argument("--protocol", default=None, metavar="ID",
                    help="the protocol to compare when the store holds several (one per model; pih records lists "
                    "them); a prefix is enough")
@@ -292,6 +295,10 @@ def compare(args, executor=None) -> dict:
         if not Path(s).is_dir():
             raise bad("STORE", s, "no such results store folder")
     names = _assumption_names(args.assumptions)
+    if getattr(args, "no_simulation", False):
+        names = [n for n in names if n in PREDICTORS]
+        if not names:
+            raise bad("--no-simulation", True, "leaves none of the named predictors")
     recs, arrays = _records(args.stores)
     recs = _one_protocol(recs, getattr(args, "protocol", None))
     grid = measured_grid(recs, arrays)

@@ -298,3 +298,18 @@ def test_advise_layers_predictor_is_advise_measurement_of_both_orders(tiny, tiny
                            progress=False, layers=sample_layers(tiny, ADVISE_FRACTION))
     expected = float(np.sum(lw.errors[(0, 1)]) - np.sum(lw.errors[(1, 0)]))
     assert pred[(0.5, 2)] == pytest.approx(expected, rel=1e-6) and expected != 0
+
+
+def test_no_simulation_runs_the_store_predictors_and_skips_what_the_store_cannot_feed(tmp_path, capsys):
+    A = {(0.25, 2): [1.0, 1.1, 0.9], (0.5, 2): [-1.0, -1.1, -0.9], (0.25, 4): [-2.0, -2.1, -1.9],
+         (0.5, 4): [-0.5, -0.6, -0.4]}
+    st = _write(tmp_path / "s", A)
+    _singles(st, {0.25: -11.0, 0.5: -13.0}, {2: -12.0, 4: -10.0})
+    rc = main(["compare", str(st.path), "--no-simulation", "--format", "json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    names = [r["assumption_set"] for r in json.loads(cap.out)["results"]]
+    assert names == ["prune-first", "majority-loo", "pih"]  # no per-layer errors, no loadable model: skipped
+    assert "advise-layers skipped" in cap.err and not json.loads(cap.out)["tensors"]
+    rc = main(["compare", str(st.path), "--no-simulation", "--predictors", "A1"])
+    assert rc == 2 and "leaves none" in capsys.readouterr().err
