@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     for name, folder, model_prefix, config, source, pairing in GRIDS:
         store = Path(a.runs) / folder
         if a.only and name not in a.only:
+            missing.append({"name": name, "config": config, "why": "not run (--only)"})
             continue
         if not (store / "records.jsonl").is_file():
             missing.append({"name": name, "config": config, "why": f"no store at {store}"})

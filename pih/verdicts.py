@@ -641,7 +641,7 @@ def prediction_targets(ev: Evidence) -> Verdict:
           and p["qfirst_wins_right"] >= 0.75 * p["qfirst_wins_total"]
           and (p["spearman_min_over_grids"] or -1) >= 0.9 and (p["cost_ratio"] or 1) < 1 / 3)
     cost = "-" if p["cost_ratio"] is None else f"{p['cost_ratio']:.3g}"
-    missing = f"; grids not yet measured: {', '.join(m['name'] for m in b['missing'])}" if b.get("missing") else ""
+    missing = f"; grids not in it: {', '.join(m['name'] for m in b['missing'])}" if b.get("missing") else ""
     return Verdict("prediction", title, claim, OURS,
                    f"{len(b['grids'])} grids, {len(b['predictors'])} predictors (`pih compare`), ≥ 3 calibration "
                    "seeds", HOLDS if ok else FAILS,
