@@ -161,10 +161,12 @@ def sample_layers(lm, fraction: float) -> list[str]:
 
 
 def measure_layerwise(lm, calib, specs, orders, keep_alone, settings, seed: int = 0, progress: bool = True,
-                      layers: list[str] | None = None) -> LayerwiseResult:
+                      layers: list[str] | None = None, fisher: dict | None = None) -> LayerwiseResult:
     """Per layer, the output error of every order in ``orders`` (tuples of indices into ``specs``), all from the
     dense weights and dense calibration statistics; the weights of ``specs[i]`` alone for ``i in keep_alone``.
-    ``layers`` restricts the measurement to those layers (the calibration pass still runs through every block)."""
+    ``layers`` restricts the measurement to those layers (the calibration pass still runs through every block).
+    With ``fisher`` (layer -> diagonal Fisher of the loss, :func:`fisher_diag`) a layer's error is
+    Σ F ⊙ ΔW² (the loss change to second order) instead of the output error tr(ΔW H ΔWᵀ)."""
     from tqdm.auto import tqdm
 
     from .blocks import walk
@@ -211,7 +213,8 @@ def measure_layerwise(lm, calib, specs, orders, keep_alone, settings, seed: int 
             inputs[full] = (W0, H, norm2)
             ref.append(_out_err(W0, H))
             for o in targets:
-                errors[o].append(_out_err(W0 - run(o)[0], H))
+                dW = W0 - run(o)[0]
+                errors[o].append(_out_err(dW, H) if fisher is None else float((fisher[full] * dW.float() ** 2).sum()))
             for k in keep_alone:
                 weights[k][full] = run((k,))[0].to(mod.weight.dtype).cpu()
             bar.update(1)
@@ -220,6 +223,37 @@ def measure_layerwise(lm, calib, specs, orders, keep_alone, settings, seed: int 
     t_pass = time.time() - t0 - t_spec  # the walk: the calibration pass and each block's statistics
     return LayerwiseResult(names, np.asarray(ref), {o: np.asarray(v) for o, v in errors.items()}, weights,
                            {"calibration_passes": t_pass}, spec_seconds, spec_calls, inputs)
+
+
+def fisher_diag(lm, calib, layers: list[str]) -> dict:
+    """The empirical diagonal Fisher of the next-token loss for the weights of ``layers``: per weight, the mean
+    over the calibration windows of the squared gradient of the window's mean token loss (one backward pass per
+    window; the other parameters are frozen meanwhile and restored after)."""
+    import torch
+
+    from .conv import weight_matrix
+    from .evaluate import token_losses
+
+    mods = dict(lm.model.named_modules())
+    missing = [n for n in layers if n not in mods]
+    if missing:
+        raise bad("layers", missing[0], "is not a module of the model")
+    weights = [mods[n].weight for n in layers]
+    before = [p.requires_grad for p in lm.model.parameters()]
+    try:
+        for p in lm.model.parameters():
+            p.requires_grad_(False)
+        for w in weights:
+            w.requires_grad_(True)
+        acc = [torch.zeros_like(weight_matrix(mods[n]), dtype=torch.float32) for n in layers]
+        for x in calib:
+            grads = torch.autograd.grad(token_losses(lm, x[None]).mean(), weights)
+            for a, g in zip(acc, grads, strict=True):
+                a += g.float().reshape(a.shape) ** 2
+    finally:
+        for p, r in zip(lm.model.parameters(), before, strict=True):
+            p.requires_grad_(r)
+    return {n: a / len(calib) for n, a in zip(layers, acc, strict=True)}
 
 
 def add_alone(lw: LayerwiseResult, specs, k: int, settings, seed: int = 0, dtype=None) -> None:

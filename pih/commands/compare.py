@@ -210,7 +210,7 @@ def _options(grid) -> dict:
     return {k: bridge[k] for k in ("offgrid", "percdamp", "blocksize", "act_order") if k in bridge}
 
 
-ADVISE_LAYERS = "advise-layers"
+ADVISE_LAYERS, FISHER_LAYERS = "advise-layers", "fisher-layers"
 ADVISE_FRACTION = 0.25  # advise's default share of the linear layers
 
 
@@ -219,11 +219,22 @@ def advise_layers(grid, model=None, seeds=(0,), progress=False, **_):
     sampled dense layer (a stratified quarter, as advise samples them) with the bridge's compressors, scored by
     the layer's output error tr(ΔW H ΔWᵀ) on the records' calibration windows of each seed; the predicted A(Q→P)
     is Σ err(P first) − Σ err(Q first) (> 0: quantizing first leaves less error), the mean over the seeds."""
+    return _layerwise(grid, model, seeds, progress, fisher=False)
+
+
+def fisher_layers(grid, model=None, seeds=(0,), progress=False, **_):
+    """The same orders scored by a sensitivity measured on the model instead of the output error: a layer's error
+    is Σ F ⊙ ΔW², F the empirical diagonal Fisher of the next-token loss on the seed's calibration windows (one
+    backward pass per window): the loss change of each order to second order, summed over the sampled layers."""
+    return _layerwise(grid, model, seeds, progress, fisher=True)
+
+
+def _layerwise(grid, model, seeds, progress, fisher: bool):
     import time
 
     import numpy as np
 
-    from pih.bridge.advise import measure_layerwise, sample_layers
+    from pih.bridge.advise import fisher_diag, measure_layerwise, sample_layers
     from pih.bridge.data import calibration_windows, load_corpus, tokenize
     from pih.bridge.models import load_model
     from pih.bridge.settings import BridgeSettings
@@ -249,8 +260,9 @@ def advise_layers(grid, model=None, seeds=(0,), progress=False, **_):
     for seed in seeds:
         calib = calibration_windows(tokenize(lm.tokenizer, corpus.train), int(prov["seqlen"]),
                                     int(prov["calibration_size"]), int(seed), source=f"train split of {corpus.name}")
+        F = fisher_diag(lm, calib, layers) if fisher else None
         lw = measure_layerwise(lm, calib, specs, orders, (), settings, seed=int(seed), progress=progress,
-                               layers=layers)
+                               layers=layers, fisher=F)
         for i, p in enumerate(P):
             for j, q in enumerate(Q):
                 pf = float(np.sum(lw.errors[(i, len(P) + j)]))
@@ -279,6 +291,9 @@ def _register_advise() -> None:
     if ADVISE_LAYERS not in PREDICTORS:
         register_predictor(ADVISE_LAYERS, "pih advise's layer-wise orders on the dense layers (a quarter of them), "
                            "before measuring", advise_layers)
+    if FISHER_LAYERS not in PREDICTORS:
+        register_predictor(FISHER_LAYERS, "the same orders weighted by the loss's diagonal Fisher (second-order "
+                           "loss change), before measuring", fisher_layers)
 
 
 def compare(args, executor=None) -> dict:

@@ -313,3 +313,33 @@ def test_no_simulation_runs_the_store_predictors_and_skips_what_the_store_cannot
     assert "advise-layers skipped" in cap.err and not json.loads(cap.out)["tensors"]
     rc = main(["compare", str(st.path), "--no-simulation", "--predictors", "A1"])
     assert rc == 2 and "leaves none" in capsys.readouterr().err
+
+
+def test_fisher_diag_and_the_fisher_weighted_layer_error(tiny, calib):
+    """fisher_diag is the mean squared gradient of each window's mean token loss; with it measure_layerwise scores
+    a layer by Σ F ⊙ ΔW²; every parameter's requires_grad is restored."""
+    import torch
+
+    from pih.bridge.advise import fisher_diag, measure_layerwise, sample_layers
+    from pih.bridge.evaluate import token_losses
+    from pih.bridge.settings import BridgeSettings
+
+    layers = sample_layers(tiny, 0.25)[:3]
+    before = [p.requires_grad for p in tiny.model.parameters()]
+    F = fisher_diag(tiny, calib[:2], layers)
+    assert [p.requires_grad for p in tiny.model.parameters()] == before
+    w = dict(tiny.model.named_modules())[layers[0]].weight
+    flag = w.requires_grad
+    manual = torch.zeros_like(w, dtype=torch.float32)
+    for x in calib[:2]:
+        w.requires_grad_(True)
+        (g,) = torch.autograd.grad(token_losses(tiny, x[None]).mean(), [w])
+        w.requires_grad_(flag)
+        manual += g.float() ** 2
+    assert torch.allclose(F[layers[0]], manual / 2, rtol=1e-4, atol=1e-12) and float(F[layers[0]].sum()) > 0
+    spec = Quantize(2, symmetric=False)
+    lw = measure_layerwise(tiny, calib, [spec], [], (0,), BridgeSettings(), progress=False, layers=layers, fisher=F)
+    for i, name in enumerate(lw.layers):
+        W0 = dict(tiny.model.named_modules())[name].weight.detach().float()
+        dW = W0 - lw.weights[0][name].float()
+        assert lw.errors[(0,)][i] == pytest.approx(float((F[name] * dW**2).sum()), rel=1e-5)
