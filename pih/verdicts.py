@@ -27,7 +27,7 @@ T1_TOL = 1e-9  # relative; the identity holds to floating-point precision or it 
 KUZMIN_TOL_DB = 0.05
 
 REAL_TREND_GRIDS = ("pih_trend", "pih_trend_wanda_rtn", "deit_digits", "deit_fashion", "resnet_digits",
-                    "resnet_fashion")
+                    "resnet_fashion", "smollm2_wanda_rtn")
 T1_GRIDS = REAL_TREND_GRIDS + ("rotation_on", "rotation_off", "compare_sparsegpt_gptq_grid",
                                "compare_wanda_rtn_grid", "block_removal")
 
@@ -292,7 +292,7 @@ def _grids(ev: Evidence, names) -> list[tuple[str, str, dict]]:
 
 def real_trend(ev: Evidence) -> Verdict:
     title, proof = "PIH trend on real weights", "proofs/t2_monotonicity.md"
-    claim = "A(Q→P) increases with C*_P − C_Q on trained models (tiny LLaMA, DeiT, ResNet)"
+    claim = "A(Q→P) increases with C*_P − C_Q on trained models (tiny LLaMA, SmolLM2-135M, DeiT, ResNet)"
     grids = _grids(ev, REAL_TREND_GRIDS)
     if not grids:
         return _missing("real-trend", title, claim, PAPER, proof, "real-weight grid summaries")
@@ -311,17 +311,22 @@ def real_trend(ev: Evidence) -> Verdict:
     else:
         v, detail = UNDECIDED, f"no interval excludes 0 (ρ {signed(lo)}..{signed(hi)})"
     if pos and neg:
-        detail += f"; {len(pos)} grids decidably positive"
+        detail += "; decidably PIH's: " + "; ".join(
+            f"{n} ({g['model'].split('@')[0]}) ρ = "
+            f"{rho_ci(g['seed_summary']['pooled']['value'], g['seed_summary']['pooled']['ci'])} over "
+            f"{g['seed_summary']['pooled']['n_clusters']} fixed-p lines" for n, g in pos)
+    n_models = len({g["model"] for _, _, g in grids})
     return Verdict("real-trend", title, claim, PAPER,
-                   f"{len(grids)} grids (2 models each), {'/'.join(map(str, sorted(seeds)))} calibration seeds, "
+                   f"{len(grids)} grids over {n_models} models, {'/'.join(map(str, sorted(seeds)))} calibration seeds, "
                    "pooled ρ with a cluster bootstrap over fixed-p lines, per-point noise floor", v, detail, proof,
                    tuple(dict.fromkeys(p for _, p, _ in grids)),
                    tuple(x for n in REAL_TREND_GRIDS for x in ev.measured_plot(n)),
                    {"n_grids": len(grids), "n_negative": len(neg), "n_positive": len(pos), "rho_min": lo,
                     "rho_max": hi,
-                    "table": [["grid", "model", "pooled ρ [95 % interval]", "points above the floor"]]
+                    "table": [["grid", "model", "pooled ρ [95 % interval]", "fixed-p lines", "points above the floor"]]
                     + [[n, g["model"].split("@")[0],
                         rho_ci(g["seed_summary"]["pooled"]["value"], g["seed_summary"]["pooled"]["ci"]),
+                        g["seed_summary"]["pooled"]["n_clusters"],
                         f"{g['seed_summary']['n_above_floor']} of {g['seed_summary']['n_points']}"]
                        for n, _, g in grids]})
 
