@@ -113,28 +113,59 @@ def _model_source(model_name: str, override: str | None) -> tuple[str, int]:
     return f"tiny-{m.group(1)}:{m.group(2)}:{m.group(4)}", int(m.group(3))
 
 
-def export_for(grid, seed: int, path: Path, max_tokens: int, model: str | None = None) -> Path:
-    """Export the dense model's layer tensors with the records' calibration windows of ``seed``."""
-    from pih.bridge.data import calibration_windows, load_corpus, tokenize
-    from pih.bridge.export import export_layers
+def _exportable(grid):
+    """Why the records' model cannot be loaded for the layer-wise work (a PihError to raise), or None."""
+    prov = grid.provenance
+    if prov.get("backend") != "torch" or prov.get("metric") != "neg_perplexity":
+        return bad("records", prov.get("model"), "pih compare exports language models of the torch bridge only "
+                   "(give --tensors for anything else)")
+    if (prov.get("settings") or {}).get("rotate"):
+        return bad("records", "rotate", "rotated models are not exported for the simulation; give --tensors")
+    return None
+
+
+def _dense_model(grid, model: str | None):
+    """The records' dense model and their calibration text, tokenized: (model, corpus, tokens), each checked
+    against the provenance (model name from its content, calibration text by its tag)."""
+    from pih.bridge.data import load_corpus, tokenize
     from pih.bridge.models import load_model
 
     prov = grid.provenance
-    if prov.get("backend") != "torch" or prov.get("metric") != "neg_perplexity":
-        raise bad("records", prov.get("model"), "pih compare exports language models of the torch bridge only "
-                  "(give --tensors for anything else)")
-    if (prov.get("settings") or {}).get("rotate"):
-        raise bad("records", "rotate", "rotated models are not exported for the simulation; give --tensors")
     source, mseed = _model_source(prov["model"], model)
     lm = load_model(source, "cpu", "float32", seed=mseed)
     if lm.name != prov["model"]:
         raise bad("--model", source, f"gives model {lm.name!r}, the records were measured on {prov['model']!r}")
-    cal_name = prov["calibration"].split("@", 1)[0].split(":", 1)[0]
-    corpus = load_corpus(cal_name)
+    corpus = load_corpus(prov["calibration"].split("@", 1)[0].split(":", 1)[0])
     if not prov["calibration"].startswith(corpus.tag):
         raise bad("records", prov["calibration"], f"calibration text differs from this machine's {corpus.tag}")
-    calib = calibration_windows(tokenize(lm.tokenizer, corpus.train), int(prov["seqlen"]),
-                                int(prov["calibration_size"]), int(seed), source=f"train split of {corpus.name}")
+    return lm, corpus, tokenize(lm.tokenizer, corpus.train)
+
+
+def _calibration(grid, corpus, tokens, seed: int):
+    """The records' calibration windows of ``seed``."""
+    from pih.bridge.data import calibration_windows
+
+    prov = grid.provenance
+    return calibration_windows(tokens, int(prov["seqlen"]), int(prov["calibration_size"]), int(seed),
+                               source=f"train split of {corpus.name}")
+
+
+def _grid_specs(grid) -> tuple[list, list]:
+    """The grid's pruning specs by ratio and quantization specs by bit width."""
+    return (sorted({p.prune_spec for p in grid.points}, key=lambda s: s.ratio),
+            sorted({p.quant_spec for p in grid.points}, key=lambda s: s.bits))
+
+
+def export_for(grid, seed: int, path: Path, max_tokens: int, model: str | None = None) -> Path:
+    """Export the dense model's layer tensors with the records' calibration windows of ``seed``."""
+    from pih.bridge.export import export_layers
+
+    prov = grid.provenance
+    problem = _exportable(grid)
+    if problem is not None:
+        raise problem
+    lm, corpus, tokens = _dense_model(grid, model)
+    calib = _calibration(grid, corpus, tokens, seed)
     meta = {"calibration": prov["calibration"], "calibration_size": prov["calibration_size"], "seed": int(seed),
             "seqlen": prov["seqlen"], "protocol": grid.protocol, "max_tokens": max_tokens}
     return export_layers(lm, calib, path, max_tokens=max_tokens, meta=meta)
@@ -235,31 +266,21 @@ def _layerwise(grid, model, seeds, progress, fisher: bool):
     import numpy as np
 
     from pih.bridge.advise import fisher_diag, measure_layerwise, sample_layers
-    from pih.bridge.data import calibration_windows, load_corpus, tokenize
-    from pih.bridge.models import load_model
     from pih.bridge.settings import BridgeSettings
 
-    prov = grid.provenance
-    if prov.get("backend") != "torch" or prov.get("metric") != "neg_perplexity" or \
-            (prov.get("settings") or {}).get("rotate"):
+    if _exportable(grid) is not None:
         return {}, 0.0  # language models without rotation only (as the export)
     t0 = time.time()
-    source, mseed = _model_source(prov["model"], model)
-    lm = load_model(source, "cpu", "float32", seed=mseed)
-    if lm.name != prov["model"]:
-        raise bad("--model", source, f"gives model {lm.name!r}, the records were measured on {prov['model']!r}")
-    bridge = ((prov.get("settings") or {}).get("bridge") or {})
+    lm, corpus, tokens = _dense_model(grid, model)
+    bridge = ((grid.provenance.get("settings") or {}).get("bridge") or {})
     settings = BridgeSettings(**{k: v for k, v in bridge.items() if k in BridgeSettings.__dataclass_fields__})
-    corpus = load_corpus(prov["calibration"].split("@", 1)[0].split(":", 1)[0])
-    P = sorted({p.prune_spec for p in grid.points}, key=lambda s: s.ratio)
-    Q = sorted({p.quant_spec for p in grid.points}, key=lambda s: s.bits)
+    P, Q = _grid_specs(grid)
     specs = [*P, *Q]
     orders = [o for i in range(len(P)) for j in range(len(Q)) for o in ((i, len(P) + j), (len(P) + j, i))]
     layers = sample_layers(lm, ADVISE_FRACTION)
     per: dict[tuple, list[float]] = {}
     for seed in seeds:
-        calib = calibration_windows(tokenize(lm.tokenizer, corpus.train), int(prov["seqlen"]),
-                                    int(prov["calibration_size"]), int(seed), source=f"train split of {corpus.name}")
+        calib = _calibration(grid, corpus, tokens, seed)
         F = fisher_diag(lm, calib, layers) if fisher else None
         lw = measure_layerwise(lm, calib, specs, orders, (), settings, seed=int(seed), progress=progress,
                                layers=layers, fisher=F)
@@ -334,8 +355,7 @@ def compare(args, executor=None) -> dict:
             raise bad("--max-tokens", args.max_tokens, "must be positive")
         if args.tensors and not Path(args.tensors).is_file():
             raise bad("--tensors", args.tensors, "no such file")
-        P = sorted({p.prune_spec for p in grid.points}, key=lambda s: s.ratio)
-        Q = sorted({p.quant_spec for p in grid.points}, key=lambda s: s.bits)
+        P, Q = _grid_specs(grid)
         timing = {"export_seconds": 0.0, "predict_seconds": 0.0}
         predict = PredictSeed(tuple(P), tuple(Q), tuple(sim_names), _options(grid), args.max_tokens)
         later = []  # (seed, tensor file) predicted on the executor's workers after the exports
