@@ -21,6 +21,7 @@ from .errors import bad
 from .methods import Prune, Quantize, pipeline_label
 from .metrics import QuantCurve, ratio_16_over_b
 from .order import predicted_order
+from .stats import wilson
 
 WEIGHTINGS = ("relative", "raw")
 
@@ -234,17 +235,6 @@ def evidence(methods: Sequence, orders: Sequence[tuple[int, ...]], layer_names: 
 CALIBRATION_MIN_RUNS = 5  # verified runs per agreement bin at least (fewer: merged with the next lower level)
 LEVEL_RULE = ("high: the Wilson 95 % lower bound of the fraction right at this agreement level >= 0.8; medium: "
               ">= 0.5; low: below; uncalibrated: no verified run at this agreement level; tie: identical errors")
-
-
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The Wilson score interval of a proportion ``k``/``n`` (95 % by default); (0, 1) for n = 0."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, mid - half), min(1.0, mid + half)
 
 
 def gain_ratio(runs: Sequence[Mapping[str, Any]]) -> dict | None:

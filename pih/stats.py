@@ -14,6 +14,9 @@ One definition each, used by every backend and command:
 - **Pooled figures** (a ρ over several lines or seeds) get a *cluster* bootstrap: whole clusters (seeds, or whole
   lines) are resampled with replacement, never single points, because points that share a model, a seed or a
   pruning setting are not independent.
+- **Proportions** (the fraction of verified runs a predictor got right) get a Wilson score interval; two
+  predictors scored on the same points are compared by an exact sign test on the points where exactly one of them
+  is wrong (McNemar's exact test).
 """
 
 from __future__ import annotations
@@ -198,3 +201,23 @@ def cluster_bootstrap(x, y, clusters, statistic: Callable = spearman, n_boot: in
             boots.append(v)
     ci = (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))) if boots else (np.nan, np.nan)
     return ClusterBootstrap(value, ci, int(x.size), len(uniq), cluster, n_boot)
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``k``/``n`` (95 % by default); (0, 1) for n = 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def sign_test(k: int, m: int) -> float:
+    """Two-sided exact sign test of ``k`` against ``m`` discordant outcomes (McNemar's exact test); 1.0 with none."""
+    n = k + m
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(0, min(k, m) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .stats import sign_test, wilson
+
 HOLDS, FAILS, UNDECIDED, MISSING = "holds", "fails", "not decidable at this size", "no evidence here"
 PAPER, PRIOR, OURS = "paper", "prior work", "ours"
 T1_TOL = 1e-9  # relative; the identity holds to floating-point precision or it does not hold
@@ -102,17 +104,6 @@ def signed(x: float, spec: str = ".2f") -> str:
 
 def rho_ci(value: float, ci) -> str:
     return f"{signed(value)} [{signed(ci[0])}, {signed(ci[1])}]"
-
-
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a proportion k / n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
 
 
 def _missing(key, title, claim, source, proof, what) -> Verdict:
@@ -568,15 +559,6 @@ def rotation(ev: Evidence) -> Verdict:
 STORE_PREDICTORS = ("prune-first", "majority-loo", "pih", "measured-layers")
 
 
-def _sign_test(k: int, m: int) -> float:
-    """Two-sided exact sign test of k against m discordant outcomes (McNemar's exact test); 1.0 with none."""
-    n = k + m
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(0, min(k, m) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
-
-
 def _benchmark(ev: Evidence):
     return ev.measured("prediction_benchmark")
 
@@ -613,7 +595,7 @@ def sim_vs_measured(ev: Evidence) -> Verdict:
 
     # paired on the same points above the floor: only the points where exactly one of the two is wrong count
     only_pf, only_best = len(wrong("prune-first") - wrong(best)), len(wrong(best) - wrong("prune-first"))
-    p_value = _sign_test(only_pf, only_best)
+    p_value = sign_test(only_pf, only_best)
     if p_value < 0.05:
         v = HOLDS if only_pf > only_best else FAILS
     else:
@@ -675,7 +657,7 @@ def advise_accuracy(ev: Evidence) -> Verdict:
                 only_advise += ok and not prune_won
                 only_pf += prune_won and not ok
     lo, hi = wilson(right, n)
-    p_value = _sign_test(only_advise, only_pf)
+    p_value = sign_test(only_advise, only_pf)
     v = HOLDS if n and lo > 0.5 and p_value < 0.05 and only_advise > only_pf else UNDECIDED
     detail = (f"right in {right} of {n} decided runs (Wilson 95 % {lo:.0%}–{hi:.0%}); always prune first "
               f"{prune_first} of {n} (advise alone right in {only_advise}, prune-first alone in {only_pf}: "

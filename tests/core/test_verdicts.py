@@ -12,6 +12,7 @@ import pytest
 from pih import report as R
 from pih import verdicts as V
 from pih.errors import PihError
+from pih.stats import sign_test, wilson
 
 REPO = Path(__file__).resolve().parents[2]
 SIM, MEASURED = REPO / "experiments" / "sim", REPO / "experiments" / "measured"
@@ -152,9 +153,9 @@ def test_advise_counts_only_decided_cases(evidence):
 
 
 def test_wilson_interval():
-    lo, hi = V.wilson(30, 33)
+    lo, hi = wilson(30, 33)
     assert 0.75 < lo < 0.77 and 0.96 < hi < 0.98
-    assert V.wilson(0, 0) == (0.0, 1.0)
+    assert wilson(0, 0) == (0.0, 1.0)
 
 
 def test_report_writes_the_table_definitions_and_sections(tmp_path):
@@ -196,9 +197,9 @@ def test_a_quick_report_never_replaces_a_full_one_silently(tmp_path):
 
 
 def test_sign_test():
-    assert V._sign_test(0, 0) == 1.0 and V._sign_test(1, 0) == 1.0
-    assert V._sign_test(6, 0) == pytest.approx(2 / 64) and V._sign_test(0, 6) == pytest.approx(2 / 64)
-    assert V._sign_test(3, 3) == 1.0
+    assert sign_test(0, 0) == 1.0 and sign_test(1, 0) == 1.0
+    assert sign_test(6, 0) == pytest.approx(2 / 64) and sign_test(0, 6) == pytest.approx(2 / 64)
+    assert sign_test(3, 3) == 1.0
 
 
 def test_simulation_beats_prune_first_only_when_the_paired_test_says_so(evidence):
