@@ -19,8 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from pih.render_plots import draw
-from pih.run_summary import figure, orders_figure, round_floats, summarize
+from pih.run_summary import draw_figures, round_floats, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,10 +40,7 @@ def main(argv=None) -> int:
         s = summarize(doc)
         name = s["experiment"] or Path(r).stem
         (out / f"{name}.json").write_text(json.dumps(round_floats(s), separators=(",", ":"), allow_nan=True) + "\n")
-        drawn = [out / (name + '.json')]
-        for fig, png in ((figure(s), f"{name}.png"), (orders_figure(s), f"{name}_orders.png")):
-            if fig is not None:
-                drawn.append(draw(fig, out / png))
+        drawn = [out / (name + ".json"), *draw_figures(s, out, name)]
         print(f"{name}: " + ", ".join(map(str, drawn)))
     return 0
 

@@ -99,9 +99,9 @@ def _bridge_section(out: Path, progress: bool) -> tuple[list[str], dict]:
         lines.append(f"| {r['prune']} | {r['quant']} | {r['ppl_P_first']:.4g} | {r['ppl_Q_first']:.4g} | "
                      f"{r['A_QP']:+.4g} | {'censored' if gap is None else f'{gap:+.3g}'} |")
     lines.append("")
-    from .commands.run import draw_figures  # the figures pih run --plot draws
+    from .run_summary import draw_figures, summarize  # the figures pih run --plot draws
 
-    for png in draw_figures(summary, folder):
+    for png in draw_figures(summarize(summary), folder):
         lines += [f"![{png.name}]({_rel(png, out)})", ""]
     return lines, summary
 

@@ -9,6 +9,8 @@ with the dense model and each method alone. Drawn by :func:`pih.render_plots.dra
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .stats import seed_stat
 
 
@@ -153,3 +155,14 @@ def orders_figure(summary: dict) -> dict | None:
             "columns": min(4, max(1, len(panels) // max(1, len(models)))),
             "title": f"{summary.get('experiment')}: both orders against bits, one panel per model and pruning ratio "
                      f"(means; {spread})"}
+
+
+def draw_figures(summary: dict, folder, name: str | None = None) -> list[Path]:
+    """Draw a summary's two figures into ``folder`` as NAME.png and NAME_orders.png (NAME: ``name``, else the
+    experiment's); returns the paths written (a figure without data is not drawn)."""
+    from .render_plots import draw
+
+    name = name or summary.get("experiment") or "run"
+    return [draw(fig, Path(folder) / png) for fig, png in ((figure(summary), f"{name}.png"),
+                                                        (orders_figure(summary), f"{name}_orders.png"))
+            if fig is not None]

@@ -37,22 +37,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=_run)
 
 
-def draw_figures(out: dict, folder) -> list:
-    """The run's two figures (:mod:`pih.run_summary`) under ``folder``; returns the paths written."""
-    from pathlib import Path
-
-    from pih.render_plots import draw
-    from pih.run_summary import figure, orders_figure, summarize
-
-    s = summarize(out)
-    name = s.get("experiment") or "run"
-    drawn = []
-    for fig, png in ((figure(s), f"{name}.png"), (orders_figure(s), f"{name}_orders.png")):
-        if fig is not None:
-            drawn.append(draw(fig, Path(folder) / png))
-    return drawn
-
-
 def _run(args: argparse.Namespace) -> int:
     from pih.bridge.experiment import main_run
     from pih.cli import emit
@@ -71,7 +55,9 @@ def _run(args: argparse.Namespace) -> int:
         out = main_run(args.config, args.out, progress=not args.no_progress, seeds=args.seeds,
                        model_seeds=args.model_seeds, save=args.save, save_select=args.save_only, executor=executor)
     if args.plot:
-        out["plots"] = [str(p) for p in draw_figures(out, args.plot)]
+        from pih.run_summary import draw_figures, summarize
+
+        out["plots"] = [str(p) for p in draw_figures(summarize(out), args.plot)]
         print(f"pih run: figures {', '.join(out['plots'])}", file=sys.stderr)
     emit(args, out, lambda: _table(out))
     if out.get("n_failed"):  # stored and shown, but the run did not measure everything

@@ -8,14 +8,14 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from pih.cli import main  # noqa: E402
-from pih.commands.run import draw_figures  # noqa: E402
+from pih.run_summary import draw_figures, summarize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_draw_figures_writes_both(tmp_path):
     doc = json.loads((ROOT / "experiments" / "measured" / "pih_trend.json").read_text())
-    drawn = draw_figures(doc, tmp_path)
+    drawn = draw_figures(summarize(doc), tmp_path)
     assert [p.name for p in drawn] == ["pih_trend.png", "pih_trend_orders.png"]
     assert all(p.stat().st_size > 10_000 for p in drawn)
 
