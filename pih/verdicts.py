@@ -708,10 +708,13 @@ def _cell(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
-def table(rows: list[Verdict], link: Callable[[str], str], anchors: bool = False) -> list[str]:
+def table(rows: list[Verdict], link: Callable[[str], str], anchors: bool = False,
+          extra: tuple[str, Callable[[Verdict], str]] | None = None) -> list[str]:
     """The verdict table in Markdown; ``link`` turns a repository path into a link target. The evidence cell
-    links the proof and the first record file (the row's section, with ``anchors``, lists them all)."""
-    out = ["| result | claim | from | measured | verdict | evidence |", "|---|---|---|---|---|---|"]
+    links the proof and the first record file (the row's section, with ``anchors``, lists them all). ``extra``:
+    (header, cell of a row), a column before the evidence."""
+    head = ["result", "claim", "from", "measured", "verdict", *([extra[0]] if extra else []), "evidence"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in rows:
         title = f"[{v.title}](#{v.key})" if anchors else v.title
         ev = [f"[proof]({link(v.proof)})"] if v.proof else []
@@ -721,8 +724,8 @@ def table(rows: list[Verdict], link: Callable[[str], str], anchors: bool = False
             if len(v.evidence) > 1:
                 ev.append(f"[+{len(v.evidence) - 1} more](#{v.key})" if anchors else f"+{len(v.evidence) - 1} more")
         verdict = VERDICT_MARK[v.verdict] + (f": {v.detail}" if v.detail else "")
-        out.append("| " + " | ".join(_cell(c) for c in (title, v.claim, v.source, v.measured, verdict,
-                                                             ", ".join(ev))) + " |")
+        cells = (title, v.claim, v.source, v.measured, verdict, *([extra[1](v)] if extra else []), ", ".join(ev))
+        out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return out
 
 
