@@ -310,8 +310,7 @@ def calibration_table(runs: Sequence[Mapping[str, Any]], min_runs: int = CALIBRA
             "gain_ratio": gain, "models": list(models.values()),
             "families": sorted({r["family"] for r in rs}),
             "n_linear_layers": [min(r["n_linear_layers"] for r in rs), max(r["n_linear_layers"] for r in rs)],
-            "protocols": sorted({tuple(sorted(r["protocol"].items())) for r in rs})}
-        tables[repr(float(lf))]["protocols"] = [dict(p) for p in tables[repr(float(lf))]["protocols"]]
+            "protocols": [dict(p) for p in sorted({tuple(sorted(r["protocol"].items())) for r in rs})]}
     return {"min_runs_per_bin": min_runs, "level_rule": LEVEL_RULE, "tables": tables}
 
 
