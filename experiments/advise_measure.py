@@ -1,8 +1,10 @@
 """Measure `pih advise` on the tiny LLaMA: prediction right/wrong against the real engine, and advise's wall time
 against trying every order (both measured in the same process, one torch thread).
 
-    PIH_CACHE=... python experiments/advise_measure.py [--seeds 0 1 2] [--out FILE.json]
+    PIH_CACHE=... python experiments/advise_measure.py [--seeds 0 1 2] [--out FILE.json] [--model-seed 1]
+        [--model tiny-llama:pydoc --data pydoc]
     python experiments/advise_measure.py --calibrate      # pih/data/advise_calibration.json from the committed files
+    python experiments/advise_measure.py --pool FILE...   # advise_pooled.json: advise vs PIH vs prune first
 
 For every case: advise with the default stratified quarter of the layers and --verify (measured cost ratio), then
 advise on every layer (no verify) scored against the same verified perplexities. The raw (unweighted) sum of the
@@ -38,7 +40,7 @@ CASES = [
 
 # the verified outcomes advise is calibrated against (``--calibrate``), as committed
 VERIFIED = ("experiments/measured/advise_tiny_llama.json", "experiments/measured/advise_tiny_llama_model1.json",
-            "experiments/measured/advise_smollm2.json")
+            "experiments/measured/advise_tiny_llama_pydoc.json", "experiments/measured/advise_smollm2.json")
 CALIBRATION = "pih/data/advise_calibration.json"
 # the family (config.model_type) of the models of files written before advise recorded ``model_info``: pih's
 # tiny LLaMA is a LlamaForCausalLM, SmolLM2-135M a Llama-architecture GGUF
@@ -120,6 +122,53 @@ def calibrate(files=VERIFIED, out=CALIBRATION) -> dict:
     return cal
 
 
+POOLED = "experiments/measured/advise_pooled.json"
+PICKERS = (("advise", "quarter"), ("advise (every layer)", "all_layers"), ("PIH", "pih"),
+           ("prune first", "prune_first"))
+
+
+def pool(files, out=POOLED) -> dict:
+    """advise against PIH and the trivial baseline (prune first) over every case of ``files`` (this script's
+    outputs, one model each): per picker, the hit rate over the runs of decided cases (a case's best order is
+    decided when its measured |mean A| is above the noise floor of its calibration seeds; three-method cases are
+    counted when every seed agrees on the best order; right: the pick is the case's best on average over its
+    seeds), the regret of its misses (the run's verified perplexity of the pick minus that of the run's best) in
+    perplexity and as a share of the dense perplexity on the verification tokens, and advise's cost ratio (trying
+    every order / advise)."""
+    cases, runs = [], []
+    for f in files:
+        doc = json.loads(Path(f).read_text())
+        model = doc["provenance"]["model"]
+        for c in doc["summary"]["per_case"]:
+            rs = [r for r in doc["rows"] if r["case"] == c["case"]]
+            decided = c["decided"] if c["decided"] is not None else len({r["best"] for r in rs}) == 1
+            cases.append({"model": model, "case": c["case"], "decided": bool(decided), "A_QP_mean": c["A_QP_mean"],
+                          "A_QP_floor": c["A_QP_floor"], "seeds": c["seeds"]})
+            for r in rs:
+                runs.append({"model": model, "case": c["case"], "seed": r["seed"], "decided": bool(decided),
+                             "dense_ppl": r.get("dense_ppl"), "best": r["best"], "cost_ratio": r["cost"]["ratio"],
+                             **{k: {"pick": r[k]["pick"], "right": r[k]["pick"] == c["best_on_average"],
+                                    "regret": r[k]["regret"]} for _, k in PICKERS}})
+    dec = [r for r in runs if r["decided"]]
+    summary = {"files": list(files), "models": sorted({c["model"] for c in cases}), "cases": len(cases),
+               "cases_decided": sum(c["decided"] for c in cases), "runs": len(runs), "runs_decided": len(dec)}
+    for name, k in PICKERS:
+        miss = [r for r in dec if not r[k]["right"]]
+        rel = [r[k]["regret"] / r["dense_ppl"] for r in miss if r["dense_ppl"]]
+        summary[name] = {"hit_rate_decided": float(np.mean([r[k]["right"] for r in dec])) if dec else None,
+                         "hits": sum(r[k]["right"] for r in dec), "misses": len(miss),
+                         "regret_ppl_max": max((r[k]["regret"] for r in miss), default=0.0),
+                         "regret_of_dense_max": max(rel, default=0.0) if len(rel) == len(miss) else None,
+                         "regret_of_dense_mean_over_misses": float(np.mean(rel)) if rel else 0.0}
+    summary["advise_cost_ratio_median"] = float(np.median([r["cost_ratio"] for r in runs]))
+    summary["targets"] = {"hit_rate": 0.9, "regret_of_dense_on_misses": 0.01}
+    doc = {"what": "pih advise against PIH and always-prune-first on every verified case",
+           "how": f"python experiments/advise_measure.py --pool {' '.join(files)}", "summary": summary,
+           "cases": cases, "runs": runs}
+    Path(out).write_text(json.dumps(doc, indent=1, default=float) + "\n")
+    return doc
+
+
 def _raw_pick(out: dict) -> str:
     errs = {k: float(np.sum(v)) for k, v in out["layers"]["errors"].items()}
     return min(errs, key=errs.get)
@@ -131,9 +180,16 @@ def main() -> None:
     ap.add_argument("--model", default="tiny-llama:kjv")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="calibration seeds")
     ap.add_argument("--model-seed", type=int, default=0, help="the tiny model's training seed")
+    ap.add_argument("--data", default="kjv", help="evaluation and calibration corpus (the tiny model's own)")
+    ap.add_argument("--pool", nargs="+", metavar="FILE", default=None, help="pool these files (this script's "
+                    f"output) into {POOLED}: hit rate, regret and cost against PIH and prune-first; measure nothing")
     ap.add_argument("--calibrate", action="store_true", help=f"write {CALIBRATION} from the committed verified "
                     "outcomes (" + ", ".join(VERIFIED) + ") and measure nothing")
     args = ap.parse_args()
+    if args.pool:
+        doc = pool(args.pool)
+        print(json.dumps(doc["summary"], indent=1))
+        return
     if args.calibrate:
         cal = calibrate()
         for lf, t in cal["tables"].items():
@@ -154,10 +210,11 @@ def main() -> None:
     for (prunes, quants), seed in [(c, s) for c in CASES for s in args.seeds]:
         methods = tuple(parse_prune(p) for p in prunes) + tuple(parse_quantize(q) for q in quants)
         t0 = time.time()
-        quick = advise(AdviseConfig(model=args.model, methods=methods, seed=seed, model_seed=args.model_seed),
-                       verify=True, progress=False)
+        data = {"eval": args.data, "calibration": args.data}
+        quick = advise(AdviseConfig(model=args.model, methods=methods, seed=seed, model_seed=args.model_seed,
+                                    **data), verify=True, progress=False)
         full = advise(AdviseConfig(model=args.model, methods=methods, layer_fraction=1.0, seed=seed,
-                                   model_seed=args.model_seed), verify=False,
+                                   model_seed=args.model_seed, **data), verify=False,
                       progress=False)
         v = quick["verify"]
         real = v["ppl"]
@@ -177,6 +234,9 @@ def main() -> None:
                            "layers": full["measurement"]["layers_used"], "advise_s": full["cost"]["advise_s"]},
             "pih": {"pick": quick["pih_order"], "right": quick["verify"].get("pih_right"),
                     "regret": quick["verify"].get("pih_regret_ppl"), "cer": quick["cer"]},
+            "prune_first": {"pick": v.get("prune_first"), "right": v.get("prune_first_right"),
+                            "regret": v.get("prune_first_regret_ppl")},
+            "dense_ppl": v.get("dense_ppl"),
             "cost": {"advise_s": quick["cost"]["advise_s"], "verify_s": quick["cost"]["trying_every_order_s"],
                      "ratio": quick["cost"]["ratio_measured"], "estimated_ratio": quick["cost"]["ratio_estimated"],
                      "setup_s": quick["cost"]["setup_s"]},
@@ -204,7 +264,8 @@ def main() -> None:
                       "decided": decided, "best_on_average": best, "mean_ppl": mean_ppl,
                       "quarter_right": [r["quarter"]["pick"] == best for r in rs],
                       "all_layers_right": [r["all_layers"]["pick"] == best for r in rs],
-                      "pih_right": [r["pih"]["pick"] == best for r in rs]})
+                      "pih_right": [r["pih"]["pick"] == best for r in rs],
+                      "prune_first_right": [r["prune_first"]["pick"] == best for r in rs]})
     dec = [c for c in cases if c["decided"]]
     summary = {
         "cases": len(cases), "runs": len(rows), "seeds": args.seeds,
@@ -213,6 +274,8 @@ def main() -> None:
         "hit_rate_all_layers_decided": float(np.mean([x for c in dec for x in c["all_layers_right"]])) if dec
         else None,
         "hit_rate_pih_decided": float(np.mean([x for c in dec for x in c["pih_right"]])) if dec else None,
+        "hit_rate_prune_first_decided": float(np.mean([x for c in dec for x in c["prune_first_right"]])) if dec
+        else None,
         "per_case": cases,
         "hit_rate_quarter": float(np.mean([r["quarter"]["right"] for r in rows])),
         "hit_rate_all_layers": float(np.mean([r["all_layers"]["right"] for r in rows])),

@@ -89,7 +89,8 @@ def main(argv=None) -> int:
         per_grid[name] = {r["assumption_set"]: {k: r.get(k) for k in (
             "n_points", "n_above_floor", "n_agree", "sign_agreement", "spearman_rho", "spearman_rho_above_floor",
             "qfirst_wins_right", "qfirst_wins_total", "cost_seconds", "cost_ratio", "majority_sign_baseline")}
-            | {"failures": [{k: f[k] for k in ("prune", "quant", "A_pred", "A_measured")} for f in r["failures"]]}
+            | {"failures": [{k: f[k] for k in ("prune", "quant", "A_pred", "A_measured")} for f in r["failures"]],
+               "failure_classes": [{k: c[k] for k in ("class", "points", "sentence")} for c in r["failure_classes"]]}
             for r in out["results"]}
     names = sorted({n for g in per_grid.values() for n in g})
     predictors = {}

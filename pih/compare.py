@@ -211,19 +211,51 @@ class StorePredictor:
     name: str
     what: str
     predict: Callable[..., tuple[dict[tuple[float, int], float], float]]  # (grid, **context)
+    blind: str = ""  # what the predictor cannot see: the "why" of its failures
 
 
 PREDICTORS: dict[str, StorePredictor] = {}
+MAP_LOG_CAP = 700.0  # the each-alone map's largest log(ppl / dense): beyond it a float overflows
 CENSORED_STEP = 1e-6  # how far beyond its bound a censored CER is placed (only its side matters)
 
 
-def register_predictor(name: str, what: str, predict) -> StorePredictor:
+def register_predictor(name: str, what: str, predict, blind: str = "") -> StorePredictor:
     """Make ``predict(grid, **context) -> (predictions, cost seconds)`` a predictor ``pih compare`` runs by name
-    (context: ``model`` (the --model source or None), ``seeds`` (the simulation's seeds), ``progress``)."""
+    (context: ``model`` (the --model source or None), ``seeds`` (the simulation's seeds), ``progress``);
+    ``blind``: what it cannot see, the sentence its failures are explained by (:func:`failure_classes`)."""
     if not name or name in PREDICTORS:
         raise bad("name", name, "is empty or already a registered predictor")
-    PREDICTORS[name] = StorePredictor(name, what, predict)
+    PREDICTORS[name] = StorePredictor(name, what, predict, blind)
     return PREDICTORS[name]
+
+
+FAILURE_CLASSES = {
+    "tie": "predicts exactly 0 (both orders alike to it), which is never right",
+    "missed Q-first win": "predicts prune first where quantizing first measurably won",
+    "false Q-first call": "predicts quantize first where pruning first measurably won",
+}
+
+
+def failure_classes(res: dict, blind: str = "") -> list[dict]:
+    """The failures of a :func:`score` result (points above the floor with the wrong sign) grouped by class, each
+    with one sentence: what the predictor got wrong at those points and, from ``blind``, why (what it cannot
+    see). Classes: a tie (prediction exactly 0), a missed quantize-first win, a false quantize-first call."""
+    groups: dict[str, list[dict]] = {}
+    for f in res["failures"]:
+        c = "tie" if f["A_pred"] == 0 else "missed Q-first win" if f["A_measured"] > 0 else "false Q-first call"
+        groups.setdefault(c, []).append(f)
+    out = []
+    for c in FAILURE_CLASSES:
+        if c not in groups:
+            continue
+        pts = groups[c]
+        where = ", ".join(f"p={f['prune']:g}/{f['quant']}b (meas {f['A_measured']:+.3g}"
+                          + (f", {abs(f['A_measured']) / f['noise']:.1f}x its floor" if f.get("noise") else "") + ")"
+                          for f in pts)
+        why = f"; it cannot see this because it {blind}" if blind else ""
+        out.append({"class": c, "n": len(pts), "points": [(f["prune"], f["quant"]) for f in pts],
+                    "sentence": f"{res['assumption_set']} {FAILURE_CLASSES[c]} at {len(pts)} point(s): {where}{why}."})
+    return out
 
 
 def _prune_first(grid: MeasuredGrid, **_):
@@ -265,9 +297,68 @@ def _measured_layers(grid: MeasuredGrid, **_):
     return layer_predictions(grid), grid.measure_seconds  # a by-product of measuring: costs what measuring does
 
 
-register_predictor(PRUNE_FIRST, "always prune first (A = -1 everywhere)", _prune_first)
-register_predictor(MAJORITY, "leave-one-out majority of the other points' measured signs", _majority_loo)
+register_predictor(PRUNE_FIRST, "always prune first (A = -1 everywhere)", _prune_first,
+                   "is a constant and never calls a quantize-first win")
+register_predictor(MAJORITY, "leave-one-out majority of the other points' measured signs", _majority_loo,
+                   "follows the other points' majority, so a point against the grid's trend is always missed")
 register_predictor(PIH_RULE, "PIH: weaker first by CER (predicted A = C*_P - C_Q from each-alone records)",
-                   _pih_rule)
+                   _pih_rule, "ranks the methods by their damage alone (CER) and does not see how the second "
+                   "method acts on what the first one left")
 register_predictor(MEASURED_LAYERS, "the bridge's own per-layer errors of both orders (needs the measurement)",
-                   _measured_layers)
+                   _measured_layers, "sums each layer's error on its own inputs and does not see how the errors "
+                   "turn into perplexity")
+
+
+# ------------------------------------------------------------------ the each-alone performance map (assumption c)
+def alone_values(records, seed: int, P, Q) -> tuple[float | None, dict[int, float], dict[int, float]]:
+    """The seed's measured perplexities of the dense model and of each method alone: (dense, {i: ppl of P[i]
+    alone}, {j: ppl of Q[j] alone}) from the each-alone records of a perplexity protocol (failed ones skipped)."""
+    dense, pv, qv = None, {}, {}
+    for r in records:
+        if not r.ok or r.provenance.seed != seed:
+            continue
+        if r.provenance.metric != "neg_perplexity":
+            raise bad("records", r.provenance.metric, "the each-alone map is fitted on perplexities")
+        if r.role == "dense":
+            dense = -r.value
+        elif r.role in ("P", "Q"):
+            specs = P if r.role == "P" else Q
+            for i, s in enumerate(specs):
+                if r.pipeline == (s,):
+                    (pv if r.role == "P" else qv)[i] = -r.value
+    return dense, pv, qv
+
+
+def fit_alone_map(p_points, q_points, dense: float) -> Callable[[float, float], float]:
+    """The perplexity of an order from its layer errors, fitted on the each-alone points only: ``p_points`` and
+    ``q_points`` are (summed layer error, measured perplexity) of each pruning / quantization alone, ``dense`` the
+    dense perplexity. Model: log(ppl / dense) = exp(k_P) (e_P + α e_Q)^c, one exponent c for both methods and α
+    = exp((k_Q − k_P) / c) the price of a unit of quantization error in units of pruning error; fitted by least
+    squares of log log(ppl / dense) on log e with one intercept per method (points where the method did not raise
+    the perplexity, or has no error, carry no information on the log scale and are left out). A method without
+    such a point shares the other's intercept (α = 1); a non-increasing fit (c <= 0) or a single point falls back
+    to c = 1. Returns ``ppl(e_P, e_Q)`` (log(ppl / dense) capped at MAP_LOG_CAP, so it stays finite)."""
+    rows = [(g, math.log(e), math.log(math.log(v / dense))) for g, pts in ((0, p_points), (1, q_points))
+            for e, v in pts if e > 0 and v > dense]
+    if not rows:
+        raise bad("each-alone records", len(p_points) + len(q_points), "no method alone raised the perplexity: "
+                  "nothing to fit the map on")
+    groups = sorted({g for g, _, _ in rows})
+    x = np.array([r[1] for r in rows])
+    y = np.array([r[2] for r in rows])
+    G = np.array([[1.0 if r[0] == g else 0.0 for g in groups] for r in rows])
+    c = 1.0
+    if len(rows) > len(groups) and np.ptp(x) > 0:
+        coef = np.linalg.lstsq(np.column_stack([G, x]), y, rcond=None)[0]
+        if coef[-1] > 0:
+            c = float(coef[-1])
+    k = {g: float(np.mean((y - c * x)[G[:, n] == 1])) for n, g in enumerate(groups)}
+    kp, kq = k.get(0, k.get(1)), k.get(1, k.get(0))
+    alpha = math.exp((kq - kp) / c)
+
+    def ppl(e_p: float, e_q: float) -> float:
+        d = e_p + alpha * e_q
+        return dense * math.exp(min(math.exp(kp) * d ** c, MAP_LOG_CAP)) if d > 0 else dense
+
+    ppl.params = {"k_P": kp, "k_Q": kq, "c": c, "alpha": alpha, "n_fit": len(rows)}
+    return ppl

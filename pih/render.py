@@ -122,7 +122,12 @@ def advice_lines(out: dict, md: bool = False) -> list[str]:
         verdict = "RIGHT" if v["prediction_right"] else f"WRONG (regret {_f(v['regret_ppl'], '.3g')} perplexity)"
         a = f"; measured A(Q->P) = {_f(v['A_QP_ppl'], '+.3g')}" if "A_QP_ppl" in v else ""
         L.append(f"Verified with the real engine on {v['eval_tokens']} tokens: best {v['best']}{a}; prediction "
-                 f"{verdict}.")
+                 f"{verdict}" + (f" (regret {v['regret_of_dense']:.2%} of the dense {v['dense_ppl']:.4g})"
+                                 if not v["prediction_right"] and "dense_ppl" in v else "") + ".")
+        base = [f"{name} {'right' if v[k + '_right'] else 'wrong (regret ' + _f(v[k + '_regret_ppl'], '.3g') + ')'}"
+                for name, k in (("PIH", "pih"), ("prune first", "prune_first")) if k + "_right" in v]
+        if base:
+            L.append(f"Baselines on the same measurement: {'; '.join(base)}.")
     L.append("")
     dense_few = out["few_token_ppl"].get("dense")
     L.append("Orders (layer-wise error summed over the measured layers" + (

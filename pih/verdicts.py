@@ -639,15 +639,18 @@ def prediction_targets(ev: Evidence) -> Verdict:
 def advise_accuracy(ev: Evidence) -> Verdict:
     title = "pih advise picks the better order"
     claim = "advise's recommended order (from layer-wise measurements) is the measured better one"
-    found = [m for n in ("advise_tiny_llama", "advise_tiny_llama_model1") if (m := ev.measured(n))]
+    found = [m for n in ("advise_tiny_llama", "advise_tiny_llama_model1", "advise_tiny_llama_pydoc")
+             if (m := ev.measured(n))]
     if not found:
         return _missing("advise", title, claim, OURS, None, "experiments/measured/advise_tiny_llama*.json")
     right = n = pih = prune_first = only_advise = only_pf = 0
+    regrets = []  # the misses' regret over the dense perplexity (files that record it)
     for s, _ in found:
         for case in s["summary"]["per_case"]:
             if not case["decided"]:
                 continue
             prune_won = case["A_QP_mean"] < 0
+            rows = [r for r in s["rows"] if r["case"] == case["case"]]
             for k in range(len(case["seeds"])):
                 ok = bool(case["all_layers_right"][k])
                 n += 1
@@ -656,15 +659,20 @@ def advise_accuracy(ev: Evidence) -> Verdict:
                 prune_first += prune_won
                 only_advise += ok and not prune_won
                 only_pf += prune_won and not ok
+                if not ok and rows[k].get("dense_ppl"):
+                    regrets.append(rows[k]["all_layers"]["regret"] / rows[k]["dense_ppl"])
     lo, hi = wilson(right, n)
     p_value = sign_test(only_advise, only_pf)
     v = HOLDS if n and lo > 0.5 and p_value < 0.05 and only_advise > only_pf else UNDECIDED
     detail = (f"right in {right} of {n} decided runs (Wilson 95 % {lo:.0%}–{hi:.0%}); always prune first "
               f"{prune_first} of {n} (advise alone right in {only_advise}, prune-first alone in {only_pf}: "
-              f"sign test p = {p_value:.2g}); PIH's rule {pih} of {n}")
-    return Verdict("advise", title, claim, OURS, f"{len(found)} models (tiny LLaMA), 3 calibration seeds, cases "
-                   "where the two orders differ by more than the noise floor", v, detail, None,
-                   tuple(p for _, p in found), (), {"right": right, "n": n, "pih": pih, "prune_first": prune_first})
+              f"sign test p = {p_value:.2g}); PIH's rule {pih} of {n}"
+              + (f"; regret of its misses up to {max(regrets):.1%} of the dense perplexity" if regrets else ""))
+    models = sorted({s["provenance"]["model"].split("@")[0] for s, _ in found})
+    return Verdict("advise", title, claim, OURS, f"{len(found)} models ({', '.join(models)}), 3 calibration "
+                   "seeds, cases where the two orders differ by more than the noise floor", v, detail, None,
+                   tuple(p for _, p in found), (), {"right": right, "n": n, "pih": pih, "prune_first": prune_first,
+                                                    "regret_of_dense_max": max(regrets) if regrets else None})
 
 
 def fidelity(ev: Evidence) -> Verdict:

@@ -125,6 +125,14 @@ def _out_err(dW, H) -> float:
     return float(((d @ H.double()) * d).sum())
 
 
+def channel_err(dW, H, c) -> float:
+    """Σ_o c_o (ΔW H ΔWᵀ)_oo: each output channel's error weighted by ``c`` (for ``c`` the loss's mean squared
+    gradient at that output, :func:`output_grad_sq`, the second-order loss change under a Kronecker-factored
+    Fisher E[x xᵀ] ⊗ diag E[g²], i.e. inputs and output gradients independent)."""
+    d = dW.double()
+    return float((((d @ H.double()) * d).sum(1) * c.double()).sum())
+
+
 # -- the cheap measurement -------------------------------------------------------------------------------------
 @dataclass
 class LayerwiseResult:
@@ -161,12 +169,17 @@ def sample_layers(lm, fraction: float) -> list[str]:
 
 
 def measure_layerwise(lm, calib, specs, orders, keep_alone, settings, seed: int = 0, progress: bool = True,
-                      layers: list[str] | None = None, fisher: dict | None = None) -> LayerwiseResult:
+                      layers: list[str] | None = None, fisher: dict | None = None,
+                      channel: dict | None = None) -> LayerwiseResult:
     """Per layer, the output error of every order in ``orders`` (tuples of indices into ``specs``), all from the
     dense weights and dense calibration statistics; the weights of ``specs[i]`` alone for ``i in keep_alone``.
     ``layers`` restricts the measurement to those layers (the calibration pass still runs through every block).
     With ``fisher`` (layer -> diagonal Fisher of the loss, :func:`fisher_diag`) a layer's error is
-    Σ F ⊙ ΔW² (the loss change to second order) instead of the output error tr(ΔW H ΔWᵀ)."""
+    Σ F ⊙ ΔW² (the loss change to second order) instead of the output error tr(ΔW H ΔWᵀ); with ``channel`` (layer
+    -> per output channel mean squared gradient of the loss at the layer's output, :func:`output_grad_sq`) it is
+    Σ_o c_o (ΔW H ΔWᵀ)_oo, the output error carried to the loss (:func:`channel_err`)."""
+    if fisher is not None and channel is not None:
+        raise bad("fisher", "channel", "a layer's error is weighted by one sensitivity, not two")
     from tqdm.auto import tqdm
 
     from .blocks import walk
@@ -214,7 +227,8 @@ def measure_layerwise(lm, calib, specs, orders, keep_alone, settings, seed: int 
             ref.append(_out_err(W0, H))
             for o in targets:
                 dW = W0 - run(o)[0]
-                errors[o].append(_out_err(dW, H) if fisher is None else float((fisher[full] * dW.float() ** 2).sum()))
+                errors[o].append(float((fisher[full] * dW.float() ** 2).sum()) if fisher is not None
+                                 else channel_err(dW, H, channel[full]) if channel is not None else _out_err(dW, H))
             for k in keep_alone:
                 weights[k][full] = run((k,))[0].to(mod.weight.dtype).cpu()
             bar.update(1)
@@ -254,6 +268,55 @@ def fisher_diag(lm, calib, layers: list[str]) -> dict:
         for p, r in zip(lm.model.parameters(), before, strict=True):
             p.requires_grad_(r)
     return {n: a / len(calib) for n, a in zip(layers, acc, strict=True)}
+
+
+def output_grad_sq(lm, calib, layers: list[str]) -> dict:
+    """Per layer of ``layers``, per output channel: the mean over the calibration windows of the squared gradient
+    of the window's mean token loss with respect to the layer's output, summed over the window's tokens (and a
+    convolution's positions). The gradient reaches each layer's output through every later block, so weighting a
+    layer's output error by it carries the error to the loss (one backward pass per window)."""
+    import torch
+
+    from .evaluate import token_losses
+
+    mods = dict(lm.model.named_modules())
+    missing = [n for n in layers if n not in mods]
+    if missing:
+        raise bad("layers", missing[0], "is not a module of the model")
+    acc: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def on_output(_mod, _inp, out):
+            def on_grad(g):
+                g = g.detach().float()
+                dims = [d for d in range(g.dim()) if d != (1 if g.dim() == 4 else g.dim() - 1)]
+                sq = (g ** 2).sum(dim=dims)
+                acc[name] = acc[name] + sq if name in acc else sq
+            if out.requires_grad:
+                out.register_hook(on_grad)
+        return on_output
+
+    weights = [mods[n].weight for n in layers]
+    before = [p.requires_grad for p in lm.model.parameters()]
+    handles = [mods[n].register_forward_hook(hook(n)) for n in layers]
+    try:
+        for p in lm.model.parameters():
+            p.requires_grad_(False)
+        for w in weights:
+            w.requires_grad_(True)  # the outputs of these layers need a gradient; the weights' own are discarded
+        for x in calib:
+            token_losses(lm, x[None]).mean().backward()
+            for w in weights:
+                w.grad = None
+    finally:
+        for h in handles:
+            h.remove()
+        for p, r in zip(lm.model.parameters(), before, strict=True):
+            p.requires_grad_(r)
+    missing = [n for n in layers if n not in acc]
+    if missing:
+        raise bad("layers", missing[0], "received no gradient from the loss")
+    return {n: acc[n] / len(calib) for n in layers}
 
 
 def add_alone(lw: LayerwiseResult, specs, k: int, settings, seed: int = 0, dtype=None) -> None:
@@ -486,14 +549,23 @@ def _verify(runner, methods, idx_orders, best, pih_order, settings, progress) ->
         ppl[o] = perplexity(runner.lm, runner.eval_windows, settings.batch_size)["ppl"]
     secs = time.time() - t0
     runner._restore(runner._snaps[runner._base_key])  # leave the model dense
+    dense = perplexity(runner.lm, runner.eval_windows, settings.batch_size)["ppl"]  # the regret's scale (untimed)
     real_best = min(idx_orders, key=lambda o: ppl[o])
     lab = lambda o: pipeline_label(tuple(methods[i] for i in o))  # noqa: E731
     out = {"ppl": {lab(o): ppl[o] for o in idx_orders}, "best": lab(real_best),
            "prediction_right": best == real_best, "regret_ppl": ppl[best] - ppl[real_best],
+           "dense_ppl": dense, "regret_of_dense": (ppl[best] - ppl[real_best]) / dense,
            "eval_tokens": int(runner.eval_windows.numel()), "seconds": secs}
     if pih_order is not None:
         out["pih_right"] = pih_order == real_best
         out["pih_regret_ppl"] = ppl[pih_order] - ppl[real_best]
+    # the trivial baseline: every pruner (as listed) before every quantizer, the production tools' convention
+    pf = tuple(i for i, m in enumerate(methods) if isinstance(m, Prune)) + tuple(
+        i for i, m in enumerate(methods) if not isinstance(m, Prune))
+    if pf in ppl:
+        out["prune_first"] = lab(pf)
+        out["prune_first_right"] = pf == real_best
+        out["prune_first_regret_ppl"] = ppl[pf] - ppl[real_best]
     if len(methods) == 2:
         iq = next((i for i, m in enumerate(methods) if isinstance(m, Quantize)), None)
         ip = next((i for i, m in enumerate(methods) if isinstance(m, Prune)), None)

@@ -242,6 +242,7 @@ def _options(grid) -> dict:
 
 
 ADVISE_LAYERS, FISHER_LAYERS = "advise-layers", "fisher-layers"
+LOSS_LAYERS, MAP_LAYERS = "loss-layers", "alone-map-layers"
 ADVISE_FRACTION = 0.25  # advise's default share of the linear layers
 
 
@@ -250,23 +251,44 @@ def advise_layers(grid, model=None, seeds=(0,), progress=False, **_):
     sampled dense layer (a stratified quarter, as advise samples them) with the bridge's compressors, scored by
     the layer's output error tr(ΔW H ΔWᵀ) on the records' calibration windows of each seed; the predicted A(Q→P)
     is Σ err(P first) − Σ err(Q first) (> 0: quantizing first leaves less error), the mean over the seeds."""
-    return _layerwise(grid, model, seeds, progress, fisher=False)
+    return _layerwise(grid, model, seeds, progress, "output")
 
 
 def fisher_layers(grid, model=None, seeds=(0,), progress=False, **_):
     """The same orders scored by a sensitivity measured on the model instead of the output error: a layer's error
     is Σ F ⊙ ΔW², F the empirical diagonal Fisher of the next-token loss on the seed's calibration windows (one
     backward pass per window): the loss change of each order to second order, summed over the sampled layers."""
-    return _layerwise(grid, model, seeds, progress, fisher=True)
+    return _layerwise(grid, model, seeds, progress, "fisher")
 
 
-def _layerwise(grid, model, seeds, progress, fisher: bool):
+def loss_layers(grid, model=None, seeds=(0,), progress=False, **_):
+    """The same orders with each layer's output error carried to the loss: Σ_o c_o (ΔW H ΔWᵀ)_oo, c_o the mean
+    squared gradient of the loss at output channel o of the layer (:func:`pih.bridge.advise.output_grad_sq`), i.e.
+    the second-order loss change under a Kronecker-factored Fisher. Unlike the diagonal Fisher it keeps the
+    input correlations H (a weight-updating pruner's compensation), and unlike the output error it weighs each
+    layer and channel by how much of its error reaches the loss through the later blocks."""
+    return _layerwise(grid, model, seeds, progress, "loss")
+
+
+def alone_map_layers(grid, model=None, seeds=(0,), progress=False, **_):
+    """The output errors mapped to perplexity by a curve fitted on the each-alone records only (never on a pair,
+    which is what is scored): per seed, log(ppl / ppl_dense) = a (e_P + α e_Q)^c with e_P, e_Q the summed layer
+    errors of the pruning and of the quantization part (:func:`pih.compare.fit_alone_map`); in an order, the
+    first method's part is its error alone and the second's what it adds. Predicted A(Q→P) = ppl(P first) −
+    ppl(Q first), in perplexity: α, one unit of quantization error against one of pruning error, can reverse the
+    raw comparison."""
+    return _layerwise(grid, model, seeds, progress, "map")
+
+
+def _layerwise(grid, model, seeds, progress, kind: str):
     import time
 
     import numpy as np
 
-    from pih.bridge.advise import fisher_diag, measure_layerwise, sample_layers
+    from pih.bridge.advise import fisher_diag, measure_layerwise, output_grad_sq, sample_layers
     from pih.bridge.settings import BridgeSettings
+
+    from ..compare import alone_values, fit_alone_map
 
     if _exportable(grid) is not None:
         return {}, 0.0  # language models without rotation only (as the export)
@@ -277,18 +299,31 @@ def _layerwise(grid, model, seeds, progress, fisher: bool):
     P, Q = _grid_specs(grid)
     specs = [*P, *Q]
     orders = [o for i in range(len(P)) for j in range(len(Q)) for o in ((i, len(P) + j), (len(P) + j, i))]
+    if kind == "map":
+        orders += [(k,) for k in range(len(specs))]
     layers = sample_layers(lm, ADVISE_FRACTION)
     per: dict[tuple, list[float]] = {}
     for seed in seeds:
+        if kind == "map":
+            dense, pv, qv = alone_values(grid.records, seed, P, Q)
+            if dense is None or not pv and not qv:
+                continue  # no each-alone records of this seed to fit on: nothing measured for it
         calib = _calibration(grid, corpus, tokens, seed)
-        F = fisher_diag(lm, calib, layers) if fisher else None
+        F = fisher_diag(lm, calib, layers) if kind == "fisher" else None
+        C = output_grad_sq(lm, calib, layers) if kind == "loss" else None
         lw = measure_layerwise(lm, calib, specs, orders, (), settings, seed=int(seed), progress=progress,
-                               layers=layers, fisher=F)
+                               layers=layers, fisher=F, channel=C)
+        e = {o: float(np.sum(v)) for o, v in lw.errors.items()}
+        if kind == "map":
+            ppl_of = fit_alone_map([(e[(i,)], pv[i]) for i in pv], [(e[(len(P) + j,)], qv[j]) for j in qv], dense)
         for i, p in enumerate(P):
             for j, q in enumerate(Q):
-                pf = float(np.sum(lw.errors[(i, len(P) + j)]))
-                qf = float(np.sum(lw.errors[(len(P) + j, i)]))
-                per.setdefault((float(p.ratio), int(q.bits)), []).append(pf - qf)
+                pq, qp = (i, len(P) + j), (len(P) + j, i)
+                if kind == "map":  # components: the first method's error alone, then what the second one adds
+                    a = ppl_of(e[(i,)], e[pq] - e[(i,)]) - ppl_of(e[qp] - e[(len(P) + j,)], e[(len(P) + j,)])
+                else:
+                    a = e[pq] - e[qp]
+                per.setdefault((float(p.ratio), int(q.bits)), []).append(a)
     return {k: float(np.mean(v)) for k, v in per.items()}, time.time() - t0
 
 
@@ -306,15 +341,40 @@ class PredictSeed:
                             options=self.options, max_samples=self.max_tokens)
 
 
+LAYERWISE = (
+    (ADVISE_LAYERS, "pih advise's layer-wise orders on the dense layers (a quarter of them), before measuring",
+     advise_layers, "sums each sampled layer's output error on dense inputs: it does not see errors compounding "
+     "through the blocks, nor what a unit of error costs in perplexity"),
+    (FISHER_LAYERS, "the same orders weighted by the loss's diagonal Fisher (second-order loss change), before "
+     "measuring", fisher_layers, "weighs every weight on its own (diagonal Fisher): it misses the correlations "
+     "between a row's inputs that a weight-updating method exploits"),
+    (LOSS_LAYERS, "the same orders' output errors carried to the loss (per output channel by the squared loss "
+     "gradient there), before measuring", loss_layers, "carries each layer's error to the loss from dense inputs "
+     "and to second order: it does not see earlier layers' errors changing a layer's inputs"),
+    (MAP_LAYERS, "the same orders' output errors mapped to perplexity by a curve fitted on the each-alone records "
+     "only", alone_map_layers, "prices a unit of each method's error by the method alone: it assumes an error costs "
+     "the same whether the method acts first or second"),
+)
+
+
 def _register_advise() -> None:
     from ..compare import PREDICTORS, register_predictor
 
-    if ADVISE_LAYERS not in PREDICTORS:
-        register_predictor(ADVISE_LAYERS, "pih advise's layer-wise orders on the dense layers (a quarter of them), "
-                           "before measuring", advise_layers)
-    if FISHER_LAYERS not in PREDICTORS:
-        register_predictor(FISHER_LAYERS, "the same orders weighted by the loss's diagonal Fisher (second-order "
-                           "loss change), before measuring", fisher_layers)
+    for name, what, fn, blind in LAYERWISE:
+        if name not in PREDICTORS:
+            register_predictor(name, what, fn, blind)
+
+
+def _blind(name: str) -> str:
+    """The sentence a predictor's failures are explained by: a store predictor's own, or a simulation set's."""
+    from sim.assumptions import ASSUMPTION_SETS
+
+    from ..compare import PREDICTORS
+
+    if name in PREDICTORS:
+        return PREDICTORS[name].blind
+    a = ASSUMPTION_SETS.get(name)
+    return (f"simulates the model's own layers under '{a.description}', each layer on its own" if a else "")
 
 
 def compare(args, executor=None) -> dict:
@@ -427,8 +487,11 @@ def compare(args, executor=None) -> dict:
         res = score(n, pred, grid)
         res["cost_seconds"] = round(cost, 1)
         results.append(res)
+    from ..compare import failure_classes
+
     for res in results:
         res["cost_ratio"] = round(res["cost_seconds"] / measure, 4) if measure > 0 else None
+        res["failure_classes"] = failure_classes(res, _blind(res["assumption_set"]))
     ranked = sorted(results, key=lambda r: (-(r["sign_agreement"] if r["sign_agreement"] is not None else -1),
                                             -(r["spearman_rho"] if r["spearman_rho"] is not None else -2)))
     best = ranked[0] if ranked else None
@@ -523,6 +586,11 @@ def text_lines(out: dict) -> list[str]:
             fails = ", ".join(f"p={x['prune']:g}/{x['quant']}b (pred {x['A_pred']:+.3g}, meas "
                               f"{x['A_measured']:+.3g})" for x in r["failures"])
             L.append(f"  {r['assumption_set']} has the wrong sign{scope} at: {fails}")
+    classes = [c for r in out["results"] for c in r.get("failure_classes", [])]
+    if classes:
+        L.append("")
+        L.append("why they fail (one sentence per predictor and failure class):")
+        L += [f"  {c['sentence']}" for c in classes]
     if out["best"]:
         b = out["best"]
         L.append("")

@@ -158,6 +158,10 @@ def test_verify_and_a_broken_predictor_is_caught(pair, cfg_of, runner, monkeypat
     assert v["A_QP_ppl"] < 0 and v["best"] == pq
     assert v["prediction_right"] and pair["recommendation"] == pq and v["regret_ppl"] == 0
     assert pair["cost"]["ratio_measured"] == pytest.approx(v["seconds"] / pair["cost"]["advise_s"])
+    # the trivial baseline (every pruner first) is scored on the same measurement; the regret's scale is the
+    # dense perplexity on the verification tokens
+    assert v["prune_first"] == pq and v["prune_first_right"] and v["prune_first_regret_ppl"] == 0
+    assert v["dense_ppl"] < min(v["ppl"].values()) and v["regret_of_dense"] == 0
 
     import pih.bridge.advise as adv
 
@@ -175,6 +179,8 @@ def test_verify_and_a_broken_predictor_is_caught(pair, cfg_of, runner, monkeypat
     assert broken["recommendation"] == qp
     assert not bv["prediction_right"]
     assert bv["regret_ppl"] == pytest.approx(-v["A_QP_ppl"], rel=1e-6)  # the engine is deterministic
+    assert bv["regret_of_dense"] == pytest.approx(bv["regret_ppl"] / bv["dense_ppl"])
+    assert bv["dense_ppl"] == pytest.approx(v["dense_ppl"])
 
 
 def test_three_methods_regret_is_brute_force_gap(cfg_of, runner, tmp_path):
@@ -196,6 +202,8 @@ def test_three_methods_regret_is_brute_force_gap(cfg_of, runner, tmp_path):
     pred = next(o for o in search.scores if pipeline_label(o) == out["recommendation"])
     assert search.scores[search.best] - search.scores[pred] == pytest.approx(v["regret_ppl"])
     assert v["pih_regret_ppl"] == pytest.approx(ppl[out["pih_order"]] - min(ppl.values()))
+    pf = f"{methods[0].label} -> {methods[1].label} -> {methods[2].label}"  # the pruners as listed, then Q
+    assert v["prune_first"] == pf and v["prune_first_regret_ppl"] == pytest.approx(ppl[pf] - min(ppl.values()))
     # the store holds the few-token points, the layer-wise orders (with per-layer arrays) and the verified orders
     st = Store(tmp_path / "store")
     recs = st.records()
