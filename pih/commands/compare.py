@@ -30,8 +30,9 @@ def register(sub) -> None:
         "the failing points. The predictor 'measured-layers' uses the bridge's own per-layer errors instead.")
     p.add_argument("stores", nargs="+", metavar="STORE", help="results store folder(s) of one protocol")
     p.add_argument("--assumptions", "--predictors", nargs="+", metavar="NAME", default=None,
-                   help="predictors: simulation assumption sets and store predictors (prune-first, majority-loo, "
-                   "pih, measured-layers); default: the default assumption sets and every store predictor")
+                   help="predictors: simulation assumption sets, store predictors (prune-first, majority-loo, "
+                   "pih, measured-layers) and layer-wise ones on the dense model (advise-layers, fisher-layers, "
+                   "loss-layers, alone-map-layers); default: the default assumption sets and every other predictor")
     p.add_argument("--tensors", default=None,
                    help="exported layer tensors (.npz, pih.bridge.export format); default: exported from the "
                    "model and calibration of the records and cached in the first store")
@@ -44,8 +45,8 @@ def register(sub) -> None:
                    "stochastic rounding keyed by it too) and the predicted A is the mean over them; default: every "
                    "seed of the records (with --tensors: the records' lowest seed)")
     p.add_argument("--no-simulation", action="store_true",
-                   help="only the predictors that need no simulation (prune-first, majority-loo, pih, "
-                   "measured-layers, advise-layers): no layer export, no JAX")
+                   help="only the predictors that need no simulation (the store and layer-wise predictors): no "
+                   "layer export, no JAX")
     p.add_argument("--protocol", default=None, metavar="ID",
                    help="the protocol to compare when the store holds several (one per model; pih records lists "
                    "them); a prefix is enough")
@@ -126,7 +127,8 @@ def _exportable(grid):
 
 def _dense_model(grid, model: str | None):
     """The records' dense model and their calibration text, tokenized: (model, corpus, tokens), each checked
-    against the provenance (model name from its content, calibration text by its tag)."""
+    against the provenance (model name from its content, calibration text by its tag); for an image classifier
+    (model, None, None): its calibration images are drawn per seed by :func:`_calibration`."""
     from pih.bridge.data import load_corpus, tokenize
     from pih.bridge.models import load_model
 
@@ -135,17 +137,24 @@ def _dense_model(grid, model: str | None):
     lm = load_model(source, "cpu", "float32", seed=mseed)
     if lm.name != prov["model"]:
         raise bad("--model", source, f"gives model {lm.name!r}, the records were measured on {prov['model']!r}")
+    if prov.get("metric") == "top1":
+        return lm, None, None
     corpus = load_corpus(prov["calibration"].split("@", 1)[0].split(":", 1)[0])
     if not prov["calibration"].startswith(corpus.tag):
         raise bad("records", prov["calibration"], f"calibration text differs from this machine's {corpus.tag}")
     return lm, corpus, tokenize(lm.tokenizer, corpus.train)
 
 
-def _calibration(grid, corpus, tokens, seed: int):
-    """The records' calibration windows of ``seed``."""
-    from pih.bridge.data import calibration_windows
+def _calibration(grid, corpus, tokens, seed: int, lm=None):
+    """The records' calibration windows of ``seed`` (an image classifier ``lm``: its calibration images)."""
+    from pih.bridge.data import calibration_windows, image_data
 
     prov = grid.provenance
+    if corpus is None:
+        name = lambda tag: tag.split("@", 1)[0]  # noqa: E731
+        st = prov.get("settings") or {}
+        return image_data(lm, name(prov["data"]), name(prov["calibration"]), int(prov["calibration_size"]),
+                          int(seed), st.get("eval_split"), st.get("calibration_split")).calib
     return calibration_windows(tokens, int(prov["seqlen"]), int(prov["calibration_size"]), int(seed),
                                source=f"train split of {corpus.name}")
 
@@ -290,8 +299,10 @@ def _layerwise(grid, model, seeds, progress, kind: str):
 
     from ..compare import alone_values, fit_alone_map
 
-    if _exportable(grid) is not None:
-        return {}, 0.0  # language models without rotation only (as the export)
+    prov = grid.provenance
+    image = prov.get("metric") == "top1" and kind == "output"  # a classifier: the output error needs no loss
+    if (_exportable(grid) is not None and not image) or (prov.get("settings") or {}).get("rotate"):
+        return {}, 0.0  # language models (any predictor) and classifiers (output errors), without rotation
     t0 = time.time()
     lm, corpus, tokens = _dense_model(grid, model)
     bridge = ((grid.provenance.get("settings") or {}).get("bridge") or {})
@@ -308,7 +319,7 @@ def _layerwise(grid, model, seeds, progress, kind: str):
             dense, pv, qv = alone_values(grid.records, seed, P, Q)
             if dense is None or not pv and not qv:
                 continue  # no each-alone records of this seed to fit on: nothing measured for it
-        calib = _calibration(grid, corpus, tokens, seed)
+        calib = _calibration(grid, corpus, tokens, seed, lm)
         F = fisher_diag(lm, calib, layers) if kind == "fisher" else None
         C = output_grad_sq(lm, calib, layers) if kind == "loss" else None
         lw = measure_layerwise(lm, calib, specs, orders, (), settings, seed=int(seed), progress=progress,

@@ -298,3 +298,36 @@ def test_fashion_mnist_loader():
     assert torch.equal(torch.bincount(ims.train_y), torch.full((10,), 6000))
     assert ims.tag == load_images("fashion-mnist").tag and ims.tag.startswith("fashion-mnist@")
     assert ims.train_y[:5].tolist() == [9, 0, 0, 3, 0]  # the files' own order (no shuffling)
+
+
+def test_advise_layers_predicts_a_resnet_grid_from_its_calibration_images(resnet, cache, tmp_path, monkeypatch):
+    """On an image classifier's grid, advise-layers compresses the sampled convolutions with both orders on the
+    records' own calibration images (data, split, size and seed from the provenance); the predictors that need a
+    language model's loss or perplexity predict nothing there."""
+    import numpy as np
+
+    from pih import Provenance, Record, Store
+    from pih.bridge.advise import measure_layerwise, sample_layers
+    from pih.bridge.data import image_data
+    from pih.bridge.settings import BridgeSettings
+    from pih.commands.compare import ADVISE_FRACTION, advise_layers, alone_map_layers, loss_layers
+    from pih.compare import measured_grid
+
+    monkeypatch.setenv("PIH_CACHE", cache)
+    idata = image_data(resnet, "digits", "digits", 24, 1)
+    prov = Provenance(backend="torch", model=resnet.name, data=idata.data, metric="top1", seqlen=None,
+                      calibration=idata.calibration, calibration_size=24, seed=1,
+                      settings={"bridge": {"offgrid": "requantize"}, **idata.settings})
+    p, q = Prune(0.5, criterion="wanda"), Quantize(2, symmetric=False)
+    st = Store(tmp_path / "s")
+    st.append(Record(prov, (p, q), 0.5, {"prune": 0.5, "quant": 2, "order": "P->Q"}))
+    st.append(Record(prov, (q, p), 0.4, {"prune": 0.5, "quant": 2, "order": "Q->P"}))
+    g = measured_grid(st.records())
+    pred, cost = advise_layers(g, model=SOURCE, seeds=[1])
+    assert set(pred) == {(0.5, 2)} and cost > 0
+    resnet.calib_labels = idata.calib_labels
+    lw = measure_layerwise(resnet, idata.calib, [p, q], [(0, 1), (1, 0)], (), BridgeSettings(offgrid="requantize"),
+                           seed=1, progress=False, layers=sample_layers(resnet, ADVISE_FRACTION))
+    expected = float(np.sum(lw.errors[(0, 1)]) - np.sum(lw.errors[(1, 0)]))
+    assert pred[(0.5, 2)] == pytest.approx(expected, rel=1e-6) and expected != 0
+    assert loss_layers(g, model=SOURCE, seeds=[1])[0] == {} and alone_map_layers(g, model=SOURCE, seeds=[1])[0] == {}
