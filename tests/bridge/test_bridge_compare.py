@@ -272,6 +272,18 @@ def test_compare_reports_qfirst_wins_and_cost(tmp_path, capsys):
     assert res["pih"]["cost_seconds"] >= 0 and "measure_seconds" in out["timing"]
 
 
+def _tiny_pair(tmp_path, tiny, corpus, m_pq, m_qp):
+    """A store with one (Wanda 50 %, RTN 2) pair of the tiny model, seed 0: (store, provenance, P, Q)."""
+    st = Store(tmp_path / "s")
+    prov = Provenance(backend="torch", model=tiny.name, data=f"{corpus.tag}:test", metric="neg_perplexity",
+                      seqlen=32, calibration=f"{corpus.tag}:train:random-windows", calibration_size=4, seed=0,
+                      settings={"bridge": {"offgrid": "requantize"}})
+    p, q = Prune(0.5, criterion="wanda"), Quantize(2, symmetric=False)
+    st.append(Record(prov, (p, q), m_pq, {"prune": 0.5, "quant": 2, "order": "P->Q"}))
+    st.append(Record(prov, (q, p), m_qp, {"prune": 0.5, "quant": 2, "order": "Q->P"}))
+    return st, prov, p, q
+
+
 def test_advise_layers_predictor_is_advise_measurement_of_both_orders(tiny, tiny_source, corpus, cache, tmp_path,
                                                                        monkeypatch):
     """advise-layers predicts A at (p, b) as Σ err(P first) − Σ err(Q first) over advise's sampled layers, from the
@@ -282,13 +294,7 @@ def test_advise_layers_predictor_is_advise_measurement_of_both_orders(tiny, tiny
     from pih.commands.compare import ADVISE_FRACTION, advise_layers
 
     monkeypatch.setenv("PIH_CACHE", cache)
-    st = Store(tmp_path / "s")
-    prov = Provenance(backend="torch", model=tiny.name, data=f"{corpus.tag}:test", metric="neg_perplexity",
-                      seqlen=32, calibration=f"{corpus.tag}:train:random-windows", calibration_size=4, seed=0,
-                      settings={"bridge": {"offgrid": "requantize"}})
-    p, q = Prune(0.5, criterion="wanda"), Quantize(2, symmetric=False)
-    st.append(Record(prov, (p, q), -10.0, {"prune": 0.5, "quant": 2, "order": "P->Q"}))
-    st.append(Record(prov, (q, p), -10.5, {"prune": 0.5, "quant": 2, "order": "Q->P"}))
+    st, prov, p, q = _tiny_pair(tmp_path, tiny, corpus, -10.0, -10.5)
     g = measured_grid(st.records())
     pred, cost = advise_layers(g, model=tiny_source, seeds=[0])
     assert set(pred) == {(0.5, 2)} and cost > 0
@@ -429,13 +435,7 @@ def test_loss_and_alone_map_predictors_from_the_layer_errors(tiny, tiny_source, 
     from pih.compare import alone_values, fit_alone_map
 
     monkeypatch.setenv("PIH_CACHE", cache)
-    st = Store(tmp_path / "s")
-    prov = Provenance(backend="torch", model=tiny.name, data=f"{corpus.tag}:test", metric="neg_perplexity",
-                      seqlen=32, calibration=f"{corpus.tag}:train:random-windows", calibration_size=4, seed=0,
-                      settings={"bridge": {"offgrid": "requantize"}})
-    p, q = Prune(0.5, criterion="wanda"), Quantize(2, symmetric=False)
-    st.append(Record(prov, (p, q), -30.0, {"prune": 0.5, "quant": 2, "order": "P->Q"}))
-    st.append(Record(prov, (q, p), -31.0, {"prune": 0.5, "quant": 2, "order": "Q->P"}))
+    st, prov, p, q = _tiny_pair(tmp_path, tiny, corpus, -30.0, -31.0)
     g = measured_grid(st.records())
     assert alone_map_layers(g, model=tiny_source, seeds=[0])[0] == {}  # no each-alone records: nothing to fit
     st.append(Record(prov, (), -20.0, {"order": "dense"}))
