@@ -7,7 +7,8 @@ build one with ``pih run experiments/<config>.toml --out <runs>/<name>`` (it res
 built over several sittings). Grids whose store is absent are listed as missing, never guessed. Per grid the
 command is ``pih compare <store> [--model SOURCE]`` with its default predictors (the simulation's default
 assumption sets where the model's layers can be exported, and every store predictor); pooled figures sum the
-per-grid counts. Writes the summary the issue asks for and, per grid, each predictor's scores.
+per-grid counts. Writes the summary the issue asks for and, per grid, each predictor's scores and its failures by
+class (one sentence each: which points, and what the predictor cannot see).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     del sys.path[0]  # this folder holds experiments/sim (results), which would shadow the package sim
 
 # (name, the store folder, the protocol's model in it (None: the store's only one), config that builds it, model
-# source for the simulation's export (None: from the records; "": no export, store predictors only), pairing)
+# source for the simulation's export and the layer-wise predictors (None: from the records; "": from the records,
+# no simulation: the layer tensors of convolutional models are not exported), pairing)
 GRIDS = (
     ("compare_sparsegpt_gptq", "compare_sparsegpt_gptq", None, "experiments/compare_sparsegpt_gptq.toml", None,
      "SparseGPT x GPTQ"),
