@@ -257,9 +257,10 @@ ADVISE_FRACTION = 0.25  # advise's default share of the linear layers
 
 def advise_layers(grid, model=None, seeds=(0,), progress=False, **_):
     """``pih advise``'s layer-wise predictor at every grid point, before measuring: both orders applied to each
-    sampled dense layer (a stratified quarter, as advise samples them) with the bridge's compressors, scored by
-    the layer's output error tr(ΔW H ΔWᵀ) on the records' calibration windows of each seed; the predicted A(Q→P)
-    is Σ err(P first) − Σ err(Q first) (> 0: quantizing first leaves less error), the mean over the seeds."""
+    sampled dense layer (a stratified quarter, as advise samples them) with the bridge's compressors, scored as
+    advise scores them, by the relative output error tr(ΔW H ΔWᵀ) / tr(W H Wᵀ), on the records' calibration windows
+    of each seed; the predicted A(Q→P) is Σ err(P first) − Σ err(Q first) (> 0: quantizing first leaves less
+    error), the mean over the seeds. (The other layer-wise predictors weigh the raw errors by their own model.)"""
     return _layerwise(grid, model, seeds, progress, "output")
 
 
@@ -294,6 +295,7 @@ def _layerwise(grid, model, seeds, progress, kind: str):
 
     import numpy as np
 
+    from pih.advice import layer_weights
     from pih.bridge.advise import fisher_diag, measure_layerwise, output_grad_sq, sample_layers
     from pih.bridge.settings import BridgeSettings
 
@@ -324,7 +326,8 @@ def _layerwise(grid, model, seeds, progress, kind: str):
         C = output_grad_sq(lm, calib, layers) if kind == "loss" else None
         lw = measure_layerwise(lm, calib, specs, orders, (), settings, seed=int(seed), progress=progress,
                                layers=layers, fisher=F, channel=C)
-        e = {o: float(np.sum(v)) for o, v in lw.errors.items()}
+        w = layer_weights(lw.ref, "relative") if kind == "output" else np.ones_like(lw.ref)  # advise's own weights
+        e = {o: float(np.sum(w * v)) for o, v in lw.errors.items()}
         if kind == "map":
             ppl_of = fit_alone_map([(e[(i,)], pv[i]) for i in pv], [(e[(len(P) + j,)], qv[j]) for j in qv], dense)
         for i, p in enumerate(P):

@@ -302,8 +302,10 @@ def test_advise_layers_predictor_is_advise_measurement_of_both_orders(tiny, tiny
                                 source=f"train split of {corpus.name}")
     lw = measure_layerwise(tiny, calib, [p, q], [(0, 1), (1, 0)], (), BridgeSettings(offgrid="requantize"), seed=0,
                            progress=False, layers=sample_layers(tiny, ADVISE_FRACTION))
-    expected = float(np.sum(lw.errors[(0, 1)]) - np.sum(lw.errors[(1, 0)]))
+    w = 1.0 / lw.ref  # advise's relative layer errors: each divided by the layer's tr(W H Wᵀ)
+    expected = float(np.sum(w * lw.errors[(0, 1)]) - np.sum(w * lw.errors[(1, 0)]))
     assert pred[(0.5, 2)] == pytest.approx(expected, rel=1e-6) and expected != 0
+    assert pred[(0.5, 2)] != pytest.approx(float(np.sum(lw.errors[(0, 1)]) - np.sum(lw.errors[(1, 0)])), rel=1e-3)
 
 
 def test_no_simulation_runs_the_store_predictors_and_skips_what_the_store_cannot_feed(tmp_path, capsys):
