@@ -27,6 +27,11 @@ NOISE_RULE = ("noise(point) = 2 x sample std (ddof=1) of measured A(Q->P) over c
               "a point is above the floor when |mean A| > noise(point)")
 MEASURED_LAYERS = "measured-layers"
 PRUNE_FIRST, MAJORITY, PIH_RULE = "prune-first", "majority-loo", "pih"
+# the layer-wise predictors (registered by pih.commands.compare: they load the dense model)
+ADVISE_LAYERS, FISHER_LAYERS, LOSS_LAYERS, MAP_LAYERS = ("advise-layers", "fisher-layers", "loss-layers",
+                                                         "alone-map-layers")
+NOT_SIMULATION = (PRUNE_FIRST, MAJORITY, PIH_RULE, MEASURED_LAYERS, ADVISE_LAYERS, FISHER_LAYERS, LOSS_LAYERS,
+                  MAP_LAYERS)  # every predictor that is not a simulation assumption set
 
 
 @dataclass

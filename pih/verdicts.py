@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .compare import NOT_SIMULATION
 from .stats import sign_test, wilson
 
 HOLDS, FAILS, UNDECIDED, MISSING = "holds", "fails", "not decidable at this size", "no evidence here"
@@ -556,7 +557,7 @@ def rotation(ev: Evidence) -> Verdict:
                    figures)
 
 
-STORE_PREDICTORS = ("prune-first", "majority-loo", "pih", "measured-layers")
+STORE_PREDICTORS = NOT_SIMULATION  # the store and layer-wise predictors: not simulation assumption sets
 
 
 def _benchmark(ev: Evidence):

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from ..cli import add_format, emit
+from ..compare import ADVISE_LAYERS, FISHER_LAYERS, LOSS_LAYERS, MAP_LAYERS
 from ..errors import PihError, PihWarning, bad
 
 DEFAULT_MAX_TOKENS = 2048
@@ -250,8 +251,6 @@ def _options(grid) -> dict:
     return {k: bridge[k] for k in ("offgrid", "percdamp", "blocksize", "act_order") if k in bridge}
 
 
-ADVISE_LAYERS, FISHER_LAYERS = "advise-layers", "fisher-layers"
-LOSS_LAYERS, MAP_LAYERS = "loss-layers", "alone-map-layers"
 ADVISE_FRACTION = 0.25  # advise's default share of the linear layers
 
 
