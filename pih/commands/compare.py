@@ -28,7 +28,10 @@ def register(sub) -> None:
         description="For a bridge store (pih run) holding both orders of a grid, predict A(Q->P) at every grid "
         "point by compressing the model's own layer tensors in the simulation under each assumption set, and "
         "report sign agreement above the noise floor (2 x std of A over calibration seeds), Spearman rho, and "
-        "the failing points. The predictor 'measured-layers' uses the bridge's own per-layer errors instead.")
+        "the failing points by class with what each predictor cannot see. Beside the simulation: the baselines "
+        "(prune-first, majority-loo), PIH's rule, the bridge's own per-layer errors (measured-layers) and "
+        "layer-wise predictors on the dense model before measuring (advise-layers, fisher-layers, loss-layers, "
+        "alone-map-layers).")
     p.add_argument("stores", nargs="+", metavar="STORE", help="results store folder(s) of one protocol")
     p.add_argument("--assumptions", "--predictors", nargs="+", metavar="NAME", default=None,
                    help="predictors: simulation assumption sets, store predictors (prune-first, majority-loo, "
