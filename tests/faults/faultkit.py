@@ -13,9 +13,19 @@ def pih_cmd(*argv) -> list[str]:
     return [sys.executable, "-m", "pih.cli", *map(str, argv)]
 
 
+def _as_from_a_shell() -> None:
+    """In the child before exec: SIGINT and SIGTERM at their defaults and unblocked, as a shell starts a command,
+    whatever the test process (its libraries' threads and handlers) left in the state a child inherits."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def start(*argv, env=None) -> subprocess.Popen:
     return subprocess.Popen(pih_cmd(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})}, preexec_fn=_as_from_a_shell)
 
 
 def lines_in(path: Path) -> int:
