@@ -29,6 +29,7 @@ Everything measured goes to a :class:`pih.Store` (``store=``) with full provenan
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -248,26 +249,34 @@ def fisher_diag(lm, calib, layers: list[str]) -> dict:
     from .conv import weight_matrix
     from .evaluate import token_losses
 
-    mods = dict(lm.model.named_modules())
-    missing = [n for n in layers if n not in mods]
-    if missing:
-        raise bad("layers", missing[0], "is not a module of the model")
-    weights = [mods[n].weight for n in layers]
-    before = [p.requires_grad for p in lm.model.parameters()]
-    try:
-        for p in lm.model.parameters():
-            p.requires_grad_(False)
-        for w in weights:
-            w.requires_grad_(True)
+    with _gradients_of(lm, layers) as mods:
+        weights = [mods[n].weight for n in layers]
         acc = [torch.zeros_like(weight_matrix(mods[n]), dtype=torch.float32) for n in layers]
         for x in calib:
             grads = torch.autograd.grad(token_losses(lm, x[None]).mean(), weights)
             for a, g in zip(acc, grads, strict=True):
                 a += g.float().reshape(a.shape) ** 2
+    return {n: a / len(calib) for n, a in zip(layers, acc, strict=True)}
+
+
+@contextlib.contextmanager
+def _gradients_of(lm, layers: list[str]):
+    """Gradients on for the weights of ``layers`` only (every other parameter frozen) while the block runs, every
+    parameter's requires_grad restored after; yields the model's modules by name (each of ``layers`` checked)."""
+    mods = dict(lm.model.named_modules())
+    missing = [n for n in layers if n not in mods]
+    if missing:
+        raise bad("layers", missing[0], "is not a module of the model")
+    before = [p.requires_grad for p in lm.model.parameters()]
+    try:
+        for p in lm.model.parameters():
+            p.requires_grad_(False)
+        for n in layers:
+            mods[n].weight.requires_grad_(True)
+        yield mods
     finally:
         for p, r in zip(lm.model.parameters(), before, strict=True):
             p.requires_grad_(r)
-    return {n: a / len(calib) for n, a in zip(layers, acc, strict=True)}
 
 
 def output_grad_sq(lm, calib, layers: list[str]) -> dict:
@@ -279,10 +288,6 @@ def output_grad_sq(lm, calib, layers: list[str]) -> dict:
 
     from .evaluate import token_losses
 
-    mods = dict(lm.model.named_modules())
-    missing = [n for n in layers if n not in mods]
-    if missing:
-        raise bad("layers", missing[0], "is not a module of the model")
     acc: dict[str, torch.Tensor] = {}
 
     def hook(name):
@@ -296,23 +301,17 @@ def output_grad_sq(lm, calib, layers: list[str]) -> dict:
                 out.register_hook(on_grad)
         return on_output
 
-    weights = [mods[n].weight for n in layers]
-    before = [p.requires_grad for p in lm.model.parameters()]
-    handles = [mods[n].register_forward_hook(hook(n)) for n in layers]
-    try:
-        for p in lm.model.parameters():
-            p.requires_grad_(False)
-        for w in weights:
-            w.requires_grad_(True)  # the outputs of these layers need a gradient; the weights' own are discarded
-        for x in calib:
-            token_losses(lm, x[None]).mean().backward()
-            for w in weights:
-                w.grad = None
-    finally:
-        for h in handles:
-            h.remove()
-        for p, r in zip(lm.model.parameters(), before, strict=True):
-            p.requires_grad_(r)
+    with _gradients_of(lm, layers) as mods:  # the layers' outputs need a gradient; the weights' own are discarded
+        weights = [mods[n].weight for n in layers]
+        handles = [mods[n].register_forward_hook(hook(n)) for n in layers]
+        try:
+            for x in calib:
+                token_losses(lm, x[None]).mean().backward()
+                for w in weights:
+                    w.grad = None
+        finally:
+            for h in handles:
+                h.remove()
     missing = [n for n in layers if n not in acc]
     if missing:
         raise bad("layers", missing[0], "received no gradient from the loss")

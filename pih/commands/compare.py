@@ -309,7 +309,7 @@ def _layerwise(grid, model, seeds, progress, kind: str):
         return {}, 0.0  # language models (any predictor) and classifiers (output errors), without rotation
     t0 = time.time()
     lm, corpus, tokens = _dense_model(grid, model)
-    bridge = ((grid.provenance.get("settings") or {}).get("bridge") or {})
+    bridge = ((prov.get("settings") or {}).get("bridge") or {})
     settings = BridgeSettings(**{k: v for k, v in bridge.items() if k in BridgeSettings.__dataclass_fields__})
     P, Q = _grid_specs(grid)
     specs = [*P, *Q]
