@@ -126,6 +126,10 @@ def _out_err(dW, H) -> float:
     return float(((d @ H.double()) * d).sum())
 
 
+def _fisher_err(dW, F) -> float:
+    return float((F * dW.float() ** 2).sum())
+
+
 def channel_err(dW, H, c) -> float:
     """Σ_o c_o (ΔW H ΔWᵀ)_oo: each output channel's error weighted by ``c`` (for ``c`` the loss's mean squared
     gradient at that output, :func:`output_grad_sq`, the second-order loss change under a Kronecker-factored
@@ -145,6 +149,7 @@ class LayerwiseResult:
     spec_seconds: dict[int, float]
     spec_calls: dict[int, int]  # how many whole-model stage applications each spec's time covers
     inputs: dict[str, tuple] = field(default_factory=dict)  # layer -> (dense W, H, mean squared input)
+    weighted: dict[str, dict[tuple, np.ndarray]] = field(default_factory=dict)  # kind -> order -> (L,) errors
 
 
 def sample_layers(lm, fraction: float) -> list[str]:
@@ -171,16 +176,22 @@ def sample_layers(lm, fraction: float) -> list[str]:
 
 def measure_layerwise(lm, calib, specs, orders, keep_alone, settings, seed: int = 0, progress: bool = True,
                       layers: list[str] | None = None, fisher: dict | None = None,
-                      channel: dict | None = None) -> LayerwiseResult:
+                      channel: dict | None = None, sensitivities: dict | None = None) -> LayerwiseResult:
     """Per layer, the output error of every order in ``orders`` (tuples of indices into ``specs``), all from the
     dense weights and dense calibration statistics; the weights of ``specs[i]`` alone for ``i in keep_alone``.
     ``layers`` restricts the measurement to those layers (the calibration pass still runs through every block).
     With ``fisher`` (layer -> diagonal Fisher of the loss, :func:`fisher_diag`) a layer's error is
     Σ F ⊙ ΔW² (the loss change to second order) instead of the output error tr(ΔW H ΔWᵀ); with ``channel`` (layer
     -> per output channel mean squared gradient of the loss at the layer's output, :func:`output_grad_sq`) it is
-    Σ_o c_o (ΔW H ΔWᵀ)_oo, the output error carried to the loss (:func:`channel_err`)."""
+    Σ_o c_o (ΔW H ΔWᵀ)_oo, the output error carried to the loss (:func:`channel_err`). ``sensitivities``
+    ({"fisher": F, "channel": C}, either or both) records those weighted errors as well, in ``weighted[kind]``, from
+    the same compressed weights: one pass serves every weighting."""
     if fisher is not None and channel is not None:
         raise bad("fisher", "channel", "a layer's error is weighted by one sensitivity, not two")
+    sensitivities = dict(sensitivities or {})
+    if set(sensitivities) - {"fisher", "channel"}:
+        raise bad("sensitivities", sorted(set(sensitivities) - {"fisher", "channel"})[0],
+                  "is not a sensitivity (fisher, channel)")
     from tqdm.auto import tqdm
 
     from .blocks import walk
@@ -193,6 +204,7 @@ def measure_layerwise(lm, calib, specs, orders, keep_alone, settings, seed: int 
     names, ref, inputs = [], [], {}
     targets = list(dict.fromkeys(list(orders) + [(k,) for k in keep_alone]))
     errors = {o: [] for o in targets}
+    weighted = {kind: {o: [] for o in targets} for kind in sensitivities}
     weights: dict[int, dict[str, Any]] = {i: {} for i in keep_alone}
     spec_seconds = {i: 0.0 for i in range(len(specs))}
     prefixes = {o[:k] for o in orders for k in range(1, len(o) + 1)} | {(i,) for i in keep_alone}
@@ -228,8 +240,12 @@ def measure_layerwise(lm, calib, specs, orders, keep_alone, settings, seed: int 
             ref.append(_out_err(W0, H))
             for o in targets:
                 dW = W0 - run(o)[0]
-                errors[o].append(float((fisher[full] * dW.float() ** 2).sum()) if fisher is not None
+                errors[o].append(_fisher_err(dW, fisher[full]) if fisher is not None
                                  else channel_err(dW, H, channel[full]) if channel is not None else _out_err(dW, H))
+                if "fisher" in sensitivities:
+                    weighted["fisher"][o].append(_fisher_err(dW, sensitivities["fisher"][full]))
+                if "channel" in sensitivities:
+                    weighted["channel"][o].append(channel_err(dW, H, sensitivities["channel"][full]))
             for k in keep_alone:
                 weights[k][full] = run((k,))[0].to(mod.weight.dtype).cpu()
             bar.update(1)
@@ -237,7 +253,8 @@ def measure_layerwise(lm, calib, specs, orders, keep_alone, settings, seed: int 
     bar.close()
     t_pass = time.time() - t0 - t_spec  # the walk: the calibration pass and each block's statistics
     return LayerwiseResult(names, np.asarray(ref), {o: np.asarray(v) for o, v in errors.items()}, weights,
-                           {"calibration_passes": t_pass}, spec_seconds, spec_calls, inputs)
+                           {"calibration_passes": t_pass}, spec_seconds, spec_calls, inputs,
+                           {k: {o: np.asarray(v) for o, v in d.items()} for k, d in weighted.items()})
 
 
 def fisher_diag(lm, calib, layers: list[str]) -> dict:

@@ -292,7 +292,19 @@ def alone_map_layers(grid, model=None, seeds=(0,), progress=False, **_):
     return _layerwise(grid, model, seeds, progress, "map")
 
 
-def _layerwise(grid, model, seeds, progress, kind: str):
+# While a comparison runs (key None set), its grid's layer errors, shared by its layer-wise predictors (floats
+# only); empty otherwise, so a predictor called on its own measures afresh.
+_SHARED: dict = {}
+
+
+def _layer_errors(grid, model, seeds, progress) -> tuple[dict, dict]:
+    """Per seed, the summed errors of every order and of every spec alone over the sampled layers, under each
+    weighting the layer-wise predictors use ({seed: {kind: {order: error}}}; kinds "output" (advise's relative
+    weights), "raw" (the output errors as they are), "fisher" and "channel" (language models only)), and the
+    seconds of each part ({"common": model, calibration and compressed weights; "fisher": the Fisher's backward
+    passes; "channel": the output gradients'}). One pass compresses each sampled layer once per order prefix for
+    all four predictors; while :func:`compare` runs it is kept for the next predictor of the same grid, model,
+    specs and seeds, so each predictor's cost is the common part plus its own sensitivity: what it costs alone."""
     import time
 
     import numpy as np
@@ -301,36 +313,65 @@ def _layerwise(grid, model, seeds, progress, kind: str):
     from pih.bridge.advise import fisher_diag, measure_layerwise, output_grad_sq, sample_layers
     from pih.bridge.settings import BridgeSettings
 
+    prov = grid.provenance
+    P, Q = _grid_specs(grid)
+    key = (grid.protocol, model, tuple(int(s) for s in seeds), tuple(s.label for s in (*P, *Q)))
+    if key in _SHARED:
+        return _SHARED[key]
+    sharing = None in _SHARED
+    t0 = time.time()
+    lm, corpus, tokens = _dense_model(grid, model)
+    image = corpus is None  # a classifier: no loss of the next token to weigh by
+    bridge = ((prov.get("settings") or {}).get("bridge") or {})
+    settings = BridgeSettings(**{k: v for k, v in bridge.items() if k in BridgeSettings.__dataclass_fields__})
+    specs = [*P, *Q]
+    orders = [o for i in range(len(P)) for j in range(len(Q)) for o in ((i, len(P) + j), (len(P) + j, i))]
+    orders += [(k,) for k in range(len(specs))]  # each alone: prefixes of the pairs, so measured anyway
+    layers = sample_layers(lm, ADVISE_FRACTION)
+    seconds = {"common": 0.0, "fisher": 0.0, "channel": 0.0}
+    out: dict = {}
+    for seed in seeds:
+        calib = _calibration(grid, corpus, tokens, seed, lm)
+        sens = {}
+        for kind, fn in (() if image else (("fisher", fisher_diag), ("channel", output_grad_sq))):
+            ts = time.time()
+            sens[kind] = fn(lm, calib, layers)
+            seconds[kind] += time.time() - ts
+        lw = measure_layerwise(lm, calib, specs, orders, (), settings, seed=int(seed), progress=progress,
+                               layers=layers, sensitivities=sens)
+        w = layer_weights(lw.ref, "relative")  # advise's own weights
+        out[seed] = {"output": {o: float(np.sum(w * v)) for o, v in lw.errors.items()},
+                     "raw": {o: float(np.sum(v)) for o, v in lw.errors.items()}}
+        out[seed] |= {kind: {o: float(np.sum(v)) for o, v in d.items()} for kind, d in lw.weighted.items()}
+    seconds["common"] = time.time() - t0 - seconds["fisher"] - seconds["channel"]
+    if sharing:
+        _SHARED.clear()
+        _SHARED.update({None: True, key: (out, seconds)})
+    return out, seconds
+
+
+def _layerwise(grid, model, seeds, progress, kind: str):
+    import numpy as np
+
     from ..compare import alone_values, fit_alone_map
 
     prov = grid.provenance
     image = prov.get("metric") == "top1" and kind == "output"  # a classifier: the output error needs no loss
     if (_exportable(grid) is not None and not image) or (prov.get("settings") or {}).get("rotate"):
         return {}, 0.0  # language models (any predictor) and classifiers (output errors), without rotation
-    t0 = time.time()
-    lm, corpus, tokens = _dense_model(grid, model)
-    bridge = ((prov.get("settings") or {}).get("bridge") or {})
-    settings = BridgeSettings(**{k: v for k, v in bridge.items() if k in BridgeSettings.__dataclass_fields__})
     P, Q = _grid_specs(grid)
-    specs = [*P, *Q]
-    orders = [o for i in range(len(P)) for j in range(len(Q)) for o in ((i, len(P) + j), (len(P) + j, i))]
-    if kind == "map":
-        orders += [(k,) for k in range(len(specs))]
-    layers = sample_layers(lm, ADVISE_FRACTION)
+    fits = {}
+    if kind == "map":  # only the seeds with each-alone records to fit on
+        fits = {s: v for s in seeds if (v := alone_values(grid.records, s, P, Q))[0] is not None and (v[1] or v[2])}
+        if not fits:
+            return {}, 0.0
+    errs, seconds = _layer_errors(grid, model, seeds, progress)  # every seed's, shared with the other predictors
+    weighting = {"output": "output", "map": "raw", "fisher": "fisher", "loss": "channel"}[kind]
     per: dict[tuple, list[float]] = {}
-    for seed in seeds:
+    for seed in (fits if kind == "map" else seeds):
+        e = errs[seed][weighting]
         if kind == "map":
-            dense, pv, qv = alone_values(grid.records, seed, P, Q)
-            if dense is None or not pv and not qv:
-                continue  # no each-alone records of this seed to fit on: nothing measured for it
-        calib = _calibration(grid, corpus, tokens, seed, lm)
-        F = fisher_diag(lm, calib, layers) if kind == "fisher" else None
-        C = output_grad_sq(lm, calib, layers) if kind == "loss" else None
-        lw = measure_layerwise(lm, calib, specs, orders, (), settings, seed=int(seed), progress=progress,
-                               layers=layers, fisher=F, channel=C)
-        w = layer_weights(lw.ref, "relative") if kind == "output" else np.ones_like(lw.ref)  # advise's own weights
-        e = {o: float(np.sum(w * v)) for o, v in lw.errors.items()}
-        if kind == "map":
+            dense, pv, qv = fits[seed]
             ppl_of = fit_alone_map([(e[(i,)], pv[i]) for i in pv], [(e[(len(P) + j,)], qv[j]) for j in qv], dense)
         for i, p in enumerate(P):
             for j, q in enumerate(Q):
@@ -340,7 +381,8 @@ def _layerwise(grid, model, seeds, progress, kind: str):
                 else:
                     a = e[pq] - e[qp]
                 per.setdefault((float(p.ratio), int(q.bits)), []).append(a)
-    return {k: float(np.mean(v)) for k, v in per.items()}, time.time() - t0
+    cost = seconds["common"] + seconds.get(weighting, 0.0)
+    return {k: float(np.mean(v)) for k, v in per.items()}, cost
 
 
 class PredictSeed:
@@ -359,7 +401,8 @@ class PredictSeed:
 
 LAYERWISE = (
     (ADVISE_LAYERS, "pih advise's layer-wise orders on the dense layers (a quarter of them), before measuring",
-     advise_layers, "sums each sampled layer's output error on dense inputs: it does not see errors compounding "
+     advise_layers, "sums each sampled layer's relative output error on dense inputs: it does not see errors "
+     "compounding "
      "through the blocks, nor what a unit of error costs in perplexity"),
     (FISHER_LAYERS, "the same orders weighted by the loss's diagonal Fisher (second-order loss change), before "
      "measuring", fisher_layers, "weighs every weight on its own (diagonal Fisher): it misses the correlations "
@@ -483,26 +526,31 @@ def compare(args, executor=None) -> dict:
             res["cost_seconds"] = round(timing["export_seconds"] + timing["predict_seconds"], 1)
             results.append(res)
     measure = grid.measure_seconds
-    for n in names:
-        if n not in PREDICTORS:
-            continue
-        try:
-            pred, cost = PREDICTORS[n].predict(grid, model=args.model, seeds=sim_seeds,
-                                               progress=not args.no_progress)
-        except PihError as exc:  # a predictor this store cannot feed: said, and the others still run
-            if args.assumptions is not None:
-                raise
-            warnings.warn(f"predictor {n} skipped: {exc}", PihWarning, stacklevel=2)
-            continue
-        if not pred:
-            if args.assumptions is not None:
-                why = ("the records carry no per-layer errors (run with analysis = true)" if n == MEASURED_LAYERS
-                       else "predicts none of the grid's points (each-alone records missing?)")
-                raise bad("--assumptions", n, why)
-            continue
-        res = score(n, pred, grid)
-        res["cost_seconds"] = round(cost, 1)
-        results.append(res)
+    _SHARED.clear()
+    _SHARED[None] = True  # this comparison's layer-wise predictors share one compression pass
+    try:
+        for n in names:
+            if n not in PREDICTORS:
+                continue
+            try:
+                pred, cost = PREDICTORS[n].predict(grid, model=args.model, seeds=sim_seeds,
+                                                   progress=not args.no_progress)
+            except PihError as exc:  # a predictor this store cannot feed: said, and the others still run
+                if args.assumptions is not None:
+                    raise
+                warnings.warn(f"predictor {n} skipped: {exc}", PihWarning, stacklevel=2)
+                continue
+            if not pred:
+                if args.assumptions is not None:
+                    why = ("the records carry no per-layer errors (run with analysis = true)" if n == MEASURED_LAYERS
+                           else "predicts none of the grid's points (each-alone records missing?)")
+                    raise bad("--assumptions", n, why)
+                continue
+            res = score(n, pred, grid)
+            res["cost_seconds"] = round(cost, 1)
+            results.append(res)
+    finally:
+        _SHARED.clear()
     from ..compare import failure_classes
 
     for res in results:

@@ -463,6 +463,57 @@ def test_loss_and_alone_map_predictors_from_the_layer_errors(tiny, tiny_source, 
     assert pred[(0.5, 2)] == pytest.approx(expected, rel=1e-6) and expected != 0
 
 
+def test_layerwise_predictors_share_one_pass_in_a_comparison(tiny, tiny_source, corpus, cache, tmp_path,
+                                                               monkeypatch):
+    """While a comparison runs, the four layer-wise predictors compress the sampled layers once and each weighs
+    the same compressed weights by its own sensitivity: their predictions equal those each makes alone, and a
+    predictor called outside a comparison measures afresh. measure_layerwise's ``sensitivities`` gives the same
+    weighted errors as its ``fisher`` and ``channel`` options."""
+    import pih.bridge.advise as adv
+    from pih.bridge.data import calibration_windows, tokenize
+    from pih.bridge.settings import BridgeSettings
+    from pih.commands import compare as cmp
+
+    monkeypatch.setenv("PIH_CACHE", cache)
+    st, prov, p, q = _tiny_pair(tmp_path, tiny, corpus, -30.0, -31.0)
+    st.append(Record(prov, (), -20.0, {"order": "dense"}))
+    st.append(Record(prov, (p,), -24.0, {"prune": 0.5, "order": "P"}))
+    st.append(Record(prov, (q,), -26.0, {"quant": 2, "order": "Q"}))
+    g = measured_grid(st.records())
+    fns = (cmp.advise_layers, cmp.fisher_layers, cmp.loss_layers, cmp.alone_map_layers)
+    alone = [fn(g, model=tiny_source, seeds=[0])[0] for fn in fns]
+    assert len({v[(0.5, 2)] for v in alone}) == 4  # four different weightings
+    passes = []
+    real = adv.measure_layerwise
+    monkeypatch.setattr(adv, "measure_layerwise", lambda *a, **k: passes.append(1) or real(*a, **k))
+    fns[0](g, model=tiny_source, seeds=[0])
+    fns[0](g, model=tiny_source, seeds=[0])
+    assert len(passes) == 2  # outside a comparison nothing is kept
+    passes.clear()
+    cmp._SHARED[None] = True
+    try:
+        shared = [fn(g, model=tiny_source, seeds=[0]) for fn in fns]
+    finally:
+        cmp._SHARED.clear()
+    assert len(passes) == 1
+    for (pred, cost), want in zip(shared, alone, strict=True):
+        assert pred[(0.5, 2)] == pytest.approx(want[(0.5, 2)], rel=1e-9) and cost > 0
+    calib = calibration_windows(tokenize(tiny.tokenizer, corpus.train), 32, 4, 0,
+                                source=f"train split of {corpus.name}")
+    layers = adv.sample_layers(tiny, cmp.ADVISE_FRACTION)[:2]
+    F, C = adv.fisher_diag(tiny, calib, layers), adv.output_grad_sq(tiny, calib, layers)
+    s = BridgeSettings(offgrid="requantize")
+    both = real(tiny, calib, [p, q], [(0, 1)], (), s, progress=False, layers=layers,
+                sensitivities={"fisher": F, "channel": C})
+    for kind, one in (("fisher", real(tiny, calib, [p, q], [(0, 1)], (), s, progress=False, layers=layers,
+                                      fisher=F)),
+                      ("channel", real(tiny, calib, [p, q], [(0, 1)], (), s, progress=False, layers=layers,
+                                       channel=C))):
+        np.testing.assert_allclose(both.weighted[kind][(0, 1)], one.errors[(0, 1)], rtol=1e-9)
+    with pytest.raises(PihError, match="not a sensitivity"):
+        real(tiny, calib, [p, q], [(0, 1)], (), s, progress=False, layers=layers, sensitivities={"hessian": F})
+
+
 def test_failure_classes_say_what_went_wrong_where_and_why(tmp_path, capsys):
     """Failures above the floor are grouped as ties (prediction exactly 0), missed quantize-first wins and false
     quantize-first calls, each with one sentence naming the points and what the predictor cannot see."""
