@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pih.advice import calibration_table, protocol_of
+from pih.advice import calibration_table, pool_verified, protocol_of
 
 CASES = [
     (["sparsegpt:0.5"], ["gptq:4"]),
@@ -123,48 +123,11 @@ def calibrate(files=VERIFIED, out=CALIBRATION) -> dict:
 
 
 POOLED = "experiments/measured/advise_pooled.json"
-PICKERS = (("advise", "quarter"), ("advise (every layer)", "all_layers"), ("PIH", "pih"),
-           ("prune first", "prune_first"))
-
-
 def pool(files, out=POOLED) -> dict:
-    """advise against PIH and the trivial baseline (prune first) over every case of ``files`` (this script's
-    outputs, one model each): per picker, the hit rate over the runs of decided cases (a case's best order is
-    decided when its measured |mean A| is above the noise floor of its calibration seeds; three-method cases are
-    counted when every seed agrees on the best order; right: the pick is the case's best on average over its
-    seeds), the regret of its misses (the run's verified perplexity of the pick minus that of the run's best) in
-    perplexity and as a share of the dense perplexity on the verification tokens, and advise's cost ratio (trying
-    every order / advise)."""
-    cases, runs = [], []
-    for f in files:
-        doc = json.loads(Path(f).read_text())
-        model = doc["provenance"]["model"]
-        for c in doc["summary"]["per_case"]:
-            rs = [r for r in doc["rows"] if r["case"] == c["case"]]
-            decided = c["decided"] if c["decided"] is not None else len({r["best"] for r in rs}) == 1
-            cases.append({"model": model, "case": c["case"], "decided": bool(decided), "A_QP_mean": c["A_QP_mean"],
-                          "A_QP_floor": c["A_QP_floor"], "seeds": c["seeds"]})
-            for r in rs:
-                runs.append({"model": model, "case": c["case"], "seed": r["seed"], "decided": bool(decided),
-                             "dense_ppl": r.get("dense_ppl"), "best": r["best"], "cost_ratio": r["cost"]["ratio"],
-                             **{k: {"pick": r[k]["pick"], "right": r[k]["pick"] == c["best_on_average"],
-                                    "regret": r[k]["regret"]} for _, k in PICKERS}})
-    dec = [r for r in runs if r["decided"]]
-    summary = {"files": list(files), "models": sorted({c["model"] for c in cases}), "cases": len(cases),
-               "cases_decided": sum(c["decided"] for c in cases), "runs": len(runs), "runs_decided": len(dec)}
-    for name, k in PICKERS:
-        miss = [r for r in dec if not r[k]["right"]]
-        rel = [r[k]["regret"] / r["dense_ppl"] for r in miss if r["dense_ppl"]]
-        summary[name] = {"hit_rate_decided": float(np.mean([r[k]["right"] for r in dec])) if dec else None,
-                         "hits": sum(r[k]["right"] for r in dec), "misses": len(miss),
-                         "regret_ppl_max": max((r[k]["regret"] for r in miss), default=0.0),
-                         "regret_of_dense_max": max(rel, default=0.0) if len(rel) == len(miss) else None,
-                         "regret_of_dense_mean_over_misses": float(np.mean(rel)) if rel else 0.0}
-    summary["advise_cost_ratio_median"] = float(np.median([r["cost_ratio"] for r in runs]))
-    summary["targets"] = {"hit_rate": 0.9, "regret_of_dense_on_misses": 0.01}
-    doc = {"what": "pih advise against PIH and always-prune-first on every verified case",
-           "how": f"python experiments/advise_measure.py --pool {' '.join(files)}", "summary": summary,
-           "cases": cases, "runs": runs}
+    """:func:`pih.advice.pool_verified` over ``files`` (this script's outputs, one model each), written to ``out``."""
+    doc = pool_verified([json.loads(Path(f).read_text()) for f in files])
+    doc = {"what": doc["what"], "how": f"python experiments/advise_measure.py --pool {' '.join(files)}",
+           "summary": {"files": list(files), **doc["summary"]}, "cases": doc["cases"], "runs": doc["runs"]}
     Path(out).write_text(json.dumps(doc, indent=1, default=float) + "\n")
     return doc
 

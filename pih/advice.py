@@ -21,7 +21,7 @@ from .errors import bad
 from .methods import Prune, Quantize, pipeline_label
 from .metrics import QuantCurve, ratio_16_over_b
 from .order import predicted_order
-from .stats import wilson
+from .stats import sign_test, wilson
 
 WEIGHTINGS = ("relative", "raw")
 
@@ -436,3 +436,58 @@ def attach_calibration(out: dict, cal: Mapping[str, Any] | None) -> dict:
     out["calibration"] = res
     out["expected_gain_interval_ppl"] = res["gain_interval_ppl"]
     return out
+
+
+# -- advise measured against the baselines ----------------------------------------------------------------------
+
+# (name, key of a verified run's pick): advise as it runs by default (a stratified quarter of the layers), on every
+# layer, PIH's rule, and the trivial baseline (every pruner first, as listed)
+PICKERS = (("advise", "quarter"), ("advise (every layer)", "all_layers"), ("PIH", "pih"),
+           ("prune first", "prune_first"))
+ADVISE_TARGETS = {"hit_rate": 0.9, "regret_of_dense_on_misses": 0.01}
+
+
+def pool_verified(docs: Sequence[Mapping[str, Any]]) -> dict:
+    """advise against PIH and the trivial baseline over every case of ``docs`` (``experiments/advise_measure.py``
+    outputs, one model each): per picker, the hit rate over the runs of decided cases (a case's best order is
+    decided when its measured |mean A| is above the noise floor of its calibration seeds; three-method cases when
+    every seed agrees on the best order; right: the pick is the case's best on average over its seeds), the
+    regret of its misses (the run's verified perplexity of the pick minus that of the run's best) in perplexity
+    and as a share of the dense perplexity on the verification tokens; advise's cost ratio (trying every order /
+    advise); and advise against prune first where exactly one of them is right (sign test). The one definition
+    of "advise's hit rate" the verdicts and the experiment share."""
+    cases, runs = [], []
+    for doc in docs:
+        model = doc["provenance"]["model"]
+        for c in doc["summary"]["per_case"]:
+            rs = [r for r in doc["rows"] if r["case"] == c["case"]]
+            decided = c["decided"] if c["decided"] is not None else len({r["best"] for r in rs}) == 1
+            cases.append({"model": model, "case": c["case"], "decided": bool(decided), "A_QP_mean": c["A_QP_mean"],
+                          "A_QP_floor": c["A_QP_floor"], "seeds": c["seeds"]})
+            for r in rs:
+                runs.append({"model": model, "case": c["case"], "seed": r["seed"], "decided": bool(decided),
+                             "dense_ppl": r.get("dense_ppl"), "best": r["best"], "cost_ratio": r["cost"]["ratio"],
+                             **{k: {"pick": r[k]["pick"], "right": r[k]["pick"] == c["best_on_average"],
+                                    "regret": r[k]["regret"]} for _, k in PICKERS}})
+    dec = [r for r in runs if r["decided"]]
+    summary: dict[str, Any] = {"models": sorted({c["model"] for c in cases}), "cases": len(cases),
+                               "cases_decided": sum(c["decided"] for c in cases), "runs": len(runs),
+                               "runs_decided": len(dec)}
+    for name, k in PICKERS:
+        miss = [r for r in dec if not r[k]["right"]]
+        rel = [r[k]["regret"] / r["dense_ppl"] for r in miss if r["dense_ppl"]]
+        hits = sum(r[k]["right"] for r in dec)
+        summary[name] = {"hit_rate_decided": hits / len(dec) if dec else None,
+                         "hits": hits, "misses": len(miss),
+                         "wilson95": list(wilson(hits, len(dec))) if dec else None,
+                         "regret_ppl_max": max((r[k]["regret"] for r in miss), default=0.0),
+                         "regret_of_dense_max": max(rel, default=0.0) if len(rel) == len(miss) else None,
+                         "regret_of_dense_mean_over_misses": float(np.mean(rel)) if rel else 0.0}
+    only_a = sum(r["quarter"]["right"] and not r["prune_first"]["right"] for r in dec)
+    only_pf = sum(r["prune_first"]["right"] and not r["quarter"]["right"] for r in dec)
+    summary["advise_vs_prune_first"] = {"only_advise": only_a, "only_prune_first": only_pf,
+                                        "sign_test_p": sign_test(only_a, only_pf)}
+    summary["advise_cost_ratio_median"] = float(np.median([r["cost_ratio"] for r in runs])) if runs else None
+    summary["targets"] = dict(ADVISE_TARGETS)
+    return {"what": "pih advise against PIH and always-prune-first on every verified case", "summary": summary,
+            "cases": cases, "runs": runs}

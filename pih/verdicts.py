@@ -644,36 +644,24 @@ def advise_accuracy(ev: Evidence) -> Verdict:
              if (m := ev.measured(n))]
     if not found:
         return _missing("advise", title, claim, OURS, None, "experiments/measured/advise_tiny_llama*.json")
-    right = n = pih = prune_first = only_advise = only_pf = 0
-    regrets = []  # the misses' regret over the dense perplexity (files that record it)
-    for s, _ in found:
-        for case in s["summary"]["per_case"]:
-            if not case["decided"]:
-                continue
-            prune_won = case["A_QP_mean"] < 0
-            rows = [r for r in s["rows"] if r["case"] == case["case"]]
-            for k in range(len(case["seeds"])):
-                ok = bool(case["all_layers_right"][k])
-                n += 1
-                right += ok
-                pih += bool(case["pih_right"][k])
-                prune_first += prune_won
-                only_advise += ok and not prune_won
-                only_pf += prune_won and not ok
-                if not ok and rows[k].get("dense_ppl"):
-                    regrets.append(rows[k]["all_layers"]["regret"] / rows[k]["dense_ppl"])
+    from .advice import pool_verified
+
+    pooled = pool_verified([s for s, _ in found])["summary"]  # advise as it runs: its default quarter of the layers
+    a, pf, ph, vs = pooled["advise"], pooled["prune first"], pooled["PIH"], pooled["advise_vs_prune_first"]
+    right, n, pih, prune_first = a["hits"], pooled["runs_decided"], ph["hits"], pf["hits"]
+    only_advise, only_pf, p_value = vs["only_advise"], vs["only_prune_first"], vs["sign_test_p"]
     lo, hi = wilson(right, n)
-    p_value = sign_test(only_advise, only_pf)
+    regret = a["regret_of_dense_max"] if a["misses"] else None
     v = HOLDS if n and lo > 0.5 and p_value < 0.05 and only_advise > only_pf else UNDECIDED
     detail = (f"right in {right} of {n} decided runs (Wilson 95 % {lo:.0%}–{hi:.0%}); always prune first "
               f"{prune_first} of {n} (advise alone right in {only_advise}, prune-first alone in {only_pf}: "
               f"sign test p = {p_value:.2g}); PIH's rule {pih} of {n}"
-              + (f"; regret of its misses up to {max(regrets):.1%} of the dense perplexity" if regrets else ""))
+              + (f"; regret of its misses up to {regret:.1%} of the dense perplexity" if regret else ""))
     models = sorted({s["provenance"]["model"].split("@")[0] for s, _ in found})
     return Verdict("advise", title, claim, OURS, f"{len(found)} models ({', '.join(models)}), 3 calibration "
-                   "seeds, cases where the two orders differ by more than the noise floor", v, detail, None,
-                   tuple(p for _, p in found), (), {"right": right, "n": n, "pih": pih, "prune_first": prune_first,
-                                                    "regret_of_dense_max": max(regrets) if regrets else None})
+                   "seeds, advise's default quarter of the layers, cases whose best order is decided above the "
+                   "noise floor", v, detail, None, tuple(p for _, p in found), (),
+                   {"right": right, "n": n, "pih": pih, "prune_first": prune_first, "regret_of_dense_max": regret})
 
 
 def fidelity(ev: Evidence) -> Verdict:

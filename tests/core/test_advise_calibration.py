@@ -183,3 +183,37 @@ def test_report_figures_no_zero_bar_and_readable_layer_ticks(tmp_path):
     rep = advice_report(out, tmp_path / "r")
     for f in ("orders.png", "layers.png", "curve.png", "README.md"):
         assert (rep / f).stat().st_size > 0
+
+
+def _verified_doc(model, cases):
+    """An advise_measure output: cases as (case, decided, best, dense, [(seed, {picker: pick}), ...])."""
+    per_case, rows = [], []
+    for case, decided, best, dense, runs in cases:
+        per_case.append({"case": case, "decided": decided, "A_QP_mean": 1.0, "A_QP_floor": 0.1,
+                         "seeds": [s for s, _ in runs], "best_on_average": best})
+        for seed, picks in runs:
+            rows.append({"case": case, "seed": seed, "best": best, "dense_ppl": dense, "cost": {"ratio": 4.0},
+                         **{k: {"pick": v, "regret": 0.0 if v == best else 0.5} for k, v in picks.items()}})
+    return {"provenance": {"model": model}, "summary": {"per_case": per_case}, "rows": rows}
+
+
+def test_pool_verified_scores_decided_runs_against_the_case_best():
+    """Only decided cases count (a three-method case when every seed agrees on its best); a pick is right when it
+    is the case's best on average; the misses' regret is shared over the dense perplexity; advise and prune first
+    are compared where exactly one is right."""
+    from pih.advice import pool_verified
+
+    both = {"quarter": "QP", "all_layers": "QP", "pih": "PQ", "prune_first": "PQ"}
+    d1 = _verified_doc("m1", [
+        ("a", True, "QP", 10.0, [(0, both), (1, both), (2, both | {"quarter": "PQ"})]),
+        ("b", False, "PQ", 10.0, [(0, both), (1, both), (2, both)]),  # within the floor: not counted
+        ("c", None, "PQ", 10.0, [(0, both | {"quarter": "PQ"}), (1, both | {"quarter": "PQ"})]),  # seeds agree
+    ])
+    d2 = _verified_doc("m2", [("d", True, "PQ", 20.0, [(0, both), (1, both | {"quarter": "PQ"})])])
+    s = pool_verified([d1, d2])["summary"]
+    assert (s["cases"], s["cases_decided"], s["runs"], s["runs_decided"]) == (4, 3, 10, 7)
+    a, pf = s["advise"], s["prune first"]
+    assert (a["hits"], a["misses"]) == (2 + 2 + 1, 2) and (pf["hits"], pf["misses"]) == (0 + 2 + 2, 3)
+    assert a["regret_of_dense_max"] == pytest.approx(0.5 / 10.0)
+    assert s["advise_vs_prune_first"] == {"only_advise": 2, "only_prune_first": 1, "sign_test_p": 1.0}
+    assert s["models"] == ["m1", "m2"] and s["advise_cost_ratio_median"] == 4.0
