@@ -1,6 +1,7 @@
 """The prediction benchmark: every predictor ``pih compare`` runs, on every measured grid, side by side.
 
     python experiments/prediction_benchmark.py [--runs results/runs] [--out FILE]
+    python experiments/prediction_benchmark.py --table [--readme README.md]   # its table, from the committed FILE
 
 Each grid is a ``pih run`` store (both orders over >= 3 calibration seeds) under ``--runs`` named as in GRIDS;
 build one with ``pih run experiments/<config>.toml --out <runs>/<name>`` (it resumes from its store, so a grid can be
@@ -40,6 +41,53 @@ GRIDS = (
 )
 
 
+# the README table's columns (predictor, header) and row labels
+TABLE_COLUMNS = (("A1", "A1 (simulation)"), ("advise-layers", "advise-layers"), ("loss-layers", "loss-layers"),
+                 ("alone-map-layers", "alone-map-layers"), ("fisher-layers", "fisher-layers"),
+                 ("prune-first", "prune-first"), ("pih", "PIH"))
+ROW_LABELS = {"compare_sparsegpt_gptq": "tiny LLaMA, SparseGPT x GPTQ", "compare_wanda_rtn": "tiny LLaMA, Wanda x RTN",
+              "smollm2_wanda_rtn": "SmolLM2, Wanda x RTN g64", "smollm2_sparsegpt_rtn": "SmolLM2, SparseGPT x RTN g64",
+              "resnet_fashion_m0": "tiny ResNet, model 0", "resnet_fashion_m1": "tiny ResNet, model 1"}
+README_BEGIN, README_END = "<!-- prediction benchmark: begin -->", "<!-- prediction benchmark: end -->"
+
+
+def _wins(right: int, total: int) -> str:
+    if total == 1:
+        return ", the win" if right else ""
+    return f", {right} of {total} wins" if total else ""
+
+
+def table(result: dict) -> str:
+    """The README's table from a benchmark result: per grid and predictor the signs right above the floor, the
+    quantize-first wins called and Spearman ρ; pooled, the counts over the grids the predictor ran on. Bold: the
+    row's best (signs, then wins) when one predictor alone has it; "—": the predictor did not run on the grid."""
+    cols = [(n, h) for n, h in TABLE_COLUMNS if n in result["predictors"]]
+    lines = ["| grid | above floor | " + " | ".join(h for _, h in cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for g in result["grids"]:
+        rows = result["per_grid"][g["name"]]
+        score = {n: (rows[n]["n_agree"], rows[n]["qfirst_wins_right"]) for n, _ in cols if n in rows}
+        top = max(score.values())
+        cells = []
+        for n, _ in cols:
+            if n not in rows:
+                cells.append("—")
+                continue
+            r = rows[n]
+            rho = r["spearman_rho"]
+            c = f"{r['n_agree']}{_wins(r['qfirst_wins_right'], r['qfirst_wins_total'])}" + (
+                f", ρ {rho:+.2f}".replace("-", "−") if rho is not None else "")
+            cells.append(f"**{c}**" if score[n] == top and list(score.values()).count(top) == 1 else c)
+        lines.append(f"| {ROW_LABELS.get(g['name'], g['name'])} | {g['n_above_floor']} of {g['n_points']} | "
+                     + " | ".join(cells) + " |")
+    pooled = []
+    for n, _ in cols:
+        p = result["predictors"][n]
+        w = f", {p['qfirst_wins_right']} of {p['qfirst_wins_total']} wins" if p["qfirst_wins_total"] else ""
+        pooled.append(f"{p['n_agree']} of {p['n_above_floor']}{w}")
+    lines.append(f"| pooled | {sum(g['n_above_floor'] for g in result['grids'])} | " + " | ".join(pooled) + " |")
+    return "\n".join([README_BEGIN, *lines, README_END])
+
+
 def _protocol(store: Path, model_prefix: str | None) -> str | None:
     if model_prefix is None:
         return None
@@ -68,7 +116,20 @@ def main(argv=None) -> int:
     ap.add_argument("--no-simulation", nargs="+", default=[], metavar="GRID",
                     help="grids scored by the store predictors only (the simulation's export and prediction "
                     "skipped, e.g. for want of time; the grid's entry says so)")
+    ap.add_argument("--table", action="store_true", help="print the README table of --out (nothing is run)")
+    ap.add_argument("--readme", default=None, metavar="FILE", help="with --table: rewrite the table in FILE")
     a = ap.parse_args(argv)
+    if a.table:
+        text = table(json.loads(Path(a.out).read_text()))
+        if a.readme:
+            doc = Path(a.readme).read_text()
+            if README_BEGIN not in doc or README_END not in doc:
+                raise SystemExit(f"{a.readme}: no {README_BEGIN} ... {README_END} block to rewrite")
+            doc = doc[:doc.index(README_BEGIN)] + text + doc[doc.index(README_END) + len(README_END):]
+            Path(a.readme).write_text(doc)
+        else:
+            print(text)
+        return 0
     grids, per_grid, missing = [], {}, []
     for name, folder, model_prefix, config, source, pairing in GRIDS:
         store = Path(a.runs) / folder

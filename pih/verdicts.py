@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .compare import NOT_SIMULATION
+from .compare import ADVISE_LAYERS, NOT_SIMULATION, PRUNE_FIRST
 from .stats import sign_test, wilson
 
 HOLDS, FAILS, UNDECIDED, MISSING = "holds", "fails", "not decidable at this size", "no evidence here"
@@ -575,6 +575,11 @@ def _pooled(b: dict, name: str, grids: list[str] | None = None) -> str:
             f"{sum(r['qfirst_wins_total'] for r in rows)}, worst per-grid ρ {'-' if rho is None else signed(rho)}")
 
 
+def _wrong(b: dict, grids: list[str], name: str) -> set:
+    """The points above the floor where ``name`` has the sign wrong, over ``grids`` of benchmark ``b``."""
+    return {(n, f["prune"], f["quant"]) for n in grids for f in b["per_grid"][n][name]["failures"]}
+
+
 def sim_vs_measured(ev: Evidence) -> Verdict:
     title = "Simulation predicts real weights"
     claim = ("the simulation, compressing the model's own layer tensors under its best assumption set, predicts the "
@@ -592,7 +597,7 @@ def sim_vs_measured(ev: Evidence) -> Verdict:
     names = [g["name"] for g in grids]
 
     def wrong(name):
-        return {(n, f["prune"], f["quant"]) for n in names for f in b["per_grid"][n][name]["failures"]}
+        return _wrong(b, names, name)
 
     # paired on the same points above the floor: only the points where exactly one of the two is wrong count
     only_pf, only_best = len(wrong("prune-first") - wrong(best)), len(wrong(best) - wrong("prune-first"))
@@ -657,11 +662,27 @@ def advise_accuracy(ev: Evidence) -> Verdict:
               f"{prune_first} of {n} (advise alone right in {only_advise}, prune-first alone in {only_pf}: "
               f"sign test p = {p_value:.2g}); PIH's rule {pih} of {n}"
               + (f"; regret of its misses up to {regret:.1%} of the dense perplexity" if regret else ""))
+    figures = {"right": right, "n": n, "pih": pih, "prune_first": prune_first, "regret_of_dense_max": regret,
+               "only_advise": only_advise, "only_prune_first": only_pf}
+    bench = _benchmark(ev)
+    grids = [g for g, rows in bench[0]["per_grid"].items() if {ADVISE_LAYERS, PRUNE_FIRST} <= set(rows)] \
+        if bench else []
+    if grids:  # advise's rule at the benchmark's grid points too (advise-layers: the same rule, before measuring)
+        b = bench[0]
+        m = sum(b["per_grid"][g][ADVISE_LAYERS]["n_above_floor"] for g in grids)
+        wa, wp = _wrong(b, grids, ADVISE_LAYERS), _wrong(b, grids, PRUNE_FIRST)
+        ra, rp = right + m - len(wa), prune_first + m - len(wp)
+        oa, op = only_advise + len(wp - wa), only_pf + len(wa - wp)
+        detail += (f"; with the prediction benchmark's {m} points above the floor ({ADVISE_LAYERS}, the same rule, "
+                   f"{len(grids)} grids) right at {ra} of {n + m} against prune-first's {rp} (alone right at {oa}, "
+                   f"alone wrong at {op}: p = {sign_test(oa, op):.2g})")
+        figures |= {"with_benchmark": {"right": ra, "n": n + m, "prune_first": rp, "only_advise": oa,
+                                       "only_prune_first": op}}
     models = sorted({s["provenance"]["model"].split("@")[0] for s, _ in found})
     return Verdict("advise", title, claim, OURS, f"{len(found)} models ({', '.join(models)}), 3 calibration "
                    "seeds, advise's default quarter of the layers, cases whose best order is decided above the "
-                   "noise floor", v, detail, None, tuple(p for _, p in found), (),
-                   {"right": right, "n": n, "pih": pih, "prune_first": prune_first, "regret_of_dense_max": regret})
+                   "noise floor", v, detail, None, tuple(p for _, p in found) + ((bench[1],) if grids else ()), (),
+                   figures)
 
 
 def fidelity(ev: Evidence) -> Verdict:

@@ -152,6 +152,32 @@ def test_advise_counts_only_decided_cases(evidence):
     assert after["n"] < before["n"] and after["right"] <= before["right"]
 
 
+def test_advise_pooled_with_the_benchmarks_points_pairs_them_with_prune_first(evidence):
+    """advise's rule at the benchmark's points: advise-layers' signs right above the floor join the verified runs,
+    paired with prune-first on the same points (only the points where exactly one is wrong enter the sign test)."""
+    ev, root = evidence
+    f = _row(ev, "advise").figures
+    b = json.loads((root / "measured" / "prediction_benchmark.json").read_text())
+    grids = [g for g, r in b["per_grid"].items() if "advise-layers" in r]
+    wrong = {n: {(g, x["prune"], x["quant"]) for g in grids for x in b["per_grid"][g][n]["failures"]}
+             for n in ("advise-layers", "prune-first")}
+    m = sum(b["per_grid"][g]["advise-layers"]["n_above_floor"] for g in grids)
+    wb = f["with_benchmark"]
+    assert wb["n"] == f["n"] + m and wb["right"] == f["right"] + m - len(wrong["advise-layers"])
+    assert wb["prune_first"] == f["prune_first"] + m - len(wrong["prune-first"])
+    assert wb["only_advise"] == f["only_advise"] + len(wrong["prune-first"] - wrong["advise-layers"])
+    assert wb["only_prune_first"] == f["only_prune_first"] + len(wrong["advise-layers"] - wrong["prune-first"])
+
+    def advise_never_wrong(d):
+        for rows in d["per_grid"].values():
+            if "advise-layers" in rows:
+                rows["advise-layers"]["failures"] = []
+
+    _edit(root / "measured" / "prediction_benchmark.json", advise_never_wrong)
+    after = _row(ev, "advise").figures["with_benchmark"]
+    assert after["right"] == f["right"] + m and after["only_prune_first"] == 0
+
+
 def test_wilson_interval():
     lo, hi = wilson(30, 33)
     assert 0.75 < lo < 0.77 and 0.96 < hi < 0.98
