@@ -30,7 +30,7 @@ T1_TOL = 1e-9  # relative; the identity holds to floating-point precision or it 
 KUZMIN_TOL_DB = 0.05
 
 REAL_TREND_GRIDS = ("pih_trend", "pih_trend_wanda_rtn", "deit_digits", "deit_fashion", "resnet_digits",
-                    "resnet_fashion", "smollm2_wanda_rtn")
+                    "resnet_fashion", "smollm2_wanda_rtn", "smollm2_sparsegpt_rtn")
 T1_GRIDS = REAL_TREND_GRIDS + ("rotation_on", "rotation_off", "compare_sparsegpt_gptq_grid",
                                "compare_wanda_rtn_grid", "block_removal")
 
