@@ -155,27 +155,10 @@ def main(argv=None) -> int:
             | {"failures": [{k: f[k] for k in ("prune", "quant", "A_pred", "A_measured")} for f in r["failures"]],
                "failure_classes": [{k: c[k] for k in ("class", "points", "sentence")} for c in r["failure_classes"]]}
             for r in out["results"]}
-    names = sorted({n for g in per_grid.values() for n in g})
-    predictors = {}
-    for n in names:
-        rows = [g[n] for g in per_grid.values() if n in g]
-        above = sum(r["n_above_floor"] for r in rows)
-        agree = sum(r["n_agree"] for r in rows)
-        rhos = [r["spearman_rho"] for r in rows if r["spearman_rho"] is not None]
-        measure = sum(g["measure_seconds"] for g in grids if n in per_grid[g["name"]])
-        predictors[n] = {
-            "grids": len(rows),
-            "sign_agreement_above_floor": agree / above if above else None,
-            "n_agree": agree, "n_above_floor": above,
-            "qfirst_wins_right": sum(r["qfirst_wins_right"] for r in rows),
-            "qfirst_wins_total": sum(r["qfirst_wins_total"] for r in rows),
-            "spearman_min_over_grids": min(rhos) if len(rhos) == len(rows) and rhos else None,
-            "cost_ratio": (sum(r["cost_seconds"] for r in rows) / measure) if measure else None,
-        }
-    full = [n for n in names if predictors[n]["grids"] == len(grids)]  # the best is chosen among those on every grid
-    best = max(full, key=lambda n: (predictors[n]["sign_agreement_above_floor"] or 0,
-                                    predictors[n]["qfirst_wins_right"],
-                                    predictors[n]["spearman_min_over_grids"] or -2)) if full else None
+    from pih.compare import pool_scores
+
+    predictors, best = pool_scores([([{"assumption_set": n, **r} for n, r in per_grid[g["name"]].items()],
+                                     g["measure_seconds"]) for g in grids])
     how = ("python experiments/prediction_benchmark.py --runs RUNS, each grid's store built first with "
            "pih run CONFIG --out RUNS/FOLDER (the grids' configs above); pih compare scores every predictor")
     result = {"how": how, "grids": grids,

@@ -241,6 +241,35 @@ FAILURE_CLASSES = {
 }
 
 
+def pool_scores(grids) -> tuple[dict, str | None]:
+    """Per predictor, its scores summed over ``grids`` ((scored rows of :func:`score` with their cost_seconds, the
+    seconds measuring the grid cost) per grid): the grids it ran on, signs right above the floor over the points
+    above it, the measured quantize-first wins it calls, the worst per-grid Spearman ρ (None unless every grid has
+    one) and its cost over measuring the grids it ran on; and the best predictor, chosen among those scored on every
+    grid by signs, then wins, then worst ρ (None when none ran on all)."""
+    names = sorted({r["assumption_set"] for rows, _ in grids for r in rows})
+    pooled = {}
+    for n in names:
+        rows = [(r, m) for rs, m in grids for r in rs if r["assumption_set"] == n]
+        above = sum(r["n_above_floor"] for r, _ in rows)
+        agree = sum(r["n_agree"] for r, _ in rows)
+        rhos = [r["spearman_rho"] for r, _ in rows if r["spearman_rho"] is not None]
+        measure = sum(m for _, m in rows)
+        pooled[n] = {
+            "grids": len(rows),
+            "sign_agreement_above_floor": agree / above if above else None,
+            "n_agree": agree, "n_above_floor": above,
+            "qfirst_wins_right": sum(r["qfirst_wins_right"] for r, _ in rows),
+            "qfirst_wins_total": sum(r["qfirst_wins_total"] for r, _ in rows),
+            "spearman_min_over_grids": min(rhos) if len(rhos) == len(rows) and rhos else None,
+            "cost_ratio": (sum(r["cost_seconds"] for r, _ in rows) / measure) if measure else None,
+        }
+    full = [n for n in names if pooled[n]["grids"] == len(grids)]
+    best = max(full, key=lambda n: (pooled[n]["sign_agreement_above_floor"] or 0, pooled[n]["qfirst_wins_right"],
+                                    pooled[n]["spearman_min_over_grids"] or -2)) if full else None
+    return pooled, best
+
+
 def failure_classes(res: dict, blind: str = "") -> list[dict]:
     """The failures of a :func:`score` result (points above the floor with the wrong sign) grouped by class, each
     with one sentence: what the predictor got wrong at those points and, from ``blind``, why (what it cannot

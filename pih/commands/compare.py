@@ -32,7 +32,11 @@ def register(sub) -> None:
         "(prune-first, majority-loo), PIH's rule, the bridge's own per-layer errors (measured-layers) and "
         "layer-wise predictors on the dense model before measuring (advise-layers, fisher-layers, loss-layers, "
         "alone-map-layers).")
-    p.add_argument("stores", nargs="+", metavar="STORE", help="results store folder(s) of one protocol")
+    p.add_argument("stores", nargs="+", metavar="STORE", help="results store folder(s) of one protocol (with "
+                   "--pool: of any protocols)")
+    p.add_argument("--pool", action="store_true",
+                   help="every protocol of every STORE as its own grid: each grid's report, then the figures "
+                   "pooled over the grids (counts summed; the best chosen among the predictors scored on every grid)")
     p.add_argument("--assumptions", "--predictors", nargs="+", metavar="NAME", default=None,
                    help="predictors: simulation assumption sets, store predictors (prune-first, majority-loo, "
                    "pih, measured-layers) and layer-wise ones on the dense model (advise-layers, fisher-layers, "
@@ -594,18 +598,66 @@ def plot(results: list[dict], path: str, grid) -> Path:
                           "(marker size: pruning ratio; symlog axes)"}, path)
 
 
+def compare_pooled(args, executor=None) -> dict:
+    """``pih compare --pool``: :func:`compare` on every protocol of every store (one grid each), and the scores
+    pooled over the grids (:func:`pih.compare.pool_scores`)."""
+    import copy
+
+    from ..compare import pool_scores
+
+    if args.tensors:
+        raise bad("--tensors", args.tensors, "is one model's layers; --pool compares several grids")
+    if args.plot:
+        raise bad("--plot", args.plot, "draws one grid; --pool compares several (plot each grid on its own)")
+    grids = []
+    for store in args.stores:
+        if not Path(store).is_dir():
+            raise bad("STORE", store, "no such results store folder")
+        recs, _ = _records([store])
+        protocols = sorted({r.protocol for r in recs if args.protocol is None or r.protocol.startswith(args.protocol)})
+        if not protocols:
+            raise bad("--protocol" if args.protocol else "STORE", args.protocol or store,
+                      "matches no records" if args.protocol else "holds no records")
+        for proto in protocols:
+            sub = copy.copy(args)
+            sub.stores, sub.protocol, sub.pool = [store], proto, False
+            grids.append({"store": store, **compare(sub, executor)})
+    pooled, best = pool_scores([(g["results"], g["timing"]["measure_seconds"]) for g in grids])
+    return {"grids": grids, "pooled": pooled, "best": best,
+            "pooling": "per predictor, counts summed over the grids it ran on; cost over measuring those grids; "
+                       "worst per-grid rho; best among the predictors scored on every grid"}
+
+
+def pooled_lines(out: dict) -> list[str]:
+    """``pih compare --pool``'s result as text: each grid's report, then the pooled table."""
+    from ..render import fmt, table
+
+    L = []
+    for g in out["grids"]:
+        L += [f"== grid {g['store']} ({g['protocol']})", *text_lines(g), ""]
+    rows = [[n, f"{p['grids']}/{len(out['grids'])}", f"{p['n_agree']}/{p['n_above_floor']}",
+             fmt(p["sign_agreement_above_floor"], ".1%"), f"{p['qfirst_wins_right']}/{p['qfirst_wins_total']}",
+             fmt(p["spearman_min_over_grids"], "+.3f"), fmt(p["cost_ratio"], ".3g")]
+            for n, p in sorted(out["pooled"].items(), key=lambda kv: -(kv[1]["sign_agreement_above_floor"] or 0))]
+    L.append(f"pooled over {len(out['grids'])} grids:")
+    L += table(["predictor", "grids", "signs right", "sign agr.", "Q-first wins", "worst rho", "cost"], rows)
+    L.append(f"best (among the predictors on every grid: signs, then wins, then worst rho): {out['best'] or '-'}")
+    return L
+
+
 def run(args) -> int:
     from ..executors import executor_from_args
 
     executor = executor_from_args(args)
     try:
         with executor:
-            out = compare(args, executor)
+            out = (compare_pooled if getattr(args, "pool", False) else compare)(args, executor)
     except ImportError as exc:  # pragma: no cover - jax or torch missing
         raise PihError(f"pih compare needs the simulation (jax) and, without --tensors, the bridge (torch): "
                        f"{exc}") from exc
 
-    emit(args, out, lambda: sys.stdout.write("\n".join(text_lines(out)) + "\n"))
+    lines = pooled_lines if getattr(args, "pool", False) else text_lines
+    emit(args, out, lambda: sys.stdout.write("\n".join(lines(out)) + "\n"))
     return 0
 
 

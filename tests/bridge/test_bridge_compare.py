@@ -272,6 +272,49 @@ def test_compare_reports_qfirst_wins_and_cost(tmp_path, capsys):
     assert res["pih"]["cost_seconds"] >= 0 and "measure_seconds" in out["timing"]
 
 
+def test_compare_pool_reports_each_grid_and_the_pooled_figures(tmp_path, capsys):
+    """--pool: every protocol of every store is its own grid; the pooled counts are the grids' sums, the best is
+    chosen among the predictors on every grid, and the text shows each grid then the pooled table."""
+    from pih.compare import pool_scores
+
+    a = _write(tmp_path / "a", {(0.25, 2): [1.0, 1.1, 0.9], (0.5, 4): [-2.0, -2.1, -1.9]})
+    _write(tmp_path / "a", {(0.25, 2): [-1.0, -1.1, -0.9], (0.5, 2): [-3.0, -3.1, -2.9]}, model="other")
+    b = _write(tmp_path / "b", {(0.5, 2): [-1.0, -1.1, -0.9], (0.25, 4): [0.5, 0.6, 0.4]}, model="third")
+    rc = main(["compare", str(a.path), str(b.path), "--pool", "--predictors", "prune-first", "majority-loo",
+               "--format", "json", "--no-progress"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and len(out["grids"]) == 3 and len({g["protocol"] for g in out["grids"]}) == 3
+    pf = out["pooled"]["prune-first"]
+    assert (pf["grids"], pf["n_agree"], pf["n_above_floor"]) == (3, 4, 6)
+    assert (pf["qfirst_wins_right"], pf["qfirst_wins_total"]) == (0, 2)
+    assert (out["pooled"], out["best"]) == pool_scores([(g["results"], g["timing"]["measure_seconds"])
+                                                        for g in out["grids"]])
+    rc = main(["compare", str(a.path), str(b.path), "--pool", "--predictors", "prune-first", "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0 and text.count("== grid ") == 3 and "pooled over 3 grids:" in text and "4/6" in text
+    assert main(["compare", str(a.path), "--pool", "--plot", str(tmp_path / "x.png")]) == 2
+    assert "draws one grid" in capsys.readouterr().err
+
+
+def test_pool_scores_sums_the_grids_and_picks_the_best_on_every_grid():
+    from pih.compare import pool_scores
+
+    def row(n, agree, above, win, wins, rho, cost):
+        return {"assumption_set": n, "n_agree": agree, "n_above_floor": above, "qfirst_wins_right": win,
+                "qfirst_wins_total": wins, "spearman_rho": rho, "cost_seconds": cost}
+
+    grids = [([row("x", 3, 4, 1, 1, 0.5, 2.0), row("y", 4, 4, 0, 1, None, 0.0), row("z", 4, 4, 1, 1, 0.9, 1.0)],
+              10.0),
+             ([row("x", 2, 2, 0, 0, 0.2, 3.0), row("y", 1, 2, 0, 0, None, 0.0)], 30.0)]
+    pooled, best = pool_scores(grids)
+    assert pooled["x"] == {"grids": 2, "sign_agreement_above_floor": 5 / 6, "n_agree": 5, "n_above_floor": 6,
+                           "qfirst_wins_right": 1, "qfirst_wins_total": 1, "spearman_min_over_grids": 0.2,
+                           "cost_ratio": 5.0 / 40.0}
+    assert pooled["y"]["spearman_min_over_grids"] is None and pooled["z"]["cost_ratio"] == 0.1
+    assert best == "x"  # z is better but ran on one grid only; x and y tie on signs, x calls the win
+    assert pool_scores([]) == ({}, None)
+
+
 def _tiny_pair(tmp_path, tiny, corpus, m_pq, m_qp):
     """A store with one (Wanda 50 %, RTN 2) pair of the tiny model, seed 0: (store, provenance, P, Q)."""
     st = Store(tmp_path / "s")
