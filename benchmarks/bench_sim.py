@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 
 import sim  # noqa: F401, E402  (float64)
 from pih import Prune, Quantize  # noqa: E402
+from pih.methods import n_pruned  # noqa: E402
 from sim import assumptions as AS  # noqa: E402
 from sim import mechanisms as mech  # noqa: E402
 from sim.sweep import ModelSpec, Pairing, run_grid  # noqa: E402
@@ -141,11 +142,12 @@ def _packed_order(score, key) -> np.ndarray:
 
 
 def _keeps(order: np.ndarray, shape, ratios) -> np.ndarray:
-    """Keep masks (len(ratios), *shape) of every ratio from one ranking: the round(p · n) smallest are pruned."""
+    """Keep masks (len(ratios), *shape) of every ratio from one ranking: the int(p · n) smallest are pruned (the
+    count every backend uses, ``pih.methods.n_pruned``)."""
     n = order.size
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
-    ks = np.clip(np.round(np.asarray(ratios) * n).astype(np.int64), 0, n)
+    ks = np.array([min(max(n_pruned(float(r), n), 0), n) for r in ratios], np.int64)
     return (rank[None, :] >= ks[:, None]).reshape((len(ks), *shape))
 
 

@@ -63,6 +63,27 @@ def test_permutation_monte_carlo_above_eight_points():
     assert not t.exact and t.p_increasing < 0.001 and t.direction() == "increasing"
 
 
+def test_permutation_null_is_pearson_of_the_ranks_per_drawn_permutation():
+    """The Monte Carlo null is, per permutation drawn from the seed's generator, Pearson's r between x's ranks and
+    the permuted ranks of y (ties averaged): the p-values equal a one-by-one np.corrcoef over the same draws
+    (twins killed: a denominator or centring that ignores ties, another draw than rng.permutation)."""
+    from scipy import stats as sst
+
+    from pih import stats as S
+
+    rng = np.random.default_rng(3)
+    x = np.round(rng.normal(size=15), 1)
+    y = np.round(x + rng.normal(size=15), 0)  # ties in both
+    t = permutation_test(x, y, seed=7)
+    rx, ry = sst.rankdata(x), sst.rankdata(y)
+    draw = np.random.default_rng(7)
+    null = np.array([np.corrcoef(rx, draw.permutation(ry))[0, 1] for _ in range(S.N_PERM)])
+    assert t.p_increasing == pytest.approx((1 + np.sum(null >= t.rho - 1e-12)) / (S.N_PERM + 1), abs=1e-12)
+    assert t.p_two_sided == pytest.approx((1 + np.sum(np.abs(null) >= abs(t.rho) - 1e-12)) / (S.N_PERM + 1),
+                                          abs=1e-12)
+    assert 0.0005 < t.p_two_sided < 0.5  # a case where the count is neither empty nor full
+
+
 def test_cluster_bootstrap_resamples_whole_clusters():
     """Three clusters of 50 identical points each: the pooled ρ has only three independent points behind it, so
     the cluster interval is wide; an i.i.d. bootstrap (the broken twin) would make it artificially narrow."""

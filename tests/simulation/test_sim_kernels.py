@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sim_testkit import pair
 
 import sim  # noqa: F401  (float64, kernels registered)
 from pih import Joint, MixedPrecision, PihError, Prune, Quantize, registry
@@ -303,3 +304,34 @@ def test_importing_sim_records_and_announces_its_jax_settings():
     m = make_model(0, shape=(8, 16), n_samples=24)
     out = pl.run_pipeline(m, (Prune(0.5), Quantize(4)), None, K(0))
     assert out.W.dtype == jnp.float64 and out.output_err.dtype == jnp.float64
+
+
+@pytest.mark.parametrize("prune", [Prune(0.5), Prune(0.5, "sparsegpt")], ids=["magnitude", "sparsegpt"])
+def test_pair_errors_equal_the_pipelines_measured_one_by_one(prune):
+    """run_pair measures P alone and Q alone apart from the pairs, and Q first as its own disjoint reconstruction
+    when the pruner does not move the weights it keeps: every error equals the one computed from the pipelines'
+    weights directly (twin killed: the shortcut taken for SparseGPT, whose OBS update moves the kept weights, so
+    its Q-first disjoint reconstruction differs from Q first)."""
+    m = make_model(0, 2, (16, 32), 48, "student_t", 4.0, 0, 1.0, 2, False)
+    quant = Quantize(3, grid="odd")
+    r = pair(m, prune, quant, 0.5, 3.0, seed=1)
+    key = jax.random.split(jax.random.PRNGKey(1))
+    W0, X = np.asarray(m.W), np.asarray(m.X)
+
+    def run(ids):
+        specs = tuple(pl.canonical((prune, quant)[i]) for i in ids)
+        return pl.run_pipeline(m, specs, tuple(jnp.float64((0.5, 3.0)[i]) for i in ids),
+                               jnp.stack([key[i] for i in ids]), method_ids=ids)
+
+    P_, Q_, PF, QF = run((0,)), run((1,)), run((0, 1)), run((1, 0))
+
+    def out_err(W):
+        D = W0 - np.asarray(W)
+        return np.sum((D @ X) ** 2, axis=2)
+
+    qf_dis = np.where(np.asarray(QF.keep), np.asarray(Q_.Wact), 0.0)
+    for name, W in (("p", P_.Wact), ("q", Q_.Wact), ("pf", PF.Wact), ("qf", QF.Wact), ("qf_disjoint", qf_dis)):
+        np.testing.assert_allclose(r[f"{name}_output"], out_err(W), rtol=1e-10, err_msg=name)
+        np.testing.assert_allclose(r[f"{name}_weight"], np.sum((W0 - np.asarray(W)) ** 2, axis=2), rtol=1e-10)
+    moved = not np.allclose(qf_dis, np.asarray(QF.Wact))
+    assert moved == (prune.criterion == "sparsegpt")
