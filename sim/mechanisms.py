@@ -277,7 +277,7 @@ def _params_from_range(G, bits, symmetric, shrink, grid: str = "full"):
     −2^(b−1)..2^(b−1)−1 here)."""
     if symmetric and grid == "odd":
         amax = jnp.max(jnp.abs(G), axis=-1, keepdims=True) * shrink
-        scale = _divide(amax, 2.0 ** (bits - 1) - 1)  # a true division, as numpy divides
+        scale = amax / (2.0 ** (bits - 1) - 1)
         zero = jnp.zeros_like(scale)
     elif symmetric:
         lo = jnp.minimum(jnp.min(G, axis=-1, keepdims=True), 0.0)

@@ -325,26 +325,16 @@ def run_pair(model: Model, prune, quant, p, b, key, lam=None, options: SimOption
     rem_w = jnp.sum(W0 * W0, axis=2)
     rem_o = jnp.sum((W0 @ X) ** 2, axis=2) if X.shape[2] < X.shape[1] else _row_output_err(W0, X)
     P_, Q_, PF, QF = (out[k] for k in ("P", "Q", "PQ", "QP"))
-    # Errors are measured in batched computations: equal weights give bitwise equal errors within one (errors
-    # computed apart were seen to differ by 1e-15, XLA summing the same product in another order). The two orders
-    # and the disjoint reconstructions (each weight as its owner alone leaves it) go together, as Δ compares them;
-    # P alone and Q alone go apart: each depends on one setting only, so over a grid it is measured once per ratio
-    # or bit width instead of once per point. A pruner that does not move the weights it keeps leaves Q's values
-    # where it keeps them: Q first is then its own disjoint reconstruction, measured once.
-    same_qf = not registry.method_of(prune).updates_kept
-
-    def errs(*Ws):
-        D = W0[None] - jnp.stack(Ws)
-        return jnp.sum(D * D, axis=3), jax.vmap(lambda d: _row_output_err(d, X))(D)
-
-    pw, po = errs(P_.Wact)
-    qw, qo = errs(Q_.Wact)
-    pairs = [PF.Wact, QF.Wact, jnp.where(PF.keep, Q_.Wact, 0.0)] + ([] if same_qf else
-                                                                      [jnp.where(QF.keep, Q_.Wact, 0.0)])
-    we, eo = errs(*pairs)
-    qd_w, qd_o = (we[1], eo[1]) if same_qf else (we[3], eo[3])
-    return PairResult(pw[0], po[0], qw[0], qo[0], we[0], eo[0], we[1], eo[1], rem_w, rem_o, _row_owner(PF),
-                      _row_owner(QF), PF.free_zeros, QF.free_zeros, rem_o, we[2], eo[2], qd_w, qd_o)
+    # the four results and the disjoint reconstructions (each weight as its owner alone leaves it) measured in one
+    # batched computation: equal weights give bitwise equal errors (errors computed apart were seen to differ by
+    # 1e-15, XLA summing the same product in another order)
+    Ws = jnp.stack([P_.Wact, Q_.Wact, PF.Wact, QF.Wact, jnp.where(PF.keep, Q_.Wact, 0.0),
+                    jnp.where(QF.keep, Q_.Wact, 0.0)])
+    D = W0[None] - Ws
+    we = jnp.sum(D * D, axis=3)
+    eo = jax.vmap(lambda d: _row_output_err(d, X))(D)
+    return PairResult(we[0], eo[0], we[1], eo[1], we[2], eo[2], we[3], eo[3], rem_w, rem_o, _row_owner(PF),
+                      _row_owner(QF), PF.free_zeros, QF.free_zeros, rem_o, we[4], eo[4], we[5], eo[5])
 
 
 run_pipeline_jit = jax.jit(run_pipeline, static_argnames=("pipeline", "method_ids", "options", "rotation",

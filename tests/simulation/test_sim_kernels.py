@@ -308,10 +308,10 @@ def test_importing_sim_records_and_announces_its_jax_settings():
 
 @pytest.mark.parametrize("prune", [Prune(0.5), Prune(0.5, "sparsegpt")], ids=["magnitude", "sparsegpt"])
 def test_pair_errors_equal_the_pipelines_measured_one_by_one(prune):
-    """run_pair measures P alone and Q alone apart from the pairs, and Q first as its own disjoint reconstruction
-    when the pruner does not move the weights it keeps: every error equals the one computed from the pipelines'
-    weights directly (twin killed: the shortcut taken for SparseGPT, whose OBS update moves the kept weights, so
-    its Q-first disjoint reconstruction differs from Q first)."""
+    """Every error run_pair reports (P alone, Q alone, both orders, Q first's disjoint reconstruction) equals the
+    one computed from the pipelines' own weights; Q first's disjoint reconstruction is Q first itself exactly when
+    the pruner does not move the weights it keeps (magnitude), not for SparseGPT, whose OBS update moves them
+    (twin killed: any shortcut that reads one for the other)."""
     m = make_model(0, 2, (16, 32), 48, "student_t", 4.0, 0, 1.0, 2, False)
     quant = Quantize(3, grid="odd")
     r = pair(m, prune, quant, 0.5, 3.0, seed=1)
