@@ -655,7 +655,7 @@ def advise_accuracy(ev: Evidence) -> Verdict:
     a, pf, ph, vs = pooled["advise"], pooled["prune first"], pooled["PIH"], pooled["advise_vs_prune_first"]
     right, n, pih, prune_first = a["hits"], pooled["runs_decided"], ph["hits"], pf["hits"]
     only_advise, only_pf, p_value = vs["only_advise"], vs["only_prune_first"], vs["sign_test_p"]
-    lo, hi = wilson(right, n)
+    lo, hi = a["wilson95"] or wilson(0, 0)
     regret = a["regret_of_dense_max"] if a["misses"] else None
     v = HOLDS if n and lo > 0.5 and p_value < 0.05 and only_advise > only_pf else UNDECIDED
     detail = (f"right in {right} of {n} decided runs (Wilson 95 % {lo:.0%}–{hi:.0%}); always prune first "

@@ -9,6 +9,7 @@ each assumption set fails, and a scatter plot.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import warnings
@@ -296,9 +297,20 @@ def alone_map_layers(grid, model=None, seeds=(0,), progress=False, **_):
     return _layerwise(grid, model, seeds, progress, "map")
 
 
-# While a comparison runs (key None set), its grid's layer errors, shared by its layer-wise predictors (floats
-# only); empty otherwise, so a predictor called on its own measures afresh.
-_SHARED: dict = {}
+# While a comparison runs, its grid's layer errors, shared by its layer-wise predictors (floats only); None
+# otherwise, so a predictor called on its own measures afresh.
+_SHARED: dict | None = None
+
+
+@contextlib.contextmanager
+def shared_layer_errors():
+    """Within the block, the layer-wise predictors of one grid share one compression pass (:func:`_layer_errors`)."""
+    global _SHARED
+    _SHARED = {}
+    try:
+        yield
+    finally:
+        _SHARED = None
 
 
 def _layer_errors(grid, model, seeds, progress) -> tuple[dict, dict]:
@@ -320,9 +332,8 @@ def _layer_errors(grid, model, seeds, progress) -> tuple[dict, dict]:
     prov = grid.provenance
     P, Q = _grid_specs(grid)
     key = (grid.protocol, model, tuple(int(s) for s in seeds), tuple(s.label for s in (*P, *Q)))
-    if key in _SHARED:
+    if _SHARED is not None and key in _SHARED:
         return _SHARED[key]
-    sharing = None in _SHARED
     t0 = time.time()
     lm, corpus, tokens = _dense_model(grid, model)
     image = corpus is None  # a classifier: no loss of the next token to weigh by
@@ -348,9 +359,9 @@ def _layer_errors(grid, model, seeds, progress) -> tuple[dict, dict]:
                      "raw": {o: float(np.sum(v)) for o, v in lw.errors.items()}}
         out[seed] |= {kind: {o: float(np.sum(v)) for o, v in d.items()} for kind, d in lw.weighted.items()}
     seconds["common"] = time.time() - t0 - seconds["fisher"] - seconds["channel"]
-    if sharing:
-        _SHARED.clear()
-        _SHARED.update({None: True, key: (out, seconds)})
+    if _SHARED is not None:
+        _SHARED.clear()  # one grid's at a time
+        _SHARED[key] = (out, seconds)
     return out, seconds
 
 
@@ -406,8 +417,7 @@ class PredictSeed:
 LAYERWISE = (
     (ADVISE_LAYERS, "pih advise's layer-wise orders on the dense layers (a quarter of them), before measuring",
      advise_layers, "sums each sampled layer's relative output error on dense inputs: it does not see errors "
-     "compounding "
-     "through the blocks, nor what a unit of error costs in perplexity"),
+     "compounding through the blocks, nor what a unit of error costs in perplexity"),
     (FISHER_LAYERS, "the same orders weighted by the loss's diagonal Fisher (second-order loss change), before "
      "measuring", fisher_layers, "weighs every weight on its own (diagonal Fisher): it misses the correlations "
      "between a row's inputs that a weight-updating method exploits"),
@@ -530,9 +540,7 @@ def compare(args, executor=None) -> dict:
             res["cost_seconds"] = round(timing["export_seconds"] + timing["predict_seconds"], 1)
             results.append(res)
     measure = grid.measure_seconds
-    _SHARED.clear()
-    _SHARED[None] = True  # this comparison's layer-wise predictors share one compression pass
-    try:
+    with shared_layer_errors():  # this comparison's layer-wise predictors share one compression pass
         for n in names:
             if n not in PREDICTORS:
                 continue
@@ -553,8 +561,6 @@ def compare(args, executor=None) -> dict:
             res = score(n, pred, grid)
             res["cost_seconds"] = round(cost, 1)
             results.append(res)
-    finally:
-        _SHARED.clear()
     from ..compare import failure_classes
 
     for res in results:

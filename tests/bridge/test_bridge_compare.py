@@ -533,11 +533,8 @@ def test_layerwise_predictors_share_one_pass_in_a_comparison(tiny, tiny_source, 
     fns[0](g, model=tiny_source, seeds=[0])
     assert len(passes) == 2  # outside a comparison nothing is kept
     passes.clear()
-    cmp._SHARED[None] = True
-    try:
+    with cmp.shared_layer_errors():
         shared = [fn(g, model=tiny_source, seeds=[0]) for fn in fns]
-    finally:
-        cmp._SHARED.clear()
     assert len(passes) == 1
     for (pred, cost), want in zip(shared, alone, strict=True):
         assert pred[(0.5, 2)] == pytest.approx(want[(0.5, 2)], rel=1e-9) and cost > 0
