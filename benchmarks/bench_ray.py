@@ -1,6 +1,6 @@
 """Benchmark (not a test): a grid serial against the same grid on Ray with 2 workers, as a ratio.
 
-    .venv/bin/python -m benchmarks.bench_ray [--cache DIR] [--sim-seeds 8] [--md FILE]
+    .venv/bin/python -m benchmarks.bench_ray [--cache DIR] [--sim-seeds 64] [--md FILE]
 
 Two workloads, each run serial and on a local Ray instance of 2 CPUs (``ray.init(num_cpus=2)``, 2 workers, one
 CPU per task), each measurement in a fresh process with one thread per process (torch, BLAS, OpenMP and XLA's
@@ -8,9 +8,11 @@ CPU pool pinned to 1: ``OMP_NUM_THREADS=1``, ``experiment.threads = 1``, ``XLA_F
 workers inherit it), so the ratio is what two processes buy over one:
 
 - ``pih run`` on the tiny LLaMA: wanda x GPTQ (asymmetric), ratios 0.1-0.6 x 3 and 4 bits, each alone and both
-  orders, with the pair analysis: 33 points, seqlen 128, 8192 evaluation tokens, 32 calibration windows
-  (``run_experiment`` serial, and with ``RayExecutor``: tasks grouped
-  by pruning ratio, the driver the only writer);
+  orders, with the pair analysis: 33 points, seqlen 128, 32768 evaluation tokens, 128 calibration windows
+  (``run_experiment`` serial, and with ``RayExecutor``: tasks grouped by pruning ratio, the driver the only
+  writer). Each point takes 2-3 s serial: with the first version's 8192 tokens and 32 windows a point took under
+  a second and a worker's start-up (its own torch, model and data, 8 s on two busy cores) was a third of the
+  sweep, which is not the case Ray is for (points of minutes);
 - the simulation's seeds: ``sim.sweep.run_grid`` of magnitude x RTN (8 ratios x 5 bit widths, 256x512 Student-t
   layers) over ``--sim-seeds`` seeds, one group of records per seed (serial: one process, one CPU device;
   Ray: ``pih.executors.using``).
@@ -22,7 +24,11 @@ and without the start, and whether the records of both runs are the same (keys, 
 sidecar arrays), checked before any ratio is printed. Start-up (in brackets, and the last ratio without it):
 serial, until its first point began (torch and the model, or JAX); Ray, until the first worker began its first
 group (the workers' processes, imports and model loads, overlapping the driver's own load). The machine's load
-average is printed: other jobs count.
+average is printed: other jobs count. The ceiling (``--no-ceiling`` skips it): two serial runs side by side, as
+separate processes, 2 x the serial time over the wall time of both: what two processes get from the machine at
+that moment (shared caches, memory bandwidth, other tenants), the most a 2-worker ratio can reach. The serial
+simulation already uses more than one core (XLA computes a seed while Python analyses the previous one: 1.3
+cores measured with ``taskset``), so its ceiling is well under 2.
 """
 
 from __future__ import annotations
@@ -42,7 +48,10 @@ PINNED = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS"
 TIMING = ("compress_seconds", "eval_seconds")
 
 
-def _bridge_cfg(cache: str | None):
+EVAL_TOKENS, CALIBRATION = 32768, 128  # each point a few seconds (see the module's docstring)
+
+
+def _bridge_cfg(cache: str | None, eval_tokens: int = EVAL_TOKENS, calibration: int = CALIBRATION):
     from pih.bridge.experiment import parse_config
 
     exp = {"name": "bench-ray", "model": "tiny-llama:kjv:150", "seed": 0, "threads": 1}
@@ -50,7 +59,8 @@ def _bridge_cfg(cache: str | None):
         exp["cache"] = cache
     return parse_config({
         "experiment": exp,
-        "data": {"eval": "kjv", "calibration": "kjv", "seqlen": 128, "eval_tokens": 8192, "calibration_size": 32},
+        "data": {"eval": "kjv", "calibration": "kjv", "seqlen": 128, "eval_tokens": eval_tokens,
+                 "calibration_size": calibration},
         "prune": {"criterion": "wanda", "ratios": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]},
         "quantize": {"bits": [3, 4], "symmetric": False, "update": "gptq"},
     })
@@ -149,15 +159,36 @@ def _run_one(workload, mode, store, cache, seeds) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def _run_pair_serial(workload, stores, cache, seeds) -> float:
+    """Two serial runs side by side (separate processes and stores): wall time until both are done. Twice the
+    serial time over it is what two processes get from this machine now, the ceiling of any 2-worker ratio."""
+    env = {**os.environ, **PINNED}
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.bench_ray", "--one", workload, "serial", str(st),
+                               "--sim-seeds", str(seeds)] + (["--cache", cache] if cache else []), cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for st in stores]
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"bench_ray: {workload} side by side failed:\n{err[-3000:]}")
+    return time.perf_counter() - t0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="serial vs Ray with 2 workers (ratios)")
     ap.add_argument("--cache", default=os.environ.get("PIH_TEST_CACHE") or os.environ.get("PIH_CACHE"),
                     help="the bridge's cache folder (the tiny LLaMA is trained there once if missing)")
-    ap.add_argument("--sim-seeds", type=int, default=16)
+    ap.add_argument("--sim-seeds", type=int, default=64)
     ap.add_argument("--md", default=None, help="also write the result as Markdown here")
+    ap.add_argument("--no-ceiling", action="store_true",
+                    help="skip the two serial runs side by side (the machine's 2-process ceiling)")
     ap.add_argument("--one", nargs=3, default=None, metavar=("WORKLOAD", "MODE", "STORE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    if args.one is None and argv is None:  # huge pages for every process of both runs (pih.hugepages), as pih has
+        from pih.hugepages import ensure
+
+        ensure()
     if args.one:
         print(json.dumps(one(*args.one, args.cache, args.sim_seeds)))
         return 0
@@ -175,6 +206,9 @@ def main(argv=None) -> int:
             for mode in ("serial", "ray"):
                 res[mode] = _run_one(workload, mode, Path(tmp) / f"{workload}-{mode}", args.cache, args.sim_seeds)
                 load.append(os.getloadavg()[0])
+            both = None if args.no_ceiling else _run_pair_serial(
+                workload, [Path(tmp) / f"{workload}-side{i}" for i in (1, 2)], args.cache, args.sim_seeds)
+            load.append(os.getloadavg()[0])
             a, b = _science(Path(tmp) / f"{workload}-serial"), _science(Path(tmp) / f"{workload}-ray")
             same = a == b
             s, r = res["serial"], res["ray"]
@@ -185,6 +219,7 @@ def main(argv=None) -> int:
                          "ratio_after_startup": (s["seconds"] - s["startup_seconds"]) /
                          (r["seconds"] - r["startup_seconds"]),
                          "ratio_with_start": s["seconds"] / (r["seconds"] + r["init_seconds"]),
+                         "ceiling": None if both is None else 2 * s["seconds"] / both,
                          "workers": r.get("worker_processes"), "identical": same,
                          "executor": r.get("executor")})
             if not same:
@@ -193,21 +228,26 @@ def main(argv=None) -> int:
     lines = [f"1-minute load average during the run: {min(load):.1f}-{max(load):.1f} on "
              f"{len(os.sched_getaffinity(0))} cores (other jobs count)", "",
              "| workload | points | serial (start-up) | Ray, 2 workers, started instance (start-up) | Ray start | "
-             "serial / Ray | serial / (Ray + start) | after start-up | records identical |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "serial / Ray | serial / (Ray + start) | after start-up | ceiling | records identical |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     names = {"bridge": "pih run, tiny LLaMA: wanda x GPTQ, 6 ratios x 2 bit widths",
              "sim": f"simulation: magnitude x RTN, 8 x 5 points, 256x512, {args.sim_seeds} seeds"}
     for row in rows:
         lines.append(f"| {names[row['workload']]} | {row['points']} | {row['serial_s']:.1f} s "
                      f"({row['serial_startup_s']:.1f} s) | {row['ray_s']:.1f} s ({row['ray_startup_s']:.1f} s) "
                      f"| {row['ray_init_s']:.1f} s | **{row['ratio']:.2f}x** | {row['ratio_with_start']:.2f}x | "
-                     f"{row['ratio_after_startup']:.2f}x | {'yes' if row['identical'] else 'NO'} |")
+                     f"{row['ratio_after_startup']:.2f}x | "
+                     f"{'-' if row['ceiling'] is None else format(row['ceiling'], '.2f') + 'x'} | "
+                     f"{'yes' if row['identical'] else 'NO'} |")
     ex = rows[0].get("executor") or {}
     if ex:
         shared = {k: v for k, v in ex["stages_computed"].items() if v > 1}
         lines += ["", f"pih run on Ray: {ex['groups']} groups on {ex['worker_processes']} workers, "
                   f"{ex['model_loads']} model loads; prefixes computed by both workers: "
                   f"{', '.join(sorted(shared)) or 'none'}"]
+    lines += ["", "ceiling: two serial runs side by side in separate processes, 2 x the serial time over their "
+              "wall time: what two processes get from this machine at this moment, the most a 2-worker ratio can "
+              "reach."]
     text = "\n".join(lines)
     print(text)
     if args.md:

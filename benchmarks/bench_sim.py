@@ -34,6 +34,11 @@ def _devices_from_argv(argv) -> int:
     return len(os.sched_getaffinity(0))
 
 
+if __name__ == "__main__":  # huge pages for XLA's buffers, as the pih command has them (pih.hugepages)
+    from pih.hugepages import ensure
+
+    ensure()
+
 if "jax" not in sys.modules:  # must be set before JAX starts
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={_devices_from_argv(sys.argv)}").strip()
@@ -42,7 +47,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import sim  # noqa: F401, E402  (float64)
-from pih import Prune, Quantize  # noqa: E402
+from pih import Prune, Quantize, hugepages  # noqa: E402
 from pih.methods import n_pruned  # noqa: E402
 from sim import assumptions as AS  # noqa: E402
 from sim import mechanisms as mech  # noqa: E402
@@ -208,6 +213,41 @@ def agreement(ref: dict, g) -> tuple[float, tuple | None]:
     return worst, where
 
 
+def flops_per_seed(pa, ms) -> float:
+    """FLOPs of the compiled per-seed grid program (XLA's cost analysis of ``sim.sweep.grid_one_seed``)."""
+    import jax.numpy as jnp
+
+    from sim import pipeline as pl
+    from sim.sweep import grid_one_seed
+
+    prune, quant, options = pa.under(AS.A1)
+    m = ms.make(0)
+    lam = jnp.asarray(np.asarray(AS.A1.sensitivity(tuple(m.W.shape[:2]), 0), dtype=float))
+    compiled = grid_one_seed.lower(m.W, m.X, jax.random.PRNGKey(0), lam, jnp.asarray(RATIOS, jnp.float64),
+                                   jnp.asarray(BITS, jnp.float64), prune=pl.canonical(prune),
+                                   quant=pl.canonical(quant), options=options).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
+def matmul_peak(n: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of float64 square GEMMs on every JAX device at once (best of ``repeats``): the machine's matmul
+    peak as XLA reaches it."""
+    import jax.numpy as jnp
+
+    d = jax.local_device_count()
+    a = jnp.stack([jax.random.normal(jax.random.PRNGKey(i), (n, n), jnp.float64) for i in range(d)])
+    f = jax.pmap(lambda x: x @ x)  # one GEMM per device, as the sweep runs one seed per device
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return d * 2 * n ** 3 / best
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=10_000, help="(p, b, seed) points for the JAX sweep")
@@ -248,10 +288,17 @@ def main(argv=None) -> int:
     t_fair = time.perf_counter() - t0
     fair_pps = len(fair) / t_fair
 
+    flops = flops_per_seed(pa, ms) * n_seeds
+    peak = matmul_peak()
+
     worst, where = agreement(ref, g)
     worst_f, where_f = agreement(fair, g)
     ok = worst < 1e-9 and worst_f < 1e-12
     print(f"jax:   {n_jax} points in {t_jax:.1f} s = {jax_pps:.1f} points/s (compile {t_compile:.1f} s, excluded)")
+    print(f"jax:   {flops / t_jax / 1e9:.1f} GFLOP/s achieved ({flops / n_seeds / 1e9:.2f} GFLOP per seed, XLA's "
+          f"cost analysis) against a float64 matmul peak of {peak / 1e9:.1f} GFLOP/s on the same devices: "
+          f"{flops / t_jax / peak:.0%}; huge pages for XLA's buffers: "
+          f"{'on' if hugepages.active() else 'off'} (pih.hugepages)")
     print(f"numpy, naive loop: {len(ref)} points in {t_np:.1f} s = {np_pps:.2f} points/s (np.lexsort tie-breaking)")
     print(f"numpy, naive loop with the simulation's packed uint64 sort keys: {np_keys_pps:.2f} points/s")
     print(f"numpy, fair vectorised: {len(fair)} points in {t_fair:.1f} s = {fair_pps:.2f} points/s")

@@ -115,8 +115,12 @@ def load_plugins(argv: list[str]) -> list[str]:
     return rest
 
 
+SIMULATION_COMMANDS = {"simulate", "compare", "report"}  # the commands that run the JAX simulation
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``pih`` command. Every error a user can cause ends in one line on stderr and a non-zero exit."""
+    command_line = argv is None  # the command itself, not a call from Python
     try:
         argv = load_plugins(list(sys.argv[1:] if argv is None else argv))
     except PihError as exc:
@@ -127,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if command_line and args.command in SIMULATION_COMMANDS:  # huge pages for XLA's buffers (pih.hugepages)
+        from . import hugepages
+
+        hugepages.ensure()
     name = f"pih {args.command}"
     shown: set[str] = set()
     original = warnings.showwarning

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
 
 from .errors import bad, check_tensor
 
@@ -178,6 +177,8 @@ class Monotonicity:
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
+    from scipy import stats  # here, not at import: scipy.stats takes half a second to import
+
     return float(stats.spearmanr(x, y).statistic)
 
 

@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as _st
 
 from .errors import bad
 
@@ -89,6 +88,8 @@ def spearman(x, y) -> float:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
+    from scipy import stats as _st  # here, not at import: scipy.stats takes half a second to import
+
     return float(_st.spearmanr(x, y).statistic)
 
 
@@ -134,8 +135,10 @@ def permutation_test(x, y, seed: int = 0) -> PermutationTest:
     rho = spearman(x, y)
     if not np.isfinite(rho):
         return PermutationTest(rho, n, float("nan"), float("nan"), float("nan"), n <= EXACT_MAX)
-    rx = _st.rankdata(x)
-    ry = _st.rankdata(y)
+    from scipy.stats import rankdata
+
+    rx = rankdata(x)
+    ry = rankdata(y)
     # Pearson's r of the ranks for every permutation at once: a permutation keeps ry's mean and spread, so each r
     # is one dot product of the centred ranks over the same denominator
     cx, cy = rx - rx.mean(), ry - ry.mean()
