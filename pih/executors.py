@@ -28,9 +28,9 @@ from .errors import Interrupted, PihError, StoreError, bad
 EXECUTORS = ("serial", "ray")
 RAY_INSTALL = "pip install pih[ray]"
 #: environment variables a local Ray instance's workers get from the driver (cache folders, offline settings,
-#: the kernels' switches): every ``PIH_*`` and these
+#: the kernels' switches, glibc's huge-page tunable of :mod:`pih.hugepages`): every ``PIH_*`` and these
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "XLA_FLAGS",
-                 "JAX_PLATFORMS")
+                 "JAX_PLATFORMS", "GLIBC_TUNABLES")
 
 
 def ray_installed() -> bool:
