@@ -627,7 +627,7 @@ class BridgeWork:
 
             a, b = r.provenance.protocol_dict(), task.provenance.protocol_dict()
             diff = sorted(k for k in a if a[k] != b.get(k)) or ["seed"]
-            raise EnvironmentMismatch(f"the worker on {platform.node()} measures another protocol than the driver "
+            raise EnvironmentMismatch(f"the worker on {platform.node()} measures another protocol than the run "
                                       f"({', '.join(diff)} differ: {diff[0]} {a.get(diff[0])!r} vs "
                                       f"{b.get(diff[0])!r}); give every node the same model and data files")
         return r.compute(task)
@@ -646,6 +646,58 @@ class WarmRunner(BridgeWork):
     def __call__(self, _=None) -> int:
         self.runner()
         return os.getpid()
+
+
+@dataclass
+class RunnerFacts:
+    """What the driver of a distributed run needs of a runner (the records' provenance, the metric, the load's
+    notes and adjustments), taken from a worker's runner so that the driver loads no model."""
+
+    provenance: Provenance
+    metric_key: str
+    notes: list
+    adjustments: list
+
+    def release(self) -> None:  # nothing held
+        pass
+
+
+@dataclass
+class WorkerFacts(BridgeWork):
+    """A worker's runner for ``cfg`` (loaded as a warm-up loads it, and kept for its groups), every pipeline of
+    ``specs`` checked on its model: its :class:`RunnerFacts`, or the message of the first pipeline it cannot
+    compress (N:M or group shapes, forbidden orders), before anything runs or is stored."""
+
+    specs: tuple = ()
+
+    def __call__(self, _=None) -> RunnerFacts | str:
+        from .engine import BridgeSettings, CompressionState, _check_pipeline
+
+        r = self.runner()
+        try:
+            for pl, pt in self.specs:
+                _check_pipeline(r.lm, pl, BridgeSettings(**{**self.cfg.settings, **pt.get("settings", {})}),
+                                CompressionState())
+        except PihError as exc:
+            return str(exc)
+        return RunnerFacts(r.provenance, r.metric_key, r.notes, list(r.adjustments))
+
+
+def facts_from_a_worker(executor, cfg: ExperimentConfig, specs) -> RunnerFacts:
+    """:class:`RunnerFacts` of ``cfg`` from one of ``executor``'s workers; its adjustments announced here, where the
+    user sees them (a worker's warnings stay in its log); a pipeline the model cannot take, or a worker that
+    cannot load the model, is one line."""
+    from ..executors import Lost
+
+    for _, got in executor.map(WorkerFacts(cfg, tuple(specs)), [None]):
+        if isinstance(got, Lost):
+            raise PihError(f"model {cfg.model!r}: a worker could not load it ({got.reason})")
+        if isinstance(got, str):
+            raise PihError(got)
+        for a in got.adjustments:
+            a.announce()
+        return got
+    raise PihError("the executor returned nothing for the run's facts")  # pragma: no cover - map yields each item
 
 
 def _spec_key(spec) -> str:
@@ -692,10 +744,13 @@ def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progres
     the config has several).
 
     ``executor`` (:mod:`pih.executors`; None or serial: this process, as always): the points run on its workers,
-    grouped by shared prefix (:func:`prefix_group`), each worker loading the model once (:class:`BridgeWork`);
-    this process loads it too (on the CPU), to fix the records' identity and check every pipeline before anything
-    runs, and is the only writer of the store. A point whose computation raises is stored as failed with its
-    error, under either executor, and the other points go on."""
+    grouped by shared prefix (:func:`prefix_group`), each worker loading the model once (:class:`BridgeWork`).
+    This process loads no model: the records' identity (the model's content, the data, the settings) comes from
+    the first worker's runner, which checks every pipeline on its model before anything runs
+    (:func:`facts_from_a_worker`); every other worker must measure the same protocol, else it refuses its tasks
+    (:class:`pih.executors.EnvironmentMismatch`). This process is the only writer of the store. With ``save`` it
+    loads the model itself (on the CPU) to write the compressed models. A point whose computation raises is stored
+    as failed with its error, under either executor, and the other points go on."""
     from ..executors import Guarded, SerialExecutor
 
     distributed = executor is not None and not isinstance(executor, SerialExecutor)
@@ -720,11 +775,13 @@ def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progres
     runners = []
     saved = []
     for k, one in enumerate(runs):
-        # distributed: the driver's copy only defines the records and checks the pipelines (workers use the device)
-        runner = Runner(dataclasses.replace(one, device="cpu") if distributed else one, progress=progress)
-        for pl, pt in tasks_spec:  # shape errors (N:M, group size) and forbidden orders before anything is stored
-            _check_pipeline(runner.lm, pl, BridgeSettings(**{**cfg.settings, **pt.get("settings", {})}),
-                            CompressionState())
+        if distributed and save is None:  # the records' identity and the pipelines' checks from a worker's runner
+            runner = facts_from_a_worker(executor, one, tasks_spec)
+        else:  # distributed with save: the driver's copy (on the CPU) writes the compressed models
+            runner = Runner(dataclasses.replace(one, device="cpu") if distributed else one, progress=progress)
+            for pl, pt in tasks_spec:  # shape errors (N:M, group size) and forbidden orders before anything is stored
+                _check_pipeline(runner.lm, pl, BridgeSettings(**{**cfg.settings, **pt.get("settings", {})}),
+                                CompressionState())
         store = store or Store(store_path)
         tasks = [Task(runner.provenance, pl, pt) for pl, pt in tasks_spec]
         desc = f"pih run {cfg.name}" + (f" [{k + 1}/{len(runs)}: seed {one.seed}"

@@ -36,16 +36,20 @@ def local_ray(tiny_folder):
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def cfg(tiny_source, corpus_name, cache):
-    return parse_config({
+def _raw(tiny_source, corpus_name, cache, **quantize):
+    return {
         "experiment": {"name": "ray", "model": tiny_source, "seed": 0, "threads": 1, "cache": cache,
                        "unit_arrays": True},
         "data": {"eval": corpus_name, "calibration": corpus_name, "seqlen": 64, "eval_tokens": 512,
                  "calibration_size": 8},
         "prune": {"criterion": "wanda", "ratios": [0.3, 0.5]},
-        "quantize": {"bits": [3, 4], "symmetric": False},
-    })
+        "quantize": {"bits": [3, 4], "symmetric": False, **quantize},
+    }
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny_source, corpus_name, cache):
+    return parse_config(_raw(tiny_source, corpus_name, cache))
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +99,37 @@ def test_ray_run_gives_the_serial_records_and_computes_each_pruning_prefix_once(
     assert len(prune_alone) == 2 and all(stages[s] == 1 for s in prune_alone), stages  # once for the grid
     assert all(n <= info["worker_processes"] for n in stages.values()), stages  # at most once per worker
     assert Store(tmp_path / "r").verify() == []
+
+
+def test_the_driver_loads_no_model_its_records_identity_comes_from_a_worker(cfg, serial_store, local_ray, tmp_path,
+                                                                           monkeypatch):
+    """A Runner built in the driver (this process) fails the test; the workers (other processes) are untouched:
+    the Ray run still writes the serial run's records, their provenance from a worker's runner."""
+
+    def no_model_here(self, *a, **k):
+        raise AssertionError("the driver loaded a model")
+
+    monkeypatch.setattr(Runner, "__init__", no_model_here)
+    with RayExecutor() as ex:
+        out = run_experiment(cfg, tmp_path / "r", progress=False, executor=ex)
+    _same_science(_lines(serial_store), _lines(tmp_path / "r"))
+    assert out["provenance"]["model"] == json.loads(
+        (Path(serial_store) / "records.jsonl").read_text().splitlines()[0])["provenance"]["model"]
+
+
+def test_a_pipeline_the_model_cannot_take_is_one_line_from_the_worker_and_nothing_is_stored(
+        tiny_source, corpus_name, cache, local_ray, tmp_path, monkeypatch):
+    from pih import PihError
+
+    def no_model_here(self, *a, **k):
+        raise AssertionError("the driver loaded a model")
+
+    bad_cfg = parse_config(_raw(tiny_source, corpus_name, cache, group=7))  # divides no layer's inputs
+    monkeypatch.setattr(Runner, "__init__", no_model_here)
+    with RayExecutor() as ex, pytest.raises(PihError, match=r"group") as err:
+        run_experiment(bad_cfg, tmp_path / "r", progress=False, executor=ex)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "r" / "records.jsonl").exists() or Store(tmp_path / "r").keys() == set()
 
 
 class KillOnceAndFail(BridgeWork):

@@ -71,7 +71,8 @@ def test_the_pih_command_starts_again_with_huge_pages_where_they_help():
 
 
 def test_a_call_from_python_never_executes_again():
-    code = "from pih import cli, hugepages; cli.main(['compare', '/no/such/store']); print('ACTIVE', hugepages.active())"
+    code = ("from pih import cli, hugepages; cli.main(['compare', '/no/such/store']); "
+            "print('ACTIVE', hugepages.active())")
     r = subprocess.run([sys.executable, "-c", code], env=_child_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert [ln for ln in r.stdout.splitlines() if ln.startswith("ACTIVE")] == ["ACTIVE False"]
