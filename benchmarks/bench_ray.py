@@ -149,11 +149,16 @@ def _science(path: Path) -> dict:
     return out
 
 
+def _one_cmd(workload, mode, store, cache, seeds) -> list[str]:
+    """The command line of one measurement in a fresh process (:func:`one`)."""
+    return [sys.executable, "-m", "benchmarks.bench_ray", "--one", workload, mode, str(store), "--sim-seeds",
+            str(seeds)] + (["--cache", cache] if cache else [])
+
+
 def _run_one(workload, mode, store, cache, seeds) -> dict:
     env = {**os.environ, **PINNED}
-    cmd = [sys.executable, "-m", "benchmarks.bench_ray", "--one", workload, mode, str(store), "--sim-seeds",
-           str(seeds)] + (["--cache", cache] if cache else [])
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    r = subprocess.run(_one_cmd(workload, mode, store, cache, seeds), cwd=ROOT, env=env, capture_output=True,
+                       text=True)
     if r.returncode != 0:
         raise SystemExit(f"bench_ray: {workload} {mode} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -164,8 +169,7 @@ def _run_pair_serial(workload, stores, cache, seeds) -> float:
     serial time over it is what two processes get from this machine now, the ceiling of any 2-worker ratio."""
     env = {**os.environ, **PINNED}
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.bench_ray", "--one", workload, "serial", str(st),
-                               "--sim-seeds", str(seeds)] + (["--cache", cache] if cache else []), cwd=ROOT, env=env,
+    procs = [subprocess.Popen(_one_cmd(workload, "serial", st, cache, seeds), cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for st in stores]
     for p in procs:
         _, err = p.communicate()

@@ -152,7 +152,7 @@ def _keeps(order: np.ndarray, shape, ratios) -> np.ndarray:
     n = order.size
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
-    ks = np.array([min(max(n_pruned(float(r), n), 0), n) for r in ratios], np.int64)
+    ks = np.array([n_pruned(float(r), n) for r in ratios], np.int64)
     return (rank[None, :] >= ks[:, None]).reshape((len(ks), *shape))
 
 

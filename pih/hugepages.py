@@ -45,12 +45,17 @@ def glibc_version() -> tuple[int, int] | None:
         return None
 
 
+def _tunables(env) -> dict[str, str]:
+    """``GLIBC_TUNABLES`` of ``env`` as {name: value}."""
+    return dict((t.split("=", 1) + [""])[:2] for t in env.get("GLIBC_TUNABLES", "").split(":") if t)
+
+
 def plan(env, thp: str | None, glibc: tuple[int, int] | None) -> dict[str, str] | None:
     """The environment to execute again with, or None when nothing is to be done (see the module's docstring)."""
     if env.get("PIH_HUGEPAGES", "1") == "0" or thp != "madvise" or glibc is None or glibc < (2, 35):
         return None
     current = env.get("GLIBC_TUNABLES", "")
-    if any(t.split("=", 1)[0] == TUNABLE for t in current.split(":") if t):
+    if TUNABLE in _tunables(env):
         return None  # set already (by us, or by the user, to any value)
     return {**env, "GLIBC_TUNABLES": f"{current}:{TUNABLE}=1" if current else f"{TUNABLE}=1"}
 
@@ -71,5 +76,4 @@ def ensure() -> None:
 
 def active() -> bool:
     """Whether this process started with the tunable (what :func:`ensure` arranges)."""
-    return any(t.split("=", 1)[0] == TUNABLE and t.split("=", 1)[1:] == ["1"]
-               for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t)
+    return _tunables(os.environ).get(TUNABLE) == "1"

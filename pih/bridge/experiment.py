@@ -671,16 +671,21 @@ class WorkerFacts(BridgeWork):
     specs: tuple = ()
 
     def __call__(self, _=None) -> RunnerFacts | str:
-        from .engine import BridgeSettings, CompressionState, _check_pipeline
-
         r = self.runner()
         try:
-            for pl, pt in self.specs:
-                _check_pipeline(r.lm, pl, BridgeSettings(**{**self.cfg.settings, **pt.get("settings", {})}),
-                                CompressionState())
+            check_pipelines(r.lm, self.cfg, self.specs)
         except PihError as exc:
             return str(exc)
         return RunnerFacts(r.provenance, r.metric_key, r.notes, list(r.adjustments))
+
+
+def check_pipelines(lm, cfg: ExperimentConfig, specs) -> None:
+    """Every (pipeline, point) of ``specs`` checked on the loaded model: shape errors (N:M, group size) and
+    forbidden orders, before anything is stored."""
+    from .engine import BridgeSettings, CompressionState, _check_pipeline
+
+    for pl, pt in specs:
+        _check_pipeline(lm, pl, BridgeSettings(**{**cfg.settings, **pt.get("settings", {})}), CompressionState())
 
 
 def facts_from_a_worker(executor, cfg: ExperimentConfig, specs) -> RunnerFacts:
@@ -767,8 +772,7 @@ def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progres
                       "ask for none)")
         if hasattr(executor, "start"):
             executor.start()  # an unreachable cluster is one line now, before any model is loaded
-        executor.warm(WarmRunner(runs[0]))  # the workers load the model while this process does
-    from .engine import BridgeSettings, CompressionState, _check_pipeline
+        executor.warm(WarmRunner(runs[0]))  # the workers load the model now, before the first group reaches them
 
     store = None
     recs: list[Record] = []
@@ -777,11 +781,9 @@ def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progres
     for k, one in enumerate(runs):
         if distributed and save is None:  # the records' identity and the pipelines' checks from a worker's runner
             runner = facts_from_a_worker(executor, one, tasks_spec)
-        else:  # distributed with save: the driver's copy (on the CPU) writes the compressed models
+        else:  # serial, or distributed with save (the driver's copy, on the CPU, writes the compressed models)
             runner = Runner(dataclasses.replace(one, device="cpu") if distributed else one, progress=progress)
-            for pl, pt in tasks_spec:  # shape errors (N:M, group size) and forbidden orders before anything is stored
-                _check_pipeline(runner.lm, pl, BridgeSettings(**{**cfg.settings, **pt.get("settings", {})}),
-                                CompressionState())
+            check_pipelines(runner.lm, one, tasks_spec)
         store = store or Store(store_path)
         tasks = [Task(runner.provenance, pl, pt) for pl, pt in tasks_spec]
         desc = f"pih run {cfg.name}" + (f" [{k + 1}/{len(runs)}: seed {one.seed}"
