@@ -3,8 +3,11 @@
 Each stage runs over the model's blocks in order. Calibration inputs of block ``i`` are the outputs of blocks
 ``< i`` *as already compressed by this stage* (and by every earlier stage), captured by hooks, as in the
 reference implementations of GPTQ, SparseGPT and Wanda. All linear layers of a block are compressed from one
-forward pass over the block's calibration inputs; then the block's outputs are recomputed with its compressed
-weights and fed to the next block. Stages without calibration (magnitude, RTN) skip the forward passes.
+forward pass over the block's calibration inputs (which stops once every layer has its input); then the block's
+outputs are recomputed with its compressed weights and fed to the next block. On a CPU with several threads the
+layers of a block are compressed side by side, one thread each (:class:`_Layers`): every kernel runs on one
+thread whatever the run's thread count, so a run's weights do not depend on it. Stages without calibration
+(magnitude, RTN) skip the forward passes.
 
 :class:`CompressionState` records what earlier stages did: the pruning mask of every linear layer (kept exactly by
 later stages), the quantization grid of every quantized layer (for the off-grid policy), removed blocks, and a
@@ -23,7 +26,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -31,6 +37,7 @@ import torch
 from .. import registry
 from ..methods import MixedPrecision, Prune, Quantize
 from ..registry import KernelState, Stats
+from . import sweep
 from ._common import bad
 from .blocks import layer_names, walk
 from .conv import matrix_shape, set_weight_matrix, weight_matrix
@@ -147,38 +154,77 @@ def compress_matrix(spec, W: torch.Tensor, H: torch.Tensor | None, norm2: torch.
     return newW, out.pruned, out.grid, int(out.moved), int(out.kept)
 
 
+class _Layers:
+    """Compress a block's layers side by side, one CPU thread each, when the run has several threads: they are
+    independent (each from its own weight and the block's calibration statistics, collected before any of them
+    changes), and their column sweeps are sequential work that leaves all but one core idle. The largest start
+    first; the results are those of one layer at a time, bitwise (each kernel runs the same operations on one
+    thread, as its column sweep already does), applied in the block's order. On a GPU or with one thread: in
+    turn."""
+
+    def __init__(self, device: torch.device):
+        self.workers = torch.get_num_threads() if device.type == "cpu" else 1
+        self.pool = None
+
+    def __enter__(self):
+        if self.workers > 1:
+            sweep.use_compiled()  # compile the column loop once, before any worker needs it
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="pih-layer")
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def run(self, calls: list[Callable[[], Any]], costs: list[int]) -> list[Any]:
+        """Every call's result, in order (the forward passes around it keep the run's threads)."""
+        if self.pool is None or len(calls) < 2:
+            return [c() for c in calls]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            futures = {i: self.pool.submit(calls[i]) for i in sorted(range(len(calls)), key=lambda i: -costs[i])}
+            return [futures[i].result() for i in range(len(calls))]
+        finally:
+            torch.set_num_threads(threads)
+
+
 def _layerwise(lm, spec, state, calib, settings, seed, stage_index, progress, entry, layers, bits_override=None):
     need = _needs(spec)
     names = layer_names(lm)
     mp_bits = dict(zip(names, spec.bits, strict=True)) if isinstance(spec, MixedPrecision) else None
     offgrid_moved = offgrid_total = 0
-    for step in walk(lm, calib if need else None, settings.batch_size, stats=need,
-                     sequential=settings.sequential, layers=layers, skip=state.removed, desc=spec.label,
-                     progress=progress):
-        for n, mod in step.layers.items():
-            full = step.full(n)
-            W = weight_matrix(mod)  # (out, in) or a conv's (out, in·kh·kw) view
-            Wf = W.float()
-            gen = _generator(seed, stage_index, spec.label, full)
-            mask = state.masks.get(full)
-            mask = mask.to(W.device) if mask is not None else None
-            grid = state.grids.get(full)
-            # a quantizer's bit width: the mixed-precision group's, the layer's, or (None) the spec's own
-            bits = bits_override if bits_override is not None else (mp_bits[full] if mp_bits else None)
-            st = step.stats.get(n)
-            newW, mask, grid, moved, kept = compress_matrix(spec, Wf, None if st is None else st.H,
-                                                            None if st is None else st.norm2, mask,
-                                                            None if grid is None else grid.to(W.device), settings,
-                                                            gen, bits)
-            offgrid_moved += moved
-            offgrid_total += kept
-            if isinstance(spec, Prune):
-                state.masks[full] = mask.cpu()
-            else:
-                state.grids[full] = grid.to("cpu")
-            if mask is not None and bool((newW[mask] != 0).any()):  # pragma: no cover - guarded by construction
-                raise RuntimeError(f"mask of {full} not preserved by {spec.label}")
-            set_weight_matrix(mod, newW)
+    device = next(lm.model.parameters()).device
+    with _Layers(device) as pool:
+        for step in walk(lm, calib if need else None, settings.batch_size, stats=need,
+                         sequential=settings.sequential, layers=layers, skip=state.removed, desc=spec.label,
+                         progress=progress):
+            calls, costs, mods = [], [], []
+            for n, mod in step.layers.items():
+                full = step.full(n)
+                W = weight_matrix(mod)  # (out, in) or a conv's (out, in·kh·kw) view
+                gen = _generator(seed, stage_index, spec.label, full)
+                mask = state.masks.get(full)
+                mask = mask.to(W.device) if mask is not None else None
+                grid = state.grids.get(full)
+                # a quantizer's bit width: the mixed-precision group's, the layer's, or (None) the spec's own
+                bits = bits_override if bits_override is not None else (mp_bits[full] if mp_bits else None)
+                st = step.stats.get(n)
+                calls.append(partial(compress_matrix, spec, W.float(), None if st is None else st.H,
+                                     None if st is None else st.norm2, mask,
+                                     None if grid is None else grid.to(W.device), settings, gen, bits))
+                costs.append(W.shape[0] * W.shape[1] ** 2)
+                mods.append((full, mod))
+            for (full, mod), (newW, mask, grid, moved, kept) in zip(mods, pool.run(calls, costs), strict=True):
+                offgrid_moved += moved
+                offgrid_total += kept
+                if isinstance(spec, Prune):
+                    state.masks[full] = mask.cpu()
+                else:
+                    state.grids[full] = grid.to("cpu")
+                if mask is not None and bool((newW[mask] != 0).any()):  # pragma: no cover - guarded by construction
+                    raise RuntimeError(f"mask of {full} not preserved by {spec.label}")
+                set_weight_matrix(mod, newW)
     if offgrid_total:
         entry["offgrid_fraction"] = offgrid_moved / offgrid_total
         entry["offgrid_policy"] = settings.offgrid

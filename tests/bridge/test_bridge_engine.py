@@ -122,8 +122,8 @@ def test_sequential_calibration_sees_compressed_inputs(tiny, calib):
 
     import pih.bridge.blocks as blocks
 
-    def spy(block, inps_, hessian, only=None, collector=None):
-        st, outs = orig(block, inps_, hessian, only, collector)
+    def spy(block, inps_, hessian, only=None, collector=None, **kw):
+        st, outs = orig(block, inps_, hessian, only, collector, **kw)
         seen[id(block)] = st
         return st, outs
 
@@ -146,6 +146,43 @@ def test_determinism(tiny_folder, cache, calib, tiny_source):
         apply_pipeline(lm, (Prune(0.5, "wanda"), Quantize(3, update="gptq")), calib, seed=7, progress=False)
         outs.append(_weights(lm))
     assert all(torch.equal(outs[0][n], outs[1][n]) for n in outs[0])
+
+
+def test_a_blocks_layers_compressed_side_by_side_are_those_compressed_in_turn(tiny_folder, cache, calib,
+                                                                              tiny_source):
+    """With 2 threads the layers of a block are compressed by 2 workers of one thread each (largest first): the
+    weights, masks and grids are bitwise those of one thread compressing them in turn, each layer's result lands
+    on its own layer, and the run's thread count is back afterwards."""
+    import threading
+
+    import pih.bridge.engine as engine
+    from pih.bridge.models import load_model
+
+    pipeline = (Prune(0.5, "sparsegpt"), Quantize(3, update="gptq"), Prune(0.6, "wanda"))
+    where: set[str] = set()
+    plain = engine.compress_matrix
+
+    def spy(*a, **k):
+        where.add(threading.current_thread().name.split("_")[0])
+        return plain(*a, **k)
+
+    outs = {}
+    engine.compress_matrix = spy
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            where.clear()
+            lm = load_model(tiny_source, cache=cache)
+            st = apply_pipeline(lm, pipeline, calib, seed=3, progress=False)
+            assert torch.get_num_threads() == threads
+            outs[threads] = (_weights(lm), st.masks, {n: g.scale for n, g in st.grids.items()}, set(where))
+    finally:
+        engine.compress_matrix = plain
+        torch.set_num_threads(before)
+    assert outs[1][3] == {"MainThread"} and outs[2][3] == {"pih-layer"}
+    for a, b in zip(outs[1][:3], outs[2][:3], strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
 
 
 def test_export_npz_for_sim(tiny, calib, tmp_path):

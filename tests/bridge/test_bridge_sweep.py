@@ -168,6 +168,86 @@ def test_layers_fed_the_same_input_share_one_hessian(tiny, calib):
     assert torch.equal(only["self_attn.k_proj"].norm2, ref["self_attn.k_proj"].norm2)
 
 
+@pytest.mark.parametrize("cols", [64, 576, 1000, 1536])
+def test_the_banded_gram_product_is_bitwise_the_full_one(cols):
+    """add_gram (upper row bands, mirrored) against the definition H + xᵀx, bitwise, on inputs of the widths
+    SmolLM2's layers take and on ragged bands; the result stays exactly symmetric."""
+    from pih.bridge.blocks import add_gram
+
+    g = torch.Generator().manual_seed(cols)
+    x = torch.randn(300, cols, generator=g) + 3 * torch.randn(300, 1, generator=g)
+    H0 = torch.randn(cols, cols, generator=g)
+    H0 = H0 + H0.T
+    want = H0 + x.T @ x
+    for bands in (1, 2, 3, 4, 7):
+        H = H0.clone()
+        add_gram(H, x, bands)
+        assert torch.equal(H, want), bands
+        assert torch.equal(H, H.T), bands
+
+
+def _counting(block, names):
+    calls = {n: 0 for n in names}
+    lins = linears_of(block)
+    return calls, [lins[n].register_forward_hook(lambda m, a, o, n=n: calls.__setitem__(n, calls[n] + 1))
+                   for n in names]
+
+
+def test_statistics_without_outputs_stop_each_pass_early_and_are_those_of_full_passes(tiny, calib):
+    """outputs=False: the same statistics, bitwise, as with the outputs; down_proj (the last layer, whose output
+    nothing needs) runs only in the first pass of the first block of its class, which shows every layer runs
+    once per pass; a later block of that class stops early in every pass."""
+    from pih.bridge.blocks import capture_block_inputs
+
+    inps = capture_block_inputs(tiny, calib, 2)
+    assert len(inps) >= 2
+    b0, b1 = tiny.blocks()[0], tiny.blocks()[1]
+    want0 = stats_and_outputs(b0, inps, hessian=True)[0]
+    want1 = stats_and_outputs(b1, inps, hessian=True)[0]
+    known: dict = {}
+    for block, want, down_calls in ((b0, want0, 1), (b1, want1, 0)):
+        calls, hooks = _counting(block, ["mlp.down_proj", "mlp.up_proj"])
+        try:
+            got, outs = stats_and_outputs(block, inps, hessian=True, outputs=False, single_calls=known)
+        finally:
+            for h in hooks:
+                h.remove()
+        assert outs is None
+        assert calls == {"mlp.down_proj": down_calls, "mlp.up_proj": len(inps)}
+        for n, s in want.items():
+            assert torch.equal(got[n].H, s.H) and torch.equal(got[n].norm2, s.norm2) and got[n].n == s.n, n
+    assert list(known.values()) == [True]
+
+
+def test_a_layer_run_twice_in_a_pass_keeps_the_passes_whole(tiny, calib):
+    """A block that calls one of its layers twice per pass (weights shared within the block): stopping after the
+    first call would drop the second input from its statistics, so every pass runs whole and the statistics are
+    those with the outputs."""
+    from pih.bridge.blocks import capture_block_inputs
+
+    inps = capture_block_inputs(tiny, calib, 2)
+    block = tiny.blocks()[0]
+    mlp = block.mlp
+    plain = type(mlp).forward
+
+    def twice(self, x):
+        y = plain(self, x)
+        return y + self.down_proj(torch.tanh(self.act_fn(self.gate_proj(x)) * self.up_proj(x)))
+
+    mlp.forward = twice.__get__(mlp)
+    try:
+        want = stats_and_outputs(block, inps, hessian=True)[0]
+        known: dict = {}
+        got, _ = stats_and_outputs(block, inps, hessian=True, outputs=False, single_calls=known)
+        again, _ = stats_and_outputs(block, inps, hessian=True, outputs=False, single_calls=known)
+    finally:
+        del mlp.forward
+    assert list(known.values()) == [False]
+    for res in (got, again):
+        for n, s in want.items():
+            assert torch.equal(res[n].H, s.H) and res[n].n == s.n, n
+
+
 # -- against the reference implementations themselves (their checkouts, outside the repository) -----------------
 REFS = os.environ.get("PIH_REFS")
 
