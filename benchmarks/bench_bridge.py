@@ -15,7 +15,7 @@ estimated from the measured stage and evaluation times: 15 SparseGPT stages (3 a
 stages (4 alone, 12 after SparseGPT) and 32 evaluations; every stage prefix is compressed once (the runner's
 cache). ``--grid`` also runs it for real into ``results/bench_bridge_grid`` (resumable: a rerun computes only the
 points not stored yet) and prints its wall time and its ratio to the dense forward pass. Target: the grid in under
-45 minutes on 2 cores. Block removal (SLEB-like, ~90 candidate losses over the calibration set) is skipped unless
+30 minutes on 2 cores. Block removal (SLEB-like, ~90 candidate losses over the calibration set) is skipped unless
 ``--skip ''`` or ``--only 'block removal 10%'``.
 """
 
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
         out["grid_estimate_dense_fwd"] = est / base
         print(f"grid 3x4x2 (+alone, dense) estimated from these timings (15 SparseGPT + 16 GPTQ stages + 32 "
               f"evaluations, calibration {args.calibration_size} x {args.seqlen}): {est / 60:.1f} min "
-              f"(x{est / base:.1f} dense fwd); target < 45 min on 2 cores")
+              f"(x{est / base:.1f} dense fwd); target < 30 min on 2 cores")
     if args.grid:
         from pih import Store
         from pih.bridge.experiment import run_experiment

@@ -16,8 +16,10 @@ every ratio printed is baseline time / our time per pair, median over the pairs 
   (float32 H⁻¹, ``selection="reference"``), whose weights must equal the reference's bit for bit (printed);
   and SparseGPT with the engine's default selection (``exact``: k per block, random ties), timed only.
 - the compiled column sweep against the Python loop (``compiled=False``): the same kernels, bitwise equal.
-- the calibration statistics of the block: ours (one Hessian per distinct input, ``blocks.stats_and_outputs``)
-  against one reference ``GPTQ.add_batch`` per layer, on the same forward passes; Hessians compared bitwise.
+- the calibration statistics of the block: ours as a sequential stage collects them (``blocks.stats_and_outputs``
+  without outputs: one Hessian per distinct input, the banded Gram product, each pass stopping once every layer
+  has its input) against one reference ``GPTQ.add_batch`` per layer on a whole forward pass (as the reference's
+  own stats pass runs it); Hessians compared bitwise.
 - Wanda 50 % and 2:4 on the block (statistics, masks, the block's outputs): ours against the reference's
   ``prune_wanda`` on a one-block model holding the same block and inputs; masks compared given the reference's
   own column norms (``selection="reference"``).
@@ -213,7 +215,7 @@ def main(argv=None) -> int:
                 held["ref"] = objs
 
             def our_stats():
-                held["ours"] = stats_and_outputs(block, inps, hessian=True)[0]
+                held["ours"] = stats_and_outputs(block, inps, hessian=True, outputs=False)[0]
 
             r = _pairs(our_stats, ref_stats, args.repeats)
             equal = all(torch.equal(held["ours"][n].H, held["ref"][n].H) for n in lins)

@@ -118,11 +118,29 @@ def load_plugins(argv: list[str]) -> list[str]:
 SIMULATION_COMMANDS = {"simulate", "compare", "report"}  # the commands that run the JAX simulation
 
 
+def command_of(argv: list[str]) -> str | None:
+    """The subcommand of a command line: its first word that is neither an option nor a ``--plugin`` value."""
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--plugin":
+            skip = True
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``pih`` command. Every error a user can cause ends in one line on stderr and a non-zero exit."""
     command_line = argv is None  # the command itself, not a call from Python
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if command_line and command_of(argv) in SIMULATION_COMMANDS:  # huge pages for XLA's buffers (pih.hugepages),
+        from . import hugepages  # decided before any plugin is imported: the process may start again
+
+        hugepages.ensure()
     try:
-        argv = load_plugins(list(sys.argv[1:] if argv is None else argv))
+        argv = load_plugins(argv)
     except PihError as exc:
         print(f"pih: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
@@ -131,10 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    if command_line and args.command in SIMULATION_COMMANDS:  # huge pages for XLA's buffers (pih.hugepages)
-        from . import hugepages
-
-        hugepages.ensure()
     name = f"pih {args.command}"
     shown: set[str] = set()
     original = warnings.showwarning

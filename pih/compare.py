@@ -139,12 +139,11 @@ def _seconds(r: Record) -> float:
 
 
 def _spearman(x, y) -> float | None:
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
-    from scipy.stats import spearmanr
+    """:func:`pih.stats.spearman`, None where it is undefined (as the JSON of a score writes it)."""
+    from .stats import spearman
 
-    return float(spearmanr(x, y).statistic)
+    rho = spearman(x, y)
+    return None if math.isnan(rho) else rho
 
 
 def score(name: str, predicted: Mapping[tuple[float, int], float], grid: MeasuredGrid) -> dict:

@@ -175,11 +175,10 @@ class Monotonicity:
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    from scipy import stats  # here, not at import: scipy.stats takes half a second to import
+    """ρ of (resampled) points: :func:`pih.stats.spearman` down to 2 points (the statistic's callers need ≥ 3)."""
+    from .stats import spearman
 
-    return float(stats.spearmanr(x, y).statistic)
+    return spearman(x, y, min_points=2)
 
 
 def monotonicity(x, y, n_boot: int = 1000, seed: int = 0, max_pairs: int = 4_000_000,

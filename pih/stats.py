@@ -83,10 +83,11 @@ def seed_stat(values: Sequence[float]) -> SeedStat:
     return SeedStat(v, float(np.mean(v)), sd, noise_floor(v))
 
 
-def spearman(x, y) -> float:
-    """Spearman's ρ (NaN when either side is constant or there are fewer than 3 points)."""
+def spearman(x, y, min_points: int = 3) -> float:
+    """Spearman's ρ: the project's one definition (NaN when either side is constant or there are fewer than
+    ``min_points`` points; a resampled statistic passes 2, where two distinct points have ρ = ±1)."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    if x.size < min_points or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
     from scipy import stats as _st  # here, not at import: scipy.stats takes half a second to import
 

@@ -12,6 +12,11 @@ The default is :data:`DEFAULT` = 1 thread. Measured on the 2-core machine (``ben
 ``experiments/measured/bench_threads_cpu.md``): a second thread halves GEMM-bound work on an idle machine, but with
 one other busy process it gains nothing there and makes GPTQ 1.3x and the numpy analysis 1.4x slower; one thread
 never collapses. On a machine known to be idle, ask for 2 (``threads = 2``).
+
+The bridge's compression kernels run on one thread each whatever ``threads`` is (with 2 or more, a block's layers
+are compressed side by side, ``pih.bridge.engine``): MKL's Cholesky factorisation rounds differently on 1 and 2
+threads, which made a SparseGPT or GPTQ run's weights depend on the thread count; now they do not (SmolLM2,
+threads 1 and 2: the same weights, bitwise). The forward passes and Hessians use all ``threads``.
 """
 
 from __future__ import annotations

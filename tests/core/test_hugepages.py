@@ -70,6 +70,25 @@ def test_the_pih_command_starts_again_with_huge_pages_where_they_help():
         assert lines == [f"ACTIVE {want}"], (cmd, r.stdout[-2000:])  # once: the process was replaced, not forked
 
 
+@pytest.mark.skipif(not _helps(), reason="the command never starts again on this machine (kernel mode or C library)")
+def test_a_plugin_is_imported_once_when_the_command_starts_again(tmp_path):
+    """The command decides on huge pages before it imports any plugin (named with --plugin, before or after the
+    subcommand): a plugin with effects at import sees them once, in the process that runs the command."""
+    plugin = tmp_path / "noisy_plugin.py"
+    plugin.write_text("import os\nprint('IMPORTED', os.getpid(), flush=True)\n")
+    for args in (["--plugin", str(plugin), "compare", "/no/such/store"],
+                 ["compare", f"--plugin={plugin}", "/no/such/store"]):
+        code = f"import sys; sys.argv = ['pih', *{args!r}]; from pih import cli; cli.main()"
+        r = subprocess.run([sys.executable, "-c", code], env=_child_env(), capture_output=True, text=True,
+                           timeout=120)
+        assert "no such" in r.stderr, r.stderr[-2000:]
+        assert len([ln for ln in r.stdout.splitlines() if ln.startswith("IMPORTED")]) == 1, r.stdout[-2000:]
+    from pih.cli import command_of
+
+    assert command_of(["--plugin", "compare", "simulate", "x"]) == "simulate"  # "compare" is the plugin here
+    assert command_of(["--plugin=a.py", "report"]) == "report" and command_of(["--version"]) is None
+
+
 def test_a_call_from_python_never_executes_again():
     code = ("from pih import cli, hugepages; cli.main(['compare', '/no/such/store']); "
             "print('ACTIVE', hugepages.active())")
