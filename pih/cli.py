@@ -89,12 +89,8 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def load_plugins(argv: list[str]) -> list[str]:
-    """Load the entry-point plugins and every ``--plugin`` of the command line (before or after the subcommand),
-    before the parser is built: a plugin's methods and assumption sets must be known to every subcommand. Returns
-    the command line without the ``--plugin`` options."""
-    from . import registry
-
+def _split_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the command line without its ``--plugin`` options, the plugins they name), before or after the subcommand."""
     rest, refs, i = [], [], 0
     while i < len(argv):
         a = argv[i]
@@ -109,6 +105,16 @@ def load_plugins(argv: list[str]) -> list[str]:
         else:
             rest.append(a)
         i += 1
+    return rest, refs
+
+
+def load_plugins(argv: list[str]) -> list[str]:
+    """Load the entry-point plugins and every ``--plugin`` of the command line (before or after the subcommand),
+    before the parser is built: a plugin's methods and assumption sets must be known to every subcommand. Returns
+    the command line without the ``--plugin`` options."""
+    from . import registry
+
+    rest, refs = _split_plugins(argv)
     registry.load_entry_points()
     for ref in refs:
         registry.load_plugin(ref)
@@ -120,26 +126,18 @@ SIMULATION_COMMANDS = {"simulate", "compare", "report"}  # the commands that run
 
 def command_of(argv: list[str]) -> str | None:
     """The subcommand of a command line: its first word that is neither an option nor a ``--plugin`` value."""
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--plugin":
-            skip = True
-        elif not a.startswith("-"):
-            return a
-    return None
+    return next((a for a in _split_plugins(argv)[0] if not a.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``pih`` command. Every error a user can cause ends in one line on stderr and a non-zero exit."""
     command_line = argv is None  # the command itself, not a call from Python
     argv = list(sys.argv[1:] if argv is None else argv)
-    if command_line and command_of(argv) in SIMULATION_COMMANDS:  # huge pages for XLA's buffers (pih.hugepages),
-        from . import hugepages  # decided before any plugin is imported: the process may start again
-
-        hugepages.ensure()
     try:
+        if command_line and command_of(argv) in SIMULATION_COMMANDS:  # huge pages for XLA's buffers
+            from . import hugepages  # (pih.hugepages), decided before any plugin is imported: it may start again
+
+            hugepages.ensure()
         argv = load_plugins(argv)
     except PihError as exc:
         print(f"pih: error: {_one_line(exc)}", file=sys.stderr)

@@ -232,12 +232,10 @@ def stats_and_outputs(block: nn.Module, inps, hessian: bool, only: set[str] | No
     counts: dict[str, int] = {}  # layer -> its calls in the current forward pass
     known = {} if single_calls is None else single_calls
     key = (type(block), frozenset(lins))
-    stop = {"ok": not outputs and known.get(key, False)}
 
     def settle():  # after a whole first pass: may later passes stop early?
         if calls["n"] == 1 and not outputs and key not in known:
             known[key] = len(counts) == len(lins) and all(c == 1 for c in counts.values())
-            stop["ok"] = known[key]
 
     def start(module, args, kwargs):
         settle()
@@ -263,7 +261,7 @@ def stats_and_outputs(block: nn.Module, inps, hessian: bool, only: set[str] | No
     def hook(mod, a, n):  # before the layer runs: its input is all it needs
         record(mod, a[0], n)
         counts[n] = counts.get(n, 0) + 1
-        if stop["ok"] and len(counts) == len(lins):
+        if not outputs and known.get(key, False) and len(counts) == len(lins):
             raise _Enough
 
     hooks = [block.register_forward_pre_hook(start, with_kwargs=True)]
@@ -345,4 +343,4 @@ def walk(lm: LoadedModel, calib: torch.Tensor | None = None, batch_size: int = 8
                                          single_calls=single_calls)
         yield Step(i, blk, prefix, todo, inps, st)
         if inps is not None and i < last:
-            inps = outs if (outs is not None and not sequential) else run_block(blk, inps)
+            inps = outs if outs is not None else run_block(blk, inps)  # outputs only a dense walk asked for
