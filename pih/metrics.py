@@ -24,9 +24,18 @@ def performance_gap(m1: float, m2: float) -> float:
     return float(m1) - float(m2)
 
 
+# A difference of two measurements within this fraction of the larger of them is round-off, not a measured effect:
+# the same float64 errors computed by two compiled programs that differ only in loop structure differ by up to
+# 3.3e-14 of their size (measured on the simulation's 512 x 512 grids), a perplexity is known to far fewer digits.
+ROUNDOFF = 1e-12
+
+
 def order_advantage(m_f1_first: float, m_f2_first: float) -> float:
-    """A(f1→f2) = M(f2∘f1) − M(f1∘f2): how much better applying f1 first is."""
-    return float(m_f1_first) - float(m_f2_first)
+    """A(f1→f2) = M(f2∘f1) − M(f1∘f2): how much better applying f1 first is. Exactly 0 when the two measurements
+    agree to within :data:`ROUNDOFF` of the larger one, so a sign is never read from round-off."""
+    a, b = float(m_f1_first), float(m_f2_first)
+    d = a - b
+    return 0.0 if abs(d) <= ROUNDOFF * max(abs(a), abs(b)) else d
 
 
 def _isotonic_nonincreasing(y: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:

@@ -3,7 +3,7 @@
 One grid path: :func:`grid_tasks` makes the core's ``pih.Task`` of every record (each method alone at each of its
 settings, both orders at every (ratio, bits); the point is empty: ratio, bits and order are read from the
 pipeline), ``pih.run_sweep`` computes the missing ones, one compiled call per seed (:func:`compute_seeds`:
-``vmap`` over bit widths and ratios inside; one seed per local device when there are several; anything that does
+``lax.map`` over bit widths and ``vmap`` over ratios inside; one seed per local device when there are several; anything that does
 not depend on a setting is computed once by the batching rules), and ``pih.analyze_grid`` gives the CER, the gap
 C*_P − C_Q, the censoring and A(Q→P) from the records. :class:`Grid` lays them out as arrays for reports and plots.
 """
@@ -101,7 +101,10 @@ def grid_one_seed(W, X, key, lam, ratios, bits, prune, quant, options=DEFAULT):
     def point(p, b):
         return pl.run_pair(m, prune, quant, p, b, key, lam, options)
 
-    return jax.vmap(lambda b: jax.vmap(lambda p: point(p, b))(ratios))(bits)
+    # bit widths one after another (lax.map), ratios batched (vmap): a vmap over both axes keeps every bit width's
+    # buffers alive at once and churns allocations (measured 2.5-3x slower per seed on 512x512 layers); what does
+    # not depend on the bit width is hoisted out of the loop by XLA
+    return jax.lax.map(lambda b: jax.vmap(lambda p: point(p, b))(ratios), bits)
 
 
 @lru_cache(maxsize=32)

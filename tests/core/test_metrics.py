@@ -77,6 +77,20 @@ def test_advantage_is_antisymmetric(m_a, m_b):
     assert performance_gap(m_a, m_b) == -performance_gap(m_b, m_a)
 
 
+def test_advantage_round_off_is_zero_and_effects_are_not():
+    """Two measurements equal but for round-off give A = 0 exactly (no sign read from the last digits); a difference
+    a hundred times the round-off floor is kept as measured."""
+    from pih.metrics import ROUNDOFF
+
+    assert order_advantage(2.0 * (1 + 30 * np.finfo(float).eps), 2.0) == 0.0
+    assert order_advantage(-3.0, -3.0 * (1 + ROUNDOFF / 2)) == 0.0
+    big = 2.0 * (1 + 100 * ROUNDOFF)
+    assert order_advantage(big, 2.0) == big - 2.0 > 0
+    assert order_advantage(1.0 + 1e-9, 1.0) > 0  # a billionth of the metric is measured, not round-off
+    assert order_advantage(1e-20, 0.0) == 1e-20  # relative: nothing is round-off against an exact zero
+    assert np.isnan(order_advantage(float("nan"), 1.0))
+
+
 def test_monotonicity_statistics():
     x = np.arange(10.0)
     up = monotonicity(x, x**2, n_boot=200)
