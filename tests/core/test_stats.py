@@ -149,3 +149,26 @@ def test_t20_bound_flags_points_no_a1_ds_model_explains():
         assert pt.exceeds_t20_bound == (a / 2 > 2.0 ** -pt.quant.bits)
     assert res.seeds.counts()["n_exceeding_t20_bound"] == sum(
         (p - 0.01 * b) / 2 > 2.0**-b for p in (0.1, 0.3, 0.5) for b in (2, 3, 4, 8))
+
+
+@given(st.lists(st.tuples(st.integers(-4, 4), st.floats(-1e3, 1e3, allow_nan=False)), min_size=3, max_size=40))
+def test_spearman_and_ranks_are_scipys_to_the_bit(pairs):
+    """Parity with scipy.stats (the definition before start-up stopped importing it): average ranks equal, and ρ
+    equal bit for bit, ties included (integers x force them). Twins killed: ranks without tie averaging (ordinal or
+    min ranks), or ρ as the Pearson r of the raw values."""
+    from scipy import stats as sst
+
+    from pih.stats import rankdata
+
+    x = np.array([float(a) for a, _ in pairs])
+    y = np.array([b for _, b in pairs])
+    assert np.array_equal(rankdata(x), sst.rankdata(x)) and np.array_equal(rankdata(y), sst.rankdata(y))
+    want = float("nan") if np.ptp(x) == 0 or np.ptp(y) == 0 else float(sst.spearmanr(x, y).statistic)
+    got = spearman(x, y)
+    assert (math.isnan(got) and math.isnan(want)) or got == want
+
+
+def test_spearman_of_ties_and_nan():
+    assert spearman([1.0, 1.0, 2.0, 3.0], [1.0, 2.0, 2.0, 5.0]) == pytest.approx(5 / 6)
+    assert spearman([1.0, 2.0, 3.0], [3.0, 20.0, 1000.0]) == 1.0  # ranks, not values
+    assert math.isnan(spearman([1.0, float("nan"), 3.0], [1.0, 2.0, 3.0]))
