@@ -4,8 +4,8 @@ One grid path: :func:`grid_tasks` makes the core's ``pih.Task`` of every record 
 settings, both orders at every (ratio, bits); the point is empty: ratio, bits and order are read from the
 pipeline), ``pih.run_sweep`` computes the missing ones, one compiled call per seed (:func:`compute_seeds`:
 ``lax.map`` over bit widths and ``vmap`` over ratios inside; one seed per local device when there are several;
-anything that does not depend on a setting is computed once by the batching rules), and ``pih.analyze_grid`` gives the CER, the gap
-C*_P − C_Q, the censoring and A(Q→P) from the records. :class:`Grid` lays them out as arrays for reports and plots.
+anything that does not depend on a setting is computed once by the batching rules), and ``pih.analyze_grid`` gives
+the CER, the gap C*_P − C_Q, the censoring and A(Q→P) from the records. :class:`Grid` lays them out as arrays for reports and plots.
 """
 
 from __future__ import annotations
