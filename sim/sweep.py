@@ -5,7 +5,8 @@ settings, both orders at every (ratio, bits); the point is empty: ratio, bits an
 pipeline), ``pih.run_sweep`` computes the missing ones, one compiled call per seed (:func:`compute_seeds`:
 ``lax.map`` over bit widths and ``vmap`` over ratios inside; one seed per local device when there are several;
 anything that does not depend on a setting is computed once by the batching rules), and ``pih.analyze_grid`` gives
-the CER, the gap C*_P − C_Q, the censoring and A(Q→P) from the records. :class:`Grid` lays them out as arrays for reports and plots.
+the CER, the gap C*_P − C_Q, the censoring and A(Q→P) from the records. :class:`Grid` lays them out as arrays for
+reports and plots.
 """
 
 from __future__ import annotations
