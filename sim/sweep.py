@@ -103,8 +103,9 @@ def grid_one_seed(W, X, key, lam, ratios, bits, prune, quant, options=DEFAULT):
         return pl.run_pair(m, prune, quant, p, b, key, lam, options)
 
     # bit widths one after another (lax.map), ratios batched (vmap): a vmap over both axes keeps every bit width's
-    # buffers alive at once and churns allocations (measured 2.5-3x slower per seed on 512x512 layers); what does
-    # not depend on the bit width is hoisted out of the loop by XLA
+    # buffers alive at once (7x the working set); its speed depends on the machine (512x512 layers: 2.5-3x slower
+    # per seed on an AVX-512 machine, about 7 % faster on an AVX2 one; experiments/measured/bench_sim_cpu.md); what
+    # does not depend on the bit width is hoisted out of the loop by XLA
     return jax.lax.map(lambda b: jax.vmap(lambda p: point(p, b))(ratios), bits)
 
 
