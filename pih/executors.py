@@ -18,6 +18,7 @@ import importlib.util
 import math
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -99,7 +100,20 @@ class GroupWork:
             fn = self.compute
         info = fn.work_info() if hasattr(fn, "work_info") else {}
         return {"records": recs, "pid": os.getpid(), "host": platform.node(), "started": t0,
-                "seconds": time.time() - t0, "info": info}
+                "seconds": time.time() - t0, "info": info, "threads": thread_facts()}
+
+
+def thread_facts() -> dict[str, Any]:
+    """The thread pools of this process, for the executor's log: torch's intra-op threads (when torch is loaded)
+    and XLA's CPU pool (when the simulation is loaded; None: XLA's default, one thread per CPU)."""
+    out: dict[str, Any] = {}
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads"):
+        out["torch"] = torch.get_num_threads()
+    settings = getattr(sys.modules.get("sim"), "JAX_SETTINGS", None)
+    if settings is not None:
+        out["xla"] = settings["xla_threads"]["after"]
+    return out
 
 
 @dataclass
@@ -228,7 +242,15 @@ class RayExecutor(Executor):
         import ray
 
         return ray.remote(_in_worker).options(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
-                                              max_retries=self.max_retries, retry_exceptions=False)
+                                              max_retries=self.max_retries, retry_exceptions=False,
+                                              runtime_env={"env_vars": {"PIH_XLA_THREADS": self._xla_threads}})
+
+    @property
+    def _xla_threads(self) -> str:
+        """XLA's CPU pool in a worker (``PIH_XLA_THREADS``, read when the worker imports the simulation): this
+        process's setting, else the task's CPUs. XLA's own default, one thread per CPU of the node in every worker,
+        oversubscribes the node's cores."""
+        return os.environ.get("PIH_XLA_THREADS") or str(max(1, math.ceil(self.cpus_per_task)))
 
     def warm(self, fn: Callable, item: Any = None) -> None:
         self.start()

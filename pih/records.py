@@ -673,49 +673,73 @@ class Store:
     def append(self, record: Record, exist_ok: bool = False) -> str:
         """Write ``record`` durably and return its key; refuse a second record with the same key (with
         ``exist_ok``, leave the stored one as it is). Safe with concurrent writers (processes or threads)."""
-        key = record.key
-        body = {**record.to_dict(), "created": time.time()}
-        tmp = None
+        return self.extend([record], exist_ok=exist_ok)[0]
+
+    def extend(self, records: Iterable[Record], exist_ok: bool = False) -> list[str]:
+        """Write ``records`` durably under one lock and return their keys, in order: one check-and-append of
+        the whole batch (each key checked against the store and the batch's earlier records), one write of the
+        lines and one flush to disk, where :meth:`append` per record pays a lock and two flushes each. A key
+        already stored (or earlier in the batch) is refused before anything is written, or, with ``exist_ok``,
+        skipped. Safe with concurrent writers; a write killed midway leaves whole lines and at most one torn
+        line, which readers ignore and the next append moves aside."""
+        records = list(records)
+        keys = [r.key for r in records]
+        if not records:
+            return keys
+        tmps: dict[int, Path] = {}
         try:
-            if record.arrays:
-                tmp, body["arrays_sha256"] = self._sidecar_tmp(key, record.arrays)
-            line = _sealed(body)
+            lines = []
+            for i, (key, rec) in enumerate(zip(keys, records, strict=True)):
+                body = {**rec.to_dict(), "created": time.time()}
+                if rec.arrays:
+                    tmps[i], body["arrays_sha256"] = self._sidecar_tmp(key, rec.arrays)
+                lines.append(_sealed(body))
             with self._mutex, self._locked() as fh:
                 self._refresh()
-                if key in self._entries:
-                    if exist_ok:
-                        return key
-                    raise bad("record", key, f"already stored (line {self._entries[key].line}; the store is "
-                              "append-only and resume skips stored keys)")
+                new, seen = [], set()
+                for i, key in enumerate(keys):
+                    if key in self._entries or key in seen:
+                        if exist_ok:
+                            continue
+                        where = (f"line {self._entries[key].line}" if key in self._entries
+                                 else "twice in one batch")
+                        raise bad("record", key, f"already stored ({where}; the store is append-only and resume "
+                                  "skips stored keys)")
+                    seen.add(key)
+                    new.append(i)
+                if not new:
+                    return keys
                 try:
                     self._clean_stale_tmp()
                     self._repair_tail(fh)
-                    if tmp is not None:
-                        os.replace(tmp, self.path / "arrays" / f"{key}.npz")
-                        tmp = None
+                    moved = [i for i in new if i in tmps]
+                    for i in moved:
+                        os.replace(tmps.pop(i), self.path / "arrays" / f"{keys[i]}.npz")
+                    if moved:
                         dfd = os.open(self.path / "arrays", os.O_RDONLY)
                         try:
                             os.fsync(dfd)
                         finally:
                             os.close(dfd)
                 except OSError as exc:
-                    raise self._os_error(f"write the record {key}", exc) from None
+                    raise self._os_error(f"write the record {keys[new[0]]}", exc) from None
                 start = os.fstat(fh.fileno()).st_size
                 try:
-                    _write_all(fh, line)
+                    _write_all(fh, b"".join(lines[i] for i in new))
                     os.fsync(fh.fileno())
                 except OSError as exc:
                     with contextlib.suppress(OSError):  # leave no partial line behind
                         fh.truncate(start)
                         os.fsync(fh.fileno())
-                    raise self._os_error(f"write the record {key}", exc) from None
+                    raise self._os_error(f"write the record {keys[new[0]]}", exc) from None
                 if start == self._end:
-                    self._add(self._line, json.loads(line))
-                    self._end, self._line = start + len(line), self._line + 1
+                    for i in new:
+                        self._add(self._line, json.loads(lines[i]))
+                        self._end, self._line = self._end + len(lines[i]), self._line + 1
         finally:
-            if tmp is not None:
+            for tmp in tmps.values():
                 tmp.unlink(missing_ok=True)
-        return key
+        return keys
 
 
 def run_sweep(store: Store, tasks: Iterable[Task], compute: Callable[[Task], Record] | None = None,
@@ -761,22 +785,12 @@ def run_sweep(store: Store, tasks: Iterable[Task], compute: Callable[[Task], Rec
     if executor is not None:
         return _sweep_on(executor, store, tasks, keys, stored, out, compute, compute_group, group_by, progress, desc)
 
-    def keep(task: Task, rec: Record) -> None:
-        if not isinstance(rec, Record):
-            raise bad("compute", type(rec).__name__, "must return a Record")
-        if rec.key != task.key:
-            raise bad("compute", rec.key, f"returned a record for another task (expected key {task.key})")
-        store.append(rec, exist_ok=True)
-        kept = store.get(rec.key)
-        out[rec.key] = rec if _same_result({"value": rec.value, "failed": rec.failed},
-                                           {"value": kept.value, "failed": kept.failed}) else kept
-
     if compute_group is None:
         for task in tqdm(todo, desc=desc, disable=not progress, file=sys.stderr, initial=0):
             if store.has(task.key):  # stored by another process since this sweep started
                 out[task.key] = store.get(task.key)
                 continue
-            keep(task, compute(task))
+            _keep(store, [(task.key, compute(task))], stored, out)
         return [out[k] for k in keys]
     groups: dict[Any, list[Task]] = {}
     for t in tasks:
@@ -790,12 +804,31 @@ def run_sweep(store: Store, tasks: Iterable[Task], compute: Callable[[Task], Rec
         recs = list(compute_group(group))
         if len(recs) != len(group):
             raise bad("compute_group", f"{len(recs)} records", f"expected one per task ({len(group)})")
-        for t, rec in zip(group, recs, strict=True):
-            if t.key in stored or store.has(t.key):
-                out[t.key] = store.get(t.key) if t.key not in out else out[t.key]
-                continue
-            keep(t, rec)
+        _keep(store, [(t.key, rec) for t, rec in zip(group, recs, strict=True)], stored, out)
     return [out[k] for k in keys]
+
+
+def _keep(store: Store, done: list[tuple[str, Record]], stored: dict, out: dict[str, Record]) -> int:
+    """Store the computed records of one group in one batch (:meth:`Store.extend`) and put each task's record
+    in ``out``: the stored one where another process stored the key first with another result. ``done``: (a task's
+    key, its computed record). Returns how many records were new."""
+    new = []
+    for key, rec in done:
+        if not isinstance(rec, Record):
+            raise bad("compute", type(rec).__name__, "must return a Record")
+        if rec.key != key:
+            raise bad("compute", rec.key, f"returned a record for another task (expected key {key})")
+        if key in stored or store.has(key):  # stored before, or by another process meanwhile
+            if key not in out:
+                out[key] = store.get(key)
+            continue
+        new.append((key, rec))
+    store.extend([rec for _, rec in new], exist_ok=True)
+    for key, rec in new:
+        kept = store.get(key)
+        out[key] = rec if _same_result({"value": rec.value, "failed": rec.failed},
+                                       {"value": kept.value, "failed": kept.failed}) else kept
+    return len(new)
 
 
 def _sweep_on(executor, store: Store, tasks: list[Task], keys: list[str], stored: dict, out: dict[str, Record],
@@ -821,24 +854,11 @@ def _sweep_on(executor, store: Store, tasks: list[Task], keys: list[str], stored
             recs = res["records"]
             if len(recs) != len(group):
                 raise bad("compute_group", f"{len(recs)} records", f"expected one per task ({len(group)})")
-            n_new = 0
-            for t, rec in zip(group, recs, strict=True):
-                if not isinstance(rec, Record):
-                    raise bad("compute", type(rec).__name__, "must return a Record")
-                if rec.key != t.key:
-                    raise bad("compute", rec.key, f"returned a record for another task (expected key {t.key})")
-                if t.key in stored or store.has(t.key):  # stored before, or by another process meanwhile
-                    out[t.key] = store.get(t.key)
-                    continue
-                store.append(rec, exist_ok=True)
-                kept = store.get(rec.key)
-                out[rec.key] = rec if _same_result({"value": rec.value, "failed": rec.failed},
-                                                   {"value": kept.value, "failed": kept.failed}) else kept
-                n_new += 1
+            n_new = _keep(store, [(t.key, rec) for t, rec in zip(group, recs, strict=True)], stored, out)
             executor.log.append({"tasks": len(group), "stored": n_new, "pid": res.get("pid"),
                                  "host": res.get("host"), "started": res.get("started"),
                                  "seconds": round(res.get("seconds", 0.0), 3),
-                                 "info": res.get("info") or {}})
+                                 "info": res.get("info") or {}, "threads": res.get("threads") or {}})
             bar.update(len(group))
     finally:
         bar.close()

@@ -50,9 +50,57 @@ def _jax_in_use() -> bool:
 _x64_before = bool(jax.config.jax_enable_x64)
 jax.config.update("jax_enable_x64", True)
 
+
+def _xla_threads_from_env() -> int | None:
+    """``PIH_XLA_THREADS`` (``pih simulate --threads``; a Ray worker gets its task's CPUs): XLA's CPU pool size."""
+    raw = os.environ.get("PIH_XLA_THREADS", "").strip()
+    if not raw or raw == "0":
+        return None
+    if not raw.isdigit():
+        from pih.errors import PihError
+
+        raise PihError(f"PIH_XLA_THREADS={raw!r}: must be a non-negative integer (0: XLA's default, every CPU)")
+    return int(raw)
+
+
+def _start_backend_with(threads: int) -> int:
+    """Start JAX's CPU backend with a pool of ``threads`` threads; returns the pool size in force.
+
+    XLA sizes its CPU thread pool from the CPUs the process may run on when the backend starts (there is no flag for
+    it), so the calling thread's CPU mask is narrowed to ``threads`` CPUs for the start, then every thread of the
+    process, the pool's included, gets the whole mask back: the pool has ``threads`` threads and the OS still places
+    them on any CPU. A pool as large as the machine (XLA's default) runs independent operations of one program side
+    by side, so one process already uses more than one core; two such processes on two cores oversubscribe them."""
+    full = os.sched_getaffinity(0)
+    if threads >= len(full):
+        jax.devices("cpu")
+        return len(full)
+    os.sched_setaffinity(0, set(sorted(full)[:threads]))
+    try:
+        jax.devices("cpu")
+    finally:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                os.sched_setaffinity(int(tid), full)
+            except (ProcessLookupError, PermissionError):  # a thread that has just exited
+                pass
+    return threads
+
+
+_xla_threads = _xla_threads_from_env() if hasattr(os, "sched_setaffinity") else None
+if _xla_threads is not None and not _jax_in_use():
+    _xla_threads = _start_backend_with(_xla_threads)
+elif _xla_threads is not None:  # the backend had started before sim was imported: its pool is what it is
+    from pih.errors import PihWarning
+
+    warnings.warn(f"PIH_XLA_THREADS={_xla_threads} has no effect: JAX's CPU backend had started before sim was "
+                  "imported, with XLA's default pool", PihWarning, stacklevel=2)
+    _xla_threads = None
+
 JAX_SETTINGS = {  # what importing sim changed for the whole process: {setting: {"before": ..., "after": ...}}
     "jax_enable_x64": {"before": _x64_before, "after": True},
     "XLA_FLAGS": {"before": _xla_before, "after": os.environ["XLA_FLAGS"]},
+    "xla_threads": {"before": None, "after": _xla_threads},  # None: XLA's default pool (one thread per CPU)
 }
 if not _x64_before and _jax_in_use():
     from pih.errors import PihWarning

@@ -25,6 +25,9 @@ def register(sub) -> None:
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 2 quick, 6 full)")
     p.add_argument("--assumptions", default="A1", help="assumption set by name (see sim.assumptions)")
     p.add_argument("--nu", type=float, default=4.0, help="Student-t degrees of freedom (kuzmin)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="XLA's CPU threads in this process (default 0: XLA's own, one per CPU); with --executor "
+                   "ray each worker has as many as its task's CPUs unless this is given")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_format(p)
     from ..executors import add_executor_args
@@ -43,6 +46,13 @@ def run(args) -> int:
     if args.seeds is not None:
         check_int("--seeds", args.seeds, 1, why="the number of seeds must be >= 1")
     check_number("--nu", args.nu, positive=True)
+    from ..validate import check_threads
+
+    check_threads("--threads", args.threads)
+    if args.threads:  # read when sim is imported, here and in every Ray worker (PIH_* is forwarded)
+        import os
+
+        os.environ["PIH_XLA_THREADS"] = str(args.threads)
     from ..executors import executor_from_args, using
 
     executor = executor_from_args(args)

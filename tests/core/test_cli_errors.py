@@ -152,3 +152,8 @@ def test_records_into_a_closed_pipe(tmp_path):
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 141
     assert "broken pipe" in one_line(err, "records")
+
+
+def test_simulate_threads_must_be_a_count(tmp_path, capsys):
+    rc, _, err = run(capsys, "simulate", "--preset", "kuzmin", "--quick", "--threads", "-1", "--out", tmp_path / "o")
+    assert rc == 2 and "--threads" in one_line(err, "simulate") and ">= 0" in err

@@ -232,6 +232,43 @@ def test_concurrent_writers_never_store_a_key_twice(tmp_path, exist_ok, n_proc):
     assert not list((tmp_path / "arrays").glob(".*.tmp.npz"))
 
 
+def test_concurrent_batch_writers_never_store_a_key_twice(tmp_path):
+    """Store.extend: three processes write the same 60 keys in overlapping batches of 7, at once."""
+    n = 60
+    start = time.time() + 1.5
+    procs = [subprocess.Popen([sys.executable, str(CHILD), str(tmp_path), str(n), str(start), "1", "7", str(17 * k)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
+    keys = [json.loads(s)["key"] for s in Store(tmp_path).file.read_bytes().splitlines()]
+    assert len(keys) == n == len(set(keys)), "a key was written twice (or lost)"
+    st = Store(tmp_path)
+    for d in st.raw():
+        assert st.load_arrays(d["key"])["e"][0] == -d["value"] == d["point"]["i"]
+    assert st.verify() == [] and not list((tmp_path / "arrays").glob(".*.tmp.npz"))
+
+
+def test_a_batch_is_refused_whole_when_one_key_is_stored_and_kept_in_order_otherwise(tmp_path):
+    rs = recs(6, arrays=True)
+    st = Store(tmp_path)
+    assert st.extend(rs[:2]) == [r.key for r in rs[:2]]
+    before = st.file.read_bytes()
+    with pytest.raises(PihError, match="already stored"):
+        st.extend([rs[3], rs[1], rs[4]])  # rs[1] is stored: nothing of the batch is written
+    with pytest.raises(PihError, match="twice in one batch"):
+        st.extend([rs[3], rs[3]])
+    assert st.file.read_bytes() == before and sorted(p.name for p in (tmp_path / "arrays").iterdir()) == sorted(
+        f"{r.key}.npz" for r in rs[:2]), "a refused batch left a line or a sidecar behind"
+    assert st.extend([rs[3], rs[1], rs[3], rs[5], rs[4]], exist_ok=True) == [r.key for r in (rs[3], rs[1], rs[3],
+                                                                                           rs[5], rs[4])]
+    fresh = Store(tmp_path)
+    assert [d["key"] for d in fresh.raw()] == [r.key for r in (rs[0], rs[1], rs[3], rs[5], rs[4])]
+    assert [fresh.line_of(r.key) for r in (rs[3], rs[5], rs[4])] == [3, 4, 5]
+    for r in rs[:2] + rs[3:]:
+        assert fresh.get(r.key).value == r.value and fresh.load_arrays(r.key)["e"][0] == r.arrays["e"][0]
+    assert fresh.verify() == [] and st.extend([]) == []
+
+
 # -- failed measurements ----------------------------------------------------------------------------------------
 def _grid(value_of, seed=0, ratios=(0.15, 0.2, 0.3), bits=(2, 3, 4, 8)):
     p0 = prov(seed=seed)

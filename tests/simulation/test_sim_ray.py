@@ -37,3 +37,4 @@ def test_preset_seeds_on_ray_give_the_serial_records(tmp_path):
     a, b = _lines(tmp_path / "serial"), _lines(tmp_path / "ray")
     assert len(a) > 100 and a == b
     assert len(ex.log) >= 2 and len(pids) == 2  # the seeds ran on two workers
+    assert all(e["threads"]["xla"] == 1 for e in ex.log), "a worker's XLA pool is not its task's one CPU"
