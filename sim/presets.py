@@ -82,8 +82,8 @@ def t2_stats(g: Grid) -> dict:
     (``g.analysis.stats``: ``pih.analyze_grid``'s, the interval resampling whole seeds)."""
     pts = g.points()
     out = {"n_points": int(len(pts["x"])), "n_censored": pts["n_censored"],
-           "n_A_positive": int((g.A > 1e-12).sum()), "n_A_negative": int((g.A < -1e-12).sum()),
-           "n_A_zero": int((np.abs(g.A) <= 1e-12).sum()),
+           "n_A_positive": int((g.A > 0).sum()), "n_A_negative": int((g.A < 0).sum()),
+           "n_A_zero": int((g.A == 0).sum()),  # A is exactly 0 at round-off (pih.metrics.ROUNDOFF)
            "A_min": float(np.min(g.A)), "A_max": float(np.max(g.A)),
            "quant_curve_monotone": bool(g.curve_monotone.all()),
            "mean_free_zeros_q_first": float(g.free_zeros_qf.mean())}
@@ -192,8 +192,8 @@ def preset_harma(out: Path, quick: bool, seeds, assumptions, progress, **_) -> P
             grids.append(g)
             rows.append({"dist": dist, "config": name, "in_scope": in_scope,
                          "max_abs_excess_prune_first": float(np.abs(g.delta_pf).max()),
-                         "n_quantize_first_strictly_worse": int((g.A < -1e-12).sum()),
-                         "n_quantize_first_better": int((g.A > 1e-12).sum()),
+                         "n_quantize_first_strictly_worse": int((g.A < 0).sum()),
+                         "n_quantize_first_better": int((g.A > 0).sum()),
                          "n_points": int(g.A.size), "max_A": float(g.A.max())})
     ins = [r for r in rows if r["in_scope"]]
     summary = {"preset": "harma", "metric": "M = -||W - W'||^2 / ||W||^2 (tensor-level weight error)",
@@ -560,7 +560,7 @@ def preset_chain(out: Path, quick: bool, seeds, assumptions, progress, **_) -> P
                     xs = np.array([_nan(r.gap) for r in g.rows])
                     row = {"chain": cname, "pairing": pname, "calibration": calib, "view": view,
                            "n_points": len(g.rows), "n_censored": g.n_censored,
-                           "n_A_positive": int((A > 1e-12).sum()), "n_A_negative": int((A < -1e-12).sum()),
+                           "n_A_positive": int((A > 0).sum()), "n_A_negative": int((A < 0).sum()),
                            "A_min": float(A.min()), "A_max": float(A.max()),
                            "spearman_rho": g.stats.rho if g.stats else None,
                            "rho_ci": list(g.stats.rho_ci) if g.stats else None,
