@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import bad
 from .methods import Prune, Quantize, pipeline_label
-from .metrics import QuantCurve, ratio_16_over_b
+from .metrics import ROUNDOFF, QuantCurve, ratio_16_over_b
 from .order import predicted_order
 from .stats import sign_test, wilson
 
@@ -142,6 +142,16 @@ class Advice:
         return out
 
 
+
+def tied_orders(E: Mapping[str, float]) -> list[str]:
+    """The orders whose predicted error equals the smallest one within round-off, best first: the rule of A
+    (:func:`pih.metrics.order_advantage`), relative to the larger of the two errors, so a tie is never declared
+    between predictions that differ by more than their last digits, however small the errors are."""
+    ranked = sorted(E, key=lambda o: E[o])
+    best = ranked[0]
+    return [o for o in ranked if abs(E[o] - E[best]) <= ROUNDOFF * max(abs(E[o]), abs(E[best]))]
+
+
 def evidence(methods: Sequence, orders: Sequence[tuple[int, ...]], layer_names: Sequence[str], ref: np.ndarray,
              errors: Mapping[tuple[int, ...], np.ndarray], alone: Sequence[int], ppl: Mapping[Any, float],
              curve_idx: Mapping[int, int], labels: Mapping[int, str], weighting: str = "relative",
@@ -173,7 +183,7 @@ def evidence(methods: Sequence, orders: Sequence[tuple[int, ...]], layer_names: 
     best, runner_up = ranked[0], ranked[1]
     d = w * (errors[runner_up] - errors[best])
     conf = confidence(d, n_boot, seed)
-    tied = [o for o in ranked if abs(E[o] - E[best]) <= 1e-12 * max(1.0, abs(E[best]))]
+    tied = tied_orders(E)
     if len(tied) > 1:
         conf["level"] = "tie"
 

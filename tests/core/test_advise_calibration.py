@@ -217,3 +217,12 @@ def test_pool_verified_scores_decided_runs_against_the_case_best():
     assert a["regret_of_dense_max"] == pytest.approx(0.5 / 10.0)
     assert s["advise_vs_prune_first"] == {"only_advise": 2, "only_prune_first": 1, "sign_test_p": 1.0}
     assert s["models"] == ["m1", "m2"] and s["advise_cost_ratio_median"] == 4.0
+
+
+def test_orders_tie_only_within_round_off_of_their_predicted_errors():
+    from pih.advice import tied_orders
+
+    assert tied_orders({"pq": 1e-3, "qp": 1e-3 * (1 + 1e-15)}) == ["pq", "qp"]  # the last digits
+    assert tied_orders({"pq": 1e-3 + 1e-13, "qp": 1e-3}) == ["qp"]  # a real difference, however small
+    assert tied_orders({"pq": 2.0, "qp": 2.0, "pqp": 3.0}) == ["pq", "qp"]
+    assert tied_orders({"pq": 5e-20, "qp": 0.0}) == ["qp"]
