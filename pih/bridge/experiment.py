@@ -72,7 +72,7 @@ _SECTIONS = {
     "experiment": {"name", "model", "seed", "model_seed", "seeds", "model_seeds", "device", "dtype", "threads",
                    "analysis", "unit_arrays", "rotate", "cache", "description", "notes", "tokenizer"},
     "data": {"eval", "calibration", "seqlen", "eval_tokens", "calibration_size", "eval_split", "calibration_split"},
-    "settings": {f.name for f in dataclasses.fields(__import__("pih.bridge.engine", fromlist=["x"]).BridgeSettings)},
+    "settings": {f.name for f in dataclasses.fields(__import__("pih.bridge.settings", fromlist=["x"]).BridgeSettings)},
     "prune": {"criterion", "structure", "ratios"},
     "quantize": {"bits", "group", "symmetric", "scale", "rotation", "update", "rounding"},
     "grid": {"orders"},
@@ -183,7 +183,7 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfi
         pipelines=list(raw.get("pipelines", [])),
         source=source,
     )
-    from .engine import BridgeSettings
+    from .settings import BridgeSettings
 
     for one, many in (("seed", "seeds"), ("model_seed", "model_seeds")):
         if one in ex and many in ex:
@@ -483,8 +483,8 @@ class Runner:
 
     # -- one grid point ---------------------------------------------------------------------------------------
     def compute(self, task: Task) -> Record:
-        from .engine import BridgeSettings
         from .evaluate import perplexity
+        from .settings import BridgeSettings
 
         t0 = time.time()
         settings = BridgeSettings(**{**self.cfg.settings, **task.point.get("settings", {})})
@@ -566,7 +566,7 @@ class Runner:
 
 def _prefix_label(prefix, settings) -> str:
     from .. import pipeline_label
-    from .engine import BridgeSettings
+    from .settings import BridgeSettings
 
     over = {k: v for k, v in settings.to_dict().items() if BridgeSettings().to_dict().get(k) != v}
     return pipeline_label(tuple(prefix)) + (f" {over}" if over else "")

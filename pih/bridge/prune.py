@@ -14,6 +14,7 @@ import torch
 
 from ._common import bad
 from .quant import prepare_hessian
+from .settings import SELECTIONS
 from .sweep import obs_sweep, obs_sweep_compiled, select_smallest, use_compiled
 
 
@@ -31,9 +32,6 @@ def _rand_like(x: torch.Tensor, gen: torch.Generator | torch.Tensor | None) -> t
 def _cols(gen, i1: int, i2: int):
     """The tie-break keys of columns ``i1:i2``: the priorities' slice, or the generator itself."""
     return gen[:, i1:i2] if isinstance(gen, torch.Tensor) else gen
-
-
-SELECTIONS = ("exact", "reference")
 
 
 def smallest_mask(metric: torch.Tensor, k: int, dim: int | None, gen: torch.Generator | None) -> torch.Tensor:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ._common import bad
+from .settings import HESSIAN_DTYPES
 from .sweep import obs_sweep, obs_sweep_compiled, use_compiled
 
 
@@ -133,9 +134,6 @@ def rtn(w: torch.Tensor, bits: int, group="channel", symmetric: bool = True, sca
         noise = torch.rand(w.shape, generator=generator, device="cpu").to(w.device)
     q = _qdq(w.float(), s, z, grid.maxq, noise).to(w.dtype)
     return (q.masked_fill(mask, 0) if mask is not None else q), grid
-
-
-HESSIAN_DTYPES = ("float32", "float64")
 
 
 def prepare_hessian(H: torch.Tensor, w: torch.Tensor, percdamp: float, dtype: str = "float32"

@@ -6,8 +6,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ._common import bad
-from .prune import SELECTIONS
-from .quant import HESSIAN_DTYPES
+
+#: the pruners' selection rules (pih.bridge.prune) and the Hessian inverse's dtypes (pih.bridge.quant), here so
+#: that reading settings needs no torch
+SELECTIONS = ("exact", "reference")
+HESSIAN_DTYPES = ("float32", "float64")
 
 OFFGRID_POLICIES = ("requantize", "keep", "forbid")
 

@@ -23,9 +23,7 @@ from pathlib import Path
 
 from ._common import bad, cache_dir, offline_env, seed_all
 
-offline_env()
-
-import torch  # noqa: E402
+offline_env()  # before any transformers import (each training function imports torch and transformers itself)
 
 
 @dataclass(frozen=True)
@@ -60,6 +58,7 @@ def _save_atomically(folder: Path, info: dict, *savables) -> None:
 def _fit_classifier(model, ims, cfg, desc: str, seed: int, progress: bool) -> tuple[list[float], float]:
     """AdamW with warm-up and cosine decay on random batches of ``ims``' train split (seeded); returns the losses
     and the test accuracy (evaluated in chunks of 500 images, eval mode)."""
+    import torch
     from tqdm.auto import tqdm
 
     model.train()
@@ -112,6 +111,7 @@ def _train_tokenizer(text: str, vocab_size: int):
 
 
 def train_tiny_llama(folder: Path, corpus_name: str, seed: int, cfg: TinyLlamaConfig, progress: bool = True) -> Path:
+    import torch
     from tqdm.auto import tqdm
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -182,6 +182,7 @@ def tiny_deit_folder(data: str = "digits", seed: int = 0, cache: str | None = No
         return folder
     if not train_if_missing:
         raise bad("model", f"tiny-deit:{data}", f"not trained yet in {folder}; run `pih train tiny-deit --seed {seed}`")
+    import torch
     from transformers import DeiTConfig, DeiTForImageClassification
 
     from .data import load_images
@@ -228,6 +229,7 @@ def tiny_resnet_folder(data: str = "digits", seed: int = 0, cache: str | None = 
     if not train_if_missing:
         raise bad("model", f"tiny-resnet:{data}",
                   f"not trained yet in {folder}; run `pih train tiny-resnet --data {data} --seed {seed}`")
+    import torch
     from transformers import ResNetConfig, ResNetForImageClassification
 
     from .conv import resize_hook

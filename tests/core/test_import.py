@@ -10,6 +10,16 @@ def test_import_pih_does_not_import_jax_or_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_the_ray_driver_side_of_the_bridge_does_not_import_torch():
+    """A Ray driver plans and stores a bridge grid without torch (its workers import it): the modules it loads
+    (experiment, settings, train's task table) stay torch-free, so the driver costs the workers no CPU at start-up."""
+    code = (
+        "import sys, pih.bridge.experiment, pih.bridge.settings, pih.bridge.train; "
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_import_check_can_fail():
     """The subprocess check above really detects an import (guard against a vacuous test)."""
     code = "import pih, numpy, sys; import scipy; assert 'scipy' not in sys.modules"
