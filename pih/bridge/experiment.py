@@ -28,7 +28,7 @@ Config (every key is checked; unknown keys are an error)::
     eval_split = "test"           # optional: train | test | all (default test; all for file:PATH and plain folders)
     calibration_split = "train"   # optional: train | test | all
 
-    [settings]                    # pih.bridge.engine.BridgeSettings
+    [settings]                    # pih.bridge.settings.BridgeSettings
     offgrid = "requantize"
 
     [prune]                       # pih.Prune fields, with ratios instead of ratio
@@ -65,6 +65,7 @@ from ..errors import Interrupted, PihError, bad
 from ..threads import DEFAULT as DEFAULT_THREADS
 from ..threads import check_threads, numpy_analysis, set_threads
 from ._common import offline_env, seed_all
+from .settings import BridgeSettings
 
 offline_env()
 
@@ -72,7 +73,7 @@ _SECTIONS = {
     "experiment": {"name", "model", "seed", "model_seed", "seeds", "model_seeds", "device", "dtype", "threads",
                    "analysis", "unit_arrays", "rotate", "cache", "description", "notes", "tokenizer"},
     "data": {"eval", "calibration", "seqlen", "eval_tokens", "calibration_size", "eval_split", "calibration_split"},
-    "settings": {f.name for f in dataclasses.fields(__import__("pih.bridge.settings", fromlist=["x"]).BridgeSettings)},
+    "settings": {f.name for f in dataclasses.fields(BridgeSettings)},
     "prune": {"criterion", "structure", "ratios"},
     "quantize": {"bits", "group", "symmetric", "scale", "rotation", "update", "rounding"},
     "grid": {"orders"},
@@ -183,7 +184,6 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfi
         pipelines=list(raw.get("pipelines", [])),
         source=source,
     )
-    from .settings import BridgeSettings
 
     for one, many in (("seed", "seeds"), ("model_seed", "model_seeds")):
         if one in ex and many in ex:
@@ -346,7 +346,7 @@ class Runner:
         import torch  # noqa: F401 - loaded before the thread policy applies to it
 
         from .data import text_data
-        from .engine import BridgeSettings, CompressionState
+        from .engine import CompressionState
         from .models import load_model
 
         self.cfg, self.progress = cfg, progress
@@ -484,7 +484,6 @@ class Runner:
     # -- one grid point ---------------------------------------------------------------------------------------
     def compute(self, task: Task) -> Record:
         from .evaluate import perplexity
-        from .settings import BridgeSettings
 
         t0 = time.time()
         settings = BridgeSettings(**{**self.cfg.settings, **task.point.get("settings", {})})
@@ -566,7 +565,6 @@ class Runner:
 
 def _prefix_label(prefix, settings) -> str:
     from .. import pipeline_label
-    from .settings import BridgeSettings
 
     over = {k: v for k, v in settings.to_dict().items() if BridgeSettings().to_dict().get(k) != v}
     return pipeline_label(tuple(prefix)) + (f" {over}" if over else "")
@@ -682,7 +680,7 @@ class WorkerFacts(BridgeWork):
 def check_pipelines(lm, cfg: ExperimentConfig, specs) -> None:
     """Every (pipeline, point) of ``specs`` checked on the loaded model: shape errors (N:M, group size) and
     forbidden orders, before anything is stored."""
-    from .engine import BridgeSettings, CompressionState, _check_pipeline
+    from .engine import CompressionState, _check_pipeline
 
     for pl, pt in specs:
         _check_pipeline(lm, pl, BridgeSettings(**{**cfg.settings, **pt.get("settings", {})}), CompressionState())
