@@ -2,11 +2,12 @@
 
     .venv/bin/python -m benchmarks.bench_ray [--cache DIR] [--sim-seeds 64] [--md FILE]
 
-Two workloads, each run serial and on a local Ray instance of 2 CPUs (``ray.init(num_cpus=2)``, 2 workers, one
-CPU per task), each measurement in a fresh process with one thread per process (torch, BLAS, OpenMP and XLA's
-CPU pool pinned to 1: ``OMP_NUM_THREADS=1``, ``experiment.threads = 1``, ``PIH_XLA_THREADS=1``, a pool of one
-thread (``sim/__init__.py``; ``XLA_FLAGS`` alone left XLA a pool of one thread per CPU); the Ray workers inherit
-it), so the ratio is what two processes buy over one:
+Two workloads, each run serial and on a local Ray instance of 2 CPUs (``RayExecutor(num_cpus=2)``, as
+``--executor ray`` starts it: 2 workers, one CPU per task, inheriting this process's environment), each
+measurement in a fresh process with one thread per process (torch, BLAS, OpenMP and XLA's CPU pool pinned to 1:
+``OMP_NUM_THREADS=1``, ``experiment.threads = 1``, ``PIH_XLA_THREADS=1``, a pool of one thread
+(``sim/__init__.py``; ``XLA_FLAGS`` alone left XLA a pool of one thread per CPU); the Ray workers inherit it),
+so the ratio is what two processes buy over one:
 
 - ``pih run`` on the tiny LLaMA: wanda x GPTQ (asymmetric), ratios 0.1-0.6 x 3 and 4 bits, each alone and both
   orders, with the pair analysis: 33 points, seqlen 128, 32768 evaluation tokens, 128 calibration windows
@@ -89,12 +90,9 @@ def one(workload: str, mode: str, store: str, cache: str | None, seeds: int) -> 
     init = 0.0
     ex = None
     if mode == "ray":
-        import ray
-
         t0 = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ex = RayExecutor(num_cpus=2).start()  # a local instance of 2 CPUs, as `--executor ray` starts it
         init = time.perf_counter() - t0
-        ex = RayExecutor().start()
     out: dict = {"workload": workload, "mode": mode}
     begin = time.time()
     t0 = time.perf_counter()
@@ -135,10 +133,7 @@ def one(workload: str, mode: str, store: str, cache: str | None, seeds: int) -> 
     else:  # importing JAX and the simulation (compilation is in both runs' first group)
         out["startup_seconds"] = imports
     if ex is not None:
-        ex.close()
-        import ray
-
-        ray.shutdown()
+        ex.close()  # shuts the instance it started down
     return out
 
 

@@ -2,6 +2,7 @@
 serial run, bit for bit (values, extras, sidecar arrays), each key stored once by the driver. Skipped without Ray."""
 
 import json
+import os
 
 import pytest
 
@@ -25,15 +26,20 @@ def _lines(path):
     return out
 
 
-def test_preset_seeds_on_ray_give_the_serial_records(tmp_path):
+def test_preset_seeds_on_ray_give_the_serial_records(tmp_path, monkeypatch):
+    """The local instance is the executor's own, as `pih simulate --executor ray` starts it: its workers inherit
+    the driver's environment (no runtime environment) with XLA's pool set to the task's CPUs."""
+    monkeypatch.delenv("PIH_XLA_THREADS", raising=False)
     run_preset("harma", tmp_path / "serial", quick=True, seeds=2, progress=False)
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
-        with RayExecutor() as ex, using(ex):
+        with RayExecutor(num_cpus=2) as ex, using(ex):
+            assert ex.start()._inherited
             run_preset("harma", tmp_path / "ray", quick=True, seeds=2, progress=False)
         pids = {e["pid"] for e in ex.log}
     finally:
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
+    assert "PIH_XLA_THREADS" not in os.environ, "the driver's own environment was changed"
     a, b = _lines(tmp_path / "serial"), _lines(tmp_path / "ray")
     assert len(a) > 100 and a == b
     assert len(ex.log) >= 2 and len(pids) == 2  # the seeds ran on two workers
