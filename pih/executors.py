@@ -214,13 +214,13 @@ class RayExecutor(Executor):
         import ray
 
         if not ray.is_initialized():
-            env = {k: v for k, v in os.environ.items() if k.startswith("PIH_") or k in FORWARDED_ENV}
             kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
             # a local instance: the raylet started now, and the workers it starts, inherit os.environ (RAY_ADDRESS
             # makes ray.init join a running cluster instead)
             local = self.address is None and not os.environ.get("RAY_ADDRESS")
             if not local:
-                kw["runtime_env"] = {"env_vars": env}
+                kw["runtime_env"] = {"env_vars": {k: v for k, v in os.environ.items()
+                                                  if k.startswith("PIH_") or k in FORWARDED_ENV}}
             if self.address is None:
                 kw["num_cpus"] = self.num_cpus or os.cpu_count() or 1
             elif self.address != "auto":  # Ray itself retries an unreachable address for minutes
