@@ -51,6 +51,31 @@ _x64_before = bool(jax.config.jax_enable_x64)
 jax.config.update("jax_enable_x64", True)
 
 
+def _compilation_cache_from_env() -> str | None:
+    """``PIH_JAX_CACHE`` (``pih simulate --compile-cache``; a Ray worker inherits it): a folder where XLA keeps the
+    programs it compiled, so that a later process (a rerun, another seed's worker) loads them instead of compiling
+    again (the simulation's grid program takes ~5 s to compile on 2 cores, ~2 s to load). Off unless given, as in
+    JAX itself: on some CPUs XLA rejects every stored program (jax-ml/jax#38445) and recompiles, logging an error
+    each time. A folder JAX was given by its own setting (``JAX_COMPILATION_CACHE_DIR``) is left as it is. The
+    stored programs are those XLA would compile (the records are equal either way; tests/simulation hold that)."""
+    raw = os.environ.get("PIH_JAX_CACHE", "").strip()
+    if not raw or raw.lower() == "off":
+        return jax.config.jax_compilation_cache_dir or None
+    path = os.path.abspath(os.path.expanduser(raw))
+    jax.config.update("jax_compilation_cache_dir", path)
+    try:  # a size cap turns on JAX's file lock: processes writing and reading one entry at once see it whole
+        import filelock  # noqa: F401
+
+        jax.config.update("jax_compilation_cache_max_size", 4 << 30)
+    except ImportError:
+        pass
+    return path
+
+
+_cache_before = jax.config.jax_compilation_cache_dir or None
+_compilation_cache = _compilation_cache_from_env()
+
+
 def _xla_threads_from_env() -> int | None:
     """``PIH_XLA_THREADS`` (``pih simulate --threads``; a Ray worker gets its task's CPUs): XLA's CPU pool size."""
     raw = os.environ.get("PIH_XLA_THREADS", "").strip()
@@ -101,6 +126,7 @@ JAX_SETTINGS = {  # what importing sim changed for the whole process: {setting: 
     "jax_enable_x64": {"before": _x64_before, "after": True},
     "XLA_FLAGS": {"before": _xla_before, "after": os.environ["XLA_FLAGS"]},
     "xla_threads": {"before": None, "after": _xla_threads},  # None: XLA's default pool (one thread per CPU)
+    "compilation_cache": {"before": _cache_before, "after": _compilation_cache},  # None: every process compiles its own
 }
 if not _x64_before and _jax_in_use():
     from pih.errors import PihWarning
