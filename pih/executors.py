@@ -84,8 +84,30 @@ class GroupWork:
     compute: Callable | None = None
     compute_group: Callable | None = None
 
-    def __call__(self, tasks: list) -> dict[str, Any]:
+    # Prefixes shared between workers: a compute object may say which snapshots a group makes whole that others
+    # can take (``offers(tasks)``), which it could take (``wants(tasks)``), hand its snapshots over after a group
+    # (``offer(keys)``) and look up a prefix before computing it (``use_source(fetch)``: ``fetch(key)`` is the
+    # snapshot or None). An executor that cannot share (serial: one process holds everything) never calls them.
+    def offers(self, tasks: list) -> list:
+        return list(self.compute.offers(tasks)) if hasattr(self.compute, "offers") else []
+
+    def wants(self, tasks: list) -> list:
+        return list(self.compute.wants(tasks)) if hasattr(self.compute, "wants") else []
+
+    def offer(self, keys: list) -> dict:
+        return self.compute.offer(keys) if keys and hasattr(self.compute, "offer") else {}
+
+    def __call__(self, tasks: list, source: Callable | None = None) -> dict[str, Any]:
         t0 = time.time()
+        if source is not None and hasattr(self.compute, "use_source"):
+            self.compute.use_source(source)
+        try:
+            return self._run(tasks, t0)
+        finally:
+            if source is not None and hasattr(self.compute, "use_source"):
+                self.compute.use_source(None)
+
+    def _run(self, tasks: list, t0: float) -> dict[str, Any]:
         if self.compute_group is not None:
             try:
                 recs = list(self.compute_group(tasks))
@@ -167,6 +189,44 @@ class SerialExecutor(Executor):
 
 def _in_worker(fn, item):
     return fn(item)
+
+
+WAIT_FOR_OWNER = 0.05  # seconds a worker asks whether an offered prefix is ready before computing it itself
+
+
+class _Shared:
+    """In a worker: the prefixes other tasks offered (``{key: ref}``, each ref the ``{key: snapshot}`` a finished
+    task handed over). A prefix is taken only when its task has finished (``ray.wait``, without waiting for the
+    task); one not ready yet, or lost with its worker, is computed here as it would be without sharing."""
+
+    def __init__(self, refs: dict):
+        self.refs, self.got = refs, {}
+
+    def __call__(self, key):
+        import ray
+        from ray.exceptions import RayError
+
+        ref = self.refs.get(key)
+        if ref is None:
+            return None
+        if ref not in self.got:
+            try:
+                # its task finished, on any node: a borrowed ref's state comes from its owner (the driver), which a
+                # wait of 0 s does not ask (measured: never ready), 10 ms does
+                ready, _ = ray.wait([ref], timeout=WAIT_FOR_OWNER, fetch_local=False)
+                if not ready:
+                    return None
+                self.got[ref] = ray.get(ref)
+            except RayError:
+                self.got[ref] = {}
+        return self.got[ref].get(key)
+
+
+def _in_worker_sharing(fn, item, wanted: dict, offered: list):
+    """``fn(item)`` with the prefixes in ``wanted`` to take from other tasks; returns its outcome and, for the
+    keys in ``offered``, this worker's snapshots (the task's second return value, which other tasks take)."""
+    out = fn(item, source=_Shared(wanted)) if wanted else fn(item)
+    return (out, fn.offer(offered)) if offered else out
 
 
 @contextlib.contextmanager
@@ -265,12 +325,13 @@ class RayExecutor(Executor):
                 "cpus_per_task": self.cpus_per_task, "gpus_per_task": self.gpus_per_task,
                 "max_retries": self.max_retries}
 
-    def _remote(self):
+    def _remote(self, func=_in_worker, num_returns: int = 1):
         import ray
 
         env = {} if self._inherited else {"runtime_env": {"env_vars": {"PIH_XLA_THREADS": self._xla_threads}}}
-        return ray.remote(_in_worker).options(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
-                                              max_retries=self.max_retries, retry_exceptions=False, **env)
+        return ray.remote(func).options(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
+                                              max_retries=self.max_retries, retry_exceptions=False,
+                                              num_returns=num_returns, **env)
 
     @property
     def _xla_threads(self) -> str:
@@ -291,7 +352,10 @@ class RayExecutor(Executor):
         self.start()
         remote = self._remote()
         fref = ray.put(fn)
-        pending = {remote.remote(fref, item): i for i, item in enumerate(items)}
+        if hasattr(fn, "offers") and len(items) > 1:
+            pending = self._submit_sharing(fn, fref, items)
+        else:
+            pending = {remote.remote(fref, item): i for i, item in enumerate(items)}
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
@@ -310,6 +374,32 @@ class RayExecutor(Executor):
             for ref in pending:  # the driver stops (an interrupt, an error): nothing keeps running for it
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
+            self._snapshots = []
+
+    def _submit_sharing(self, fn, fref, items: list) -> dict:
+        """Submit ``items`` so that a prefix one item makes whole (``fn.offers``) and others use (``fn.wants``) is
+        computed once: the offering items first, each returning its snapshots as a second value; every other item
+        gets those values' refs, nested so that Ray does not wait for them (a worker takes a snapshot only if it is
+        ready when needed, and computes it otherwise). Returns {ref of the outcome: index}."""
+        offers = [fn.offers(item) for item in items]
+        wants = [fn.wants(item) for item in items]
+        wanted_by_others = [{k for j, w in enumerate(wants) if j != i for k in w} for i in range(len(items))]
+        shared = [[k for k in offers[i] if k in wanted_by_others[i]] for i in range(len(items))]
+        order = sorted(range(len(items)), key=lambda i: not shared[i])  # stable: the rest keep their order
+        one, two = self._remote(_in_worker_sharing), self._remote(_in_worker_sharing, num_returns=2)
+        by_key: dict = {}
+        pending = {}
+        for i in order:
+            wanted = {k: by_key[k] for k in wants[i] if k in by_key}
+            if shared[i]:
+                ref, snaps = two.remote(fref, items[i], wanted, shared[i])
+                for k in shared[i]:
+                    by_key.setdefault(k, snaps)
+            else:
+                ref = one.remote(fref, items[i], wanted, [])
+            pending[ref] = i
+        self._snapshots = list(by_key.values())  # held until the map ends (the workers take them by ref)
+        return pending
 
     def close(self) -> None:
         if self._started:

@@ -55,6 +55,7 @@ import math
 import os
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -400,6 +401,8 @@ class Runner:
         self._lam: dict | None = None
         self._finals: dict[tuple, tuple[dict, dict]] = {}  # memo of final weights (_remember)
         self.stages_computed: list[str] = []  # each compressed prefix this runner computed (not read from cache)
+        self.stages_received: list[str] = []  # each one it took from another worker (prefix_source)
+        self.prefix_source: Callable[[tuple], tuple | None] | None = None  # key -> snapshot another worker made
 
     @property
     def notes(self) -> list[str]:
@@ -425,9 +428,8 @@ class Runner:
         return state.clone()
 
     def _base(self, pipeline) -> tuple:
-        rot = any(isinstance(s, Quantize) and s.rotation for s in pipeline)
-        if rot and not self.cfg.rotate:
-            key = ("rot",)
+        key = _base_key(self.cfg, pipeline)
+        if key == ("rot",) and not self.cfg.rotate:
             if key not in self._snaps:
                 from .engine import CompressionState
                 from .rotate import rotate_model
@@ -442,11 +444,17 @@ class Runner:
         """Leave ``self.lm`` compressed by ``pipeline``; reuse and extend the cache of stage prefixes."""
         from .engine import _check_pipeline, apply_stage
 
-        base = self._base(pipeline)
-        skey = tuple(sorted(settings.to_dict().items()))
-        keys = [base + (skey,) + tuple(_spec_key(s) for s in pipeline[:k]) for k in range(len(pipeline) + 1)]
-        keys[0] = base
+        self._base(pipeline)
+        keys = prefix_keys(self.cfg, pipeline, settings)
         k0 = max(k for k in range(len(keys)) if keys[k] in self._snaps)
+        if self.prefix_source is not None:  # a longer prefix another worker computed (pih.executors: shared)
+            for k in range(len(pipeline), k0, -1):
+                got = self.prefix_source(keys[k]) if k < len(pipeline) or len(pipeline) == 1 else None
+                if got is not None:
+                    self._snaps[keys[k]] = got
+                    self.stages_received.append(_prefix_label(pipeline[:k], settings))
+                    k0 = k
+                    break
         state = self._restore(self._snaps[keys[k0]])
         _check_pipeline(self.lm, pipeline[k0:], settings, state)
         for k in range(k0, len(pipeline)):
@@ -460,9 +468,8 @@ class Runner:
         """Effective weights and masks after ``pipeline`` (from the cache, computing it if needed)."""
         from .engine import effective_weights
 
-        base = self._base(pipeline)
-        skey = tuple(sorted(settings.to_dict().items()))
-        key = base if not pipeline else base + (skey,) + tuple(_spec_key(s) for s in pipeline)
+        self._base(pipeline)
+        key = prefix_keys(self.cfg, pipeline, settings)[-1]
         if key not in self._snaps:
             self.compress(pipeline, settings)
         state = self._restore(self._snaps[key])
@@ -486,7 +493,7 @@ class Runner:
         from .evaluate import perplexity
 
         t0 = time.time()
-        settings = BridgeSettings(**{**self.cfg.settings, **task.point.get("settings", {})})
+        settings = _task_settings(self.cfg, task)
         pipeline = tuple(task.pipeline)
         state = self.compress(pipeline, settings)
         t1 = time.time()
@@ -563,6 +570,25 @@ class Runner:
         return effective_weights(self.lm, state), dict(state.masks)
 
 
+def _base_key(cfg: ExperimentConfig, pipeline) -> tuple:
+    """The uncompressed model a pipeline starts from: rotated (a rotated run, or a quantizer with a rotation) or
+    not."""
+    rot = cfg.rotate or any(isinstance(s, Quantize) and s.rotation for s in pipeline)
+    return ("rot",) if rot else ()
+
+
+def prefix_keys(cfg: ExperimentConfig, pipeline, settings) -> list[tuple]:
+    """The runner's cache keys of ``pipeline``'s stage prefixes, ``keys[k]`` for its first ``k`` stages (``keys[0]``:
+    the uncompressed model it starts from). The same on every worker of one config: the snapshots they share."""
+    base = _base_key(cfg, pipeline)
+    skey = tuple(sorted(settings.to_dict().items()))
+    return [base] + [base + (skey,) + tuple(_spec_key(s) for s in pipeline[:k]) for k in range(1, len(pipeline) + 1)]
+
+
+def _task_settings(cfg: ExperimentConfig, task: Task) -> BridgeSettings:
+    return BridgeSettings(**{**cfg.settings, **task.point.get("settings", {})})
+
+
 def _prefix_label(prefix, settings) -> str:
     from .. import pipeline_label
 
@@ -631,11 +657,38 @@ class BridgeWork:
         return r.compute(task)
 
     def work_info(self) -> dict:
-        """The prefixes this worker's runner computed since the last call, and whether it loaded the model."""
+        """The prefixes this worker's runner computed since the last call, those it took from another worker, and
+        whether it loaded the model."""
         r = self.runner()
         done, r.stages_computed = list(r.stages_computed), []
+        got, r.stages_received = list(r.stages_received), []
         loaded, r.loaded_here = getattr(r, "loaded_here", False), False
-        return {"stages_computed": done, "loaded_model": loaded}
+        return {"stages_computed": done, "stages_received": got, "loaded_model": loaded}
+
+    # -- prefixes shared between workers (pih.executors.RayExecutor) ----------------------------------------------
+    def offers(self, tasks: list[Task]) -> list[tuple]:
+        """The prefixes a group computes whole, which other groups may take: its one-stage pipelines (Q alone is
+        the prefix of every Q→P point, of every pruning ratio's group)."""
+        return [prefix_keys(self.cfg, t.pipeline, _task_settings(self.cfg, t))[1] for t in tasks
+                if len(t.pipeline) == 1]
+
+    def wants(self, tasks: list[Task]) -> list[tuple]:
+        """The prefixes a group could take from another worker instead of computing them: every proper prefix of
+        its pipelines."""
+        out: list[tuple] = []
+        for t in tasks:
+            keys = prefix_keys(self.cfg, t.pipeline, _task_settings(self.cfg, t))
+            out += [k for k in keys[1:len(t.pipeline)] if k not in out]
+        return out
+
+    def offer(self, keys: list[tuple]) -> dict[tuple, Any]:
+        """This worker's snapshots of ``keys`` (those it holds), for other workers."""
+        snaps = self.runner()._snaps
+        return {k: snaps[k] for k in keys if k in snaps}
+
+    def use_source(self, source: Callable[[tuple], Any] | None) -> None:
+        """Where the runner looks for a prefix it does not hold before computing it (None: nowhere)."""
+        self.runner().prefix_source = source
 
 
 class WarmRunner(BridgeWork):
@@ -815,14 +868,16 @@ def run_experiment(cfg: ExperimentConfig, store_path: str | os.PathLike, progres
 
 def executor_summary(executor) -> dict:
     """Where the points ran: the executor, its workers, and per compressed prefix how often any worker computed
-    it (1: computed once for the whole grid; at most one per worker for the prefixes several groups share)."""
+    it (1: computed once for the whole grid; at most one per worker for the prefixes several groups share) and how
+    often a worker took it from the one that computed it."""
     from collections import Counter
 
     stages = Counter(s for e in executor.log for s in e["info"].get("stages_computed", []))
+    received = Counter(s for e in executor.log for s in e["info"].get("stages_received", []))
     return {**executor.describe(), "groups": len(executor.log),
             "worker_processes": len({(e["host"], e["pid"]) for e in executor.log}),
             "model_loads": sum(bool(e["info"].get("loaded_model")) for e in executor.log),
-            "stages_computed": dict(sorted(stages.items()))}
+            "stages_computed": dict(sorted(stages.items())), "stages_received": dict(sorted(received.items()))}
 
 
 def summarize(cfg: ExperimentConfig, runners, recs: list[Record], store: Store) -> dict:

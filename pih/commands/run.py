@@ -134,5 +134,6 @@ def _table(out: dict) -> None:
         shared = sum(n > 1 for n in ex["stages_computed"].values())
         w(f"\nexecutor {ex['executor']} ({ex['address']}): {ex['groups']} groups on {ex['worker_processes']} worker "
           f"process(es), {ex['model_loads']} model load(s); {len(ex['stages_computed'])} compressed prefixes, "
-          f"{shared} of them computed by more than one worker\n")
+          f"{shared} of them computed by more than one worker, {sum(ex.get('stages_received', {}).values())} "
+          "taken from another worker\n")
     w(f"\nstore: {out['store']}\n")

@@ -99,6 +99,55 @@ def test_ray_run_gives_the_serial_records_and_computes_each_pruning_prefix_once(
     assert len(prune_alone) == 2 and all(stages[s] == 1 for s in prune_alone), stages  # once for the grid
     assert all(n <= info["worker_processes"] for n in stages.values()), stages  # at most once per worker
     assert Store(tmp_path / "r").verify() == []
+    # Q alone's groups go first and hand their prefix over: a worker that took one did not compute it
+    received = info["stages_received"]
+    assert set(received) <= {s for s in stages if s.startswith("Q[") and "->" not in s}, (received, stages)
+    for s, n in received.items():
+        assert stages[s] + n <= info["groups"] and stages[s] == 1, (s, stages, received)
+
+
+def test_a_prefix_taken_from_another_worker_is_used_instead_of_computed_and_gives_the_same_records(cfg):
+    """The sharing path without Ray: one worker's runner computes Q alone and offers its snapshot; a fresh runner
+    (another worker) takes it for Q→P instead of computing Q, and its record is the one computed whole."""
+    import numpy as np
+
+    from pih.bridge import experiment as E
+
+    E._WORKER_RUNNERS.clear()
+    work = BridgeWork(cfg)
+    first = work.runner()
+    tasks = [Task(first.provenance, pl, pt) for pl, pt in grid_tasks(cfg)]
+    q_alone = next(t for t in tasks if len(t.pipeline) == 1 and t.pipeline[0].kind == "quantize")
+    qp = next(t for t in tasks if len(t.pipeline) == 2 and t.pipeline[0] == q_alone.pipeline[0])
+    (key,) = work.offers([q_alone])
+    assert key in work.wants([qp]) and work.offers([qp]) == []
+    first.compute(q_alone)
+    snaps = work.offer([key, ("no such prefix",)])
+    assert list(snaps) == [key]
+    own = first.compute(qp)  # Q from this runner's own cache
+    work.work_info()
+    first.release()
+    E._WORKER_RUNNERS.clear()
+    second = work.runner()
+    asked = []
+    work.use_source(lambda k: asked.append(k) or snaps.get(k))
+    got = second.compute(qp)
+    work.use_source(None)
+    info = work.work_info()
+    second.release()
+    E._WORKER_RUNNERS.clear()
+    q_label = E._prefix_label(q_alone.pipeline, E._task_settings(cfg, q_alone))
+    assert key in asked and info["stages_received"] == [q_label], (asked, info)
+    assert q_label not in info["stages_computed"] and info["stages_computed"], info
+
+    def science(r):
+        ex = {k: v for k, v in r.extras.items() if k not in TIMING}
+        ex["stage_log"] = [{k: v for k, v in st.items() if k != "seconds"} for st in ex["stage_log"]]
+        return r.key, r.value, json.dumps(ex, sort_keys=True, default=str)
+
+    assert science(got) == science(own)
+    assert set(got.arrays) == set(own.arrays) and all(np.array_equal(got.arrays[k], own.arrays[k])
+                                                      for k in own.arrays)
 
 
 def test_the_driver_loads_no_model_its_records_identity_comes_from_a_worker(cfg, serial_store, local_ray, tmp_path,
@@ -220,3 +269,47 @@ def test_an_error_that_is_not_the_points_is_reported_and_not_stored(local_ray, t
                                                          r"memory on this worker\).*rerun"):
         run_sweep(Store(tmp_path / "s"), tasks, _out_of_memory_on_quantize, progress=False, executor=ex)
     assert Store(tmp_path / "s").keys() == {tasks[0].key, tasks[2].key}
+
+
+class Prefixes:
+    """A compute with prefixes but no model: a task ("make", k) computes prefix k and keeps it, ("use", k) takes k
+    from another task when it can and says where its k came from."""
+
+    def __init__(self):
+        self.held, self.source = {}, None
+
+    def offers(self, tasks):
+        return [k for op, k in tasks if op == "make"]
+
+    def wants(self, tasks):
+        return [k for op, k in tasks if op == "use"]
+
+    def offer(self, keys):
+        return {k: self.held[k] for k in keys if k in self.held}
+
+    def use_source(self, source):
+        self.source = source
+
+    def __call__(self, task):
+        op, k = task
+        if op == "make":
+            if k == "broken":  # its group runs, but makes nothing to offer
+                return ("made nothing", k)
+            self.held[k] = f"{k} made by {os.getpid()}"
+            return ("made", k)
+        got = self.source(k) if self.source is not None else None
+        return ("took", got) if got is not None else ("computed", k)
+
+
+def test_ray_submits_the_offering_groups_first_and_the_others_take_their_prefixes(local_ray):
+    from pih.executors import GroupWork
+
+    items = [[("use", "q3"), ("use", "q4")], [("use", "broken")], [("make", "q3")], [("make", "q4")],
+             [("make", "broken")], [("make", "p")]]
+    with RayExecutor(cpus_per_task=2) as ex:  # one task at a time: the order of submission is the order of work
+        got = {i: res["records"] for i, res in ex.map(GroupWork(compute=Prefixes()), items)}
+    assert got[2] == [("made", "q3")] and got[3] == [("made", "q4")] and got[5] == [("made", "p")]
+    (a, b) = got[0]
+    assert a[0] == b[0] == "took" and a[1].startswith("q3 made by") and b[1].startswith("q4 made by"), got[0]
+    assert got[1] == [("computed", "broken")]  # its maker failed: computed here, not lost
+    assert got[4] == [("made nothing", "broken")]
