@@ -274,7 +274,8 @@ def main(argv=None) -> int:
         shared = {k: v for k, v in ex["stages_computed"].items() if v > 1}
         lines += ["", f"pih run on Ray: {ex['groups']} groups on {ex['worker_processes']} workers, "
                   f"{ex['model_loads']} model loads; prefixes computed by both workers: "
-                  f"{', '.join(sorted(shared)) or 'none'}"]
+                  f"{', '.join(sorted(shared)) or 'none'}; taken from the worker that computed them: "
+                  f"{', '.join(f'{k} ({v}x)' for k, v in sorted(ex.get('stages_received', {}).items())) or 'none'}"]
     lines += ["", "ceiling: two serial runs side by side in separate processes, 2 x the serial time over their "
               "wall time: what two processes get from this machine at this moment, the most a 2-worker ratio can "
               "reach."]
