@@ -20,6 +20,7 @@ import os
 import platform
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -191,7 +192,7 @@ def _in_worker(fn, item):
     return fn(item)
 
 
-WAIT_FOR_OWNER = 0.05  # seconds a worker asks whether an offered prefix is ready before computing it itself
+WAIT_FOR_OWNER = 0.05  # seconds a worker waits for an offered prefix to be ready before computing it itself
 
 
 class _Shared:
@@ -199,8 +200,8 @@ class _Shared:
     task handed over). A prefix is taken only when its task has finished (``ray.wait``, without waiting for the
     task); one not ready yet, or lost with its worker, is computed here as it would be without sharing."""
 
-    def __init__(self, refs: dict):
-        self.refs, self.got = refs, {}
+    def __init__(self, refs: dict, wait: float = WAIT_FOR_OWNER):
+        self.refs, self.got, self.wait = refs, {}, wait
 
     def __call__(self, key):
         import ray
@@ -213,7 +214,7 @@ class _Shared:
             try:
                 # its task finished, on any node: a borrowed ref's state comes from its owner (the driver), which a
                 # wait of 0 s does not ask (measured: never ready), 10 ms does
-                ready, _ = ray.wait([ref], timeout=WAIT_FOR_OWNER, fetch_local=False)
+                ready, _ = ray.wait([ref], timeout=self.wait, fetch_local=False)
                 if not ready:
                     return None
                 self.got[ref] = ray.get(ref)
@@ -222,10 +223,10 @@ class _Shared:
         return self.got[ref].get(key)
 
 
-def _in_worker_sharing(fn, item, wanted: dict, offered: list):
+def _in_worker_sharing(fn, item, wanted: dict, offered: list, wait: float = WAIT_FOR_OWNER):
     """``fn(item)`` with the prefixes in ``wanted`` to take from other tasks; returns its outcome and, for the
     keys in ``offered``, this worker's snapshots (the task's second return value, which other tasks take)."""
-    out = fn(item, source=_Shared(wanted)) if wanted else fn(item)
+    out = fn(item, source=_Shared(wanted, wait)) if wanted else fn(item)
     return (out, fn.offer(offered)) if offered else out
 
 
@@ -262,6 +263,7 @@ class RayExecutor(Executor):
     cpus_per_task: float = 1.0
     gpus_per_task: float = 0.0
     max_retries: int = 3
+    prefix_wait: float = WAIT_FOR_OWNER  # how long a worker waits for an offered prefix (else computes it)
     _owns: bool = False
     _started: bool = False
     _inherited: bool = False  # the workers inherit this process's environment (a local instance started here)
@@ -383,8 +385,8 @@ class RayExecutor(Executor):
         ready when needed, and computes it otherwise). Returns {ref of the outcome: index}."""
         offers = [fn.offers(item) for item in items]
         wants = [fn.wants(item) for item in items]
-        wanted_by_others = [{k for j, w in enumerate(wants) if j != i for k in w} for i in range(len(items))]
-        shared = [[k for k in offers[i] if k in wanted_by_others[i]] for i in range(len(items))]
+        wanting = Counter(k for w in wants for k in set(w))  # how many items want each prefix
+        shared = [[k for k in offers[i] if wanting[k] > (k in wants[i])] for i in range(len(items))]
         order = sorted(range(len(items)), key=lambda i: not shared[i])  # stable: the rest keep their order
         one, two = self._remote(_in_worker_sharing), self._remote(_in_worker_sharing, num_returns=2)
         by_key: dict = {}
@@ -392,11 +394,11 @@ class RayExecutor(Executor):
         for i in order:
             wanted = {k: by_key[k] for k in wants[i] if k in by_key}
             if shared[i]:
-                ref, snaps = two.remote(fref, items[i], wanted, shared[i])
+                ref, snaps = two.remote(fref, items[i], wanted, shared[i], self.prefix_wait)
                 for k in shared[i]:
                     by_key.setdefault(k, snaps)
             else:
-                ref = one.remote(fref, items[i], wanted, [])
+                ref = one.remote(fref, items[i], wanted, [], self.prefix_wait)
             pending[ref] = i
         self._snapshots = list(by_key.values())  # held until the map ends (the workers take them by ref)
         return pending

@@ -306,7 +306,8 @@ def test_ray_submits_the_offering_groups_first_and_the_others_take_their_prefixe
 
     items = [[("use", "q3"), ("use", "q4")], [("use", "broken")], [("make", "q3")], [("make", "q4")],
              [("make", "broken")], [("make", "p")]]
-    with RayExecutor(cpus_per_task=2) as ex:  # one task at a time: the order of submission is the order of work
+    # one task at a time: the order of submission is the order of work; a wait long enough for a loaded machine
+    with RayExecutor(cpus_per_task=2, prefix_wait=5.0) as ex:
         got = {i: res["records"] for i, res in ex.map(GroupWork(compute=Prefixes()), items)}
     assert got[2] == [("made", "q3")] and got[3] == [("made", "q4")] and got[5] == [("made", "p")]
     (a, b) = got[0]
