@@ -352,11 +352,10 @@ class RayExecutor(Executor):
         from ray.exceptions import RayError, RayTaskError
 
         self.start()
-        remote = self._remote()
         fref = ray.put(fn)
-        if hasattr(fn, "offers") and len(items) > 1:
-            pending = self._submit_sharing(fn, fref, items)
-        else:
+        pending = self._submit_sharing(fn, fref, items) if hasattr(fn, "offers") and len(items) > 1 else None
+        if pending is None:  # nothing to share
+            remote = self._remote()
             pending = {remote.remote(fref, item): i for i, item in enumerate(items)}
         try:
             while pending:
@@ -382,11 +381,14 @@ class RayExecutor(Executor):
         """Submit ``items`` so that a prefix one item makes whole (``fn.offers``) and others use (``fn.wants``) is
         computed once: the offering items first, each returning its snapshots as a second value; every other item
         gets those values' refs, nested so that Ray does not wait for them (a worker takes a snapshot only if it is
-        ready when needed, and computes it otherwise). Returns {ref of the outcome: index}."""
+        ready when needed, and computes it otherwise). Returns {ref of the outcome: index}, or None when no item
+        offers a prefix another wants (nothing submitted)."""
         offers = [fn.offers(item) for item in items]
         wants = [fn.wants(item) for item in items]
         wanting = Counter(k for w in wants for k in set(w))  # how many items want each prefix
         shared = [[k for k in offers[i] if wanting[k] > (k in wants[i])] for i in range(len(items))]
+        if not any(shared):
+            return None
         order = sorted(range(len(items)), key=lambda i: not shared[i])  # stable: the rest keep their order
         one, two = self._remote(_in_worker_sharing), self._remote(_in_worker_sharing, num_returns=2)
         by_key: dict = {}

@@ -448,8 +448,9 @@ class Runner:
         keys = prefix_keys(self.cfg, pipeline, settings)
         k0 = max(k for k in range(len(keys)) if keys[k] in self._snaps)
         if self.prefix_source is not None:  # a longer prefix another worker computed (pih.executors: shared)
-            for k in range(len(pipeline), k0, -1):
-                got = self.prefix_source(keys[k]) if k < len(pipeline) or len(pipeline) == 1 else None
+            top = len(pipeline) if len(pipeline) == 1 else len(pipeline) - 1  # the prefixes a runner snapshots
+            for k in range(top, k0, -1):
+                got = self.prefix_source(keys[k])
                 if got is not None:
                     self._snaps[keys[k]] = got
                     self.stages_received.append(_prefix_label(pipeline[:k], settings))

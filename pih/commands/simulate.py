@@ -58,9 +58,10 @@ def run(args) -> int:
     if args.threads:  # read when sim is imported, here and in every Ray worker (PIH_* is forwarded)
         os.environ["PIH_XLA_THREADS"] = str(args.threads)
     if args.compile_cache is not None:  # read when sim is imported, here and in every Ray worker
-        if args.compile_cache.strip().lower() != "off":
+        off = args.compile_cache.strip().lower() == "off"
+        if not off:
             check_output_folder("--compile-cache", args.compile_cache)
-        os.environ["PIH_JAX_CACHE"] = (args.compile_cache if args.compile_cache.strip().lower() == "off"
+        os.environ["PIH_JAX_CACHE"] = (args.compile_cache if off  # a worker's folder, whatever its working folder
                                        else os.path.abspath(os.path.expanduser(args.compile_cache)))
     from ..executors import Imports, executor_from_args, using
 
