@@ -1,5 +1,6 @@
 """Benchmark (not a test): ``pih run experiments/smoke.toml`` end to end, warm, against the same run tokenizing its
-splits (the token cache off), and optionally against another source tree, in the same interleaved run.
+splits (the token cache off), the same with two threads, and optionally against another source tree, in the
+same interleaved run.
 
     python -m benchmarks.bench_startup [--repeats 3] [--config experiments/smoke.toml] [--baseline SRC]
 
@@ -7,8 +8,10 @@ Each run is a fresh process into a fresh store (nothing resumed); the model is c
 timing) and the tokenized corpora are cached by the first, untimed, run. Runs alternate A B [C] A B [C] ...:
 A = this tree, warm (token cache on); B = this tree with ``PIH_TOKEN_CACHE=0`` (the whole training split tokenized
 to draw the calibration windows, as before the cache); C = ``--baseline SRC``, another checkout of pih (e.g. an
-older commit, ``git archive``) run with the same interpreter. Printed: wall seconds and peak resident memory of
-each (median), and the ratios B/A and C/A per pair (median). Targets: A under 12 s on 2 cores, peak under 600 MiB.
+older commit, ``git archive``) run with the same interpreter; D = the config with ``threads = 2`` (a copy in a
+temporary folder), what the thread policy (``pih.threads``) advises on a machine known to be idle, its records
+checked equal (keys and values) to A's. Printed: wall seconds and peak resident memory of each (median), and the
+ratios B/A, C/A and D/A per pair (median). Targets: A under 12 s on 2 cores, peak under 600 MiB.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -53,9 +57,15 @@ def main(argv=None) -> int:
             return 2
         variants["C baseline"] = (src, {**base_env, "PYTHONPATH": str(src)})
     config = str((ROOT / args.config).resolve())
+    two = _with_threads(Path(config), 2, tmp)
+    if two is None:
+        print(f"{args.config}: no [experiment] table to set threads in", file=sys.stderr)
+        return 2
+    variants["D threads = 2"] = (ROOT, base_env)
 
     def cmd(name, k):
-        return [sys.executable, "-m", "pih.cli", "run", config, "--out", str(tmp / f"{name[0]}{k}"), "--format",
+        cfg = str(two) if name.startswith("D") else config
+        return [sys.executable, "-m", "pih.cli", "run", cfg, "--out", str(tmp / f"{name[0]}{k}"), "--format",
                 "json", "--no-progress"]
 
     _, _, rc = _run(cmd("warmup", 0), base_env, ROOT)  # trains the model if needed, fills the token cache
@@ -80,10 +90,34 @@ def main(argv=None) -> int:
         out["rows"][name] = {"wall_s": ws, "peak_mib": ps, "ratio_to_A": ratio}
         print(f"  {name:<18} wall {statistics.median(ws):6.2f} s (min {min(ws):.2f}, max {max(ws):.2f})   peak "
               f"{statistics.median(ps):6.0f} MiB" + ("" if name == "A warm" else f"   x{ratio:.2f} the time of A"))
+    same = _values(tmp / "A1") == _values(tmp / "D1")
+    out["threads_2_records_identical"] = same
+    print(f"records of D (threads = 2) and A (the config's threads): {'identical' if same else 'DIFFERENT'}")
     print("targets: A under 12 s on 2 cores, peak under 600 MiB")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
+
+
+def _with_threads(config: Path, n: int, tmp: Path) -> Path | None:
+    """A copy of ``config`` in ``tmp`` with ``threads = n`` in its [experiment] table (None: no such table)."""
+    text = config.read_text()
+    m = re.search(r"^\[experiment\][^\[]*", text, flags=re.M)
+    if m is None:
+        return None
+    body = m.group(0)
+    line = f"threads = {n}"
+    new = (re.sub(r"^threads\s*=.*$", line, body, count=1, flags=re.M) if re.search(r"^threads\s*=", body, re.M)
+           else body.replace("[experiment]\n", f"[experiment]\n{line}\n", 1))
+    out = tmp / f"threads{n}-{config.name}"
+    out.write_text(text[:m.start()] + new + text[m.end():])
+    return out
+
+
+def _values(store: Path) -> dict:
+    """key -> value of every record in ``store``."""
+    rows = (json.loads(line) for line in (store / "records.jsonl").read_text().splitlines() if line.strip())
+    return {r["key"]: r["value"] for r in rows}
 
 
 if __name__ == "__main__":
