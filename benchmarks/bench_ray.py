@@ -146,7 +146,8 @@ def one(workload: str, mode: str, store: str, cache: str | None, seeds: int) -> 
     return out
 
 
-def _science(path: Path) -> dict:
+def science(path: Path) -> dict:
+    """key -> what a record measured in the store at ``path``: value, failure, extras but timings, sidecar hash."""
     out = {}
     for line in (path / "records.jsonl").read_text().splitlines():
         d = json.loads(line)
@@ -230,8 +231,8 @@ def main(argv=None) -> int:
             both = None if args.no_ceiling else _run_pair_serial(
                 workload, [Path(tmp) / f"{workload}-side{i}" for i in (1, 2)], args.cache, args.sim_seeds, **env)
             load.append(os.getloadavg()[0])
-            a, b = _science(Path(tmp) / f"{workload}-serial"), _science(Path(tmp) / f"{workload}-ray")
-            same = a == b and (workload != "sim-cached" or a == _science(Path(tmp) / "sim-serial"))
+            a, b = science(Path(tmp) / f"{workload}-serial"), science(Path(tmp) / f"{workload}-ray")
+            same = a == b and (workload != "sim-cached" or a == science(Path(tmp) / "sim-serial"))
             s, r = res["serial"], res["ray"]
             rows.append({"workload": workload, "points": s["points"], "serial_s": s["seconds"],
                          "ray_s": r["seconds"], "ray_init_s": r["init_seconds"],
@@ -244,7 +245,7 @@ def main(argv=None) -> int:
                          "workers": r.get("worker_processes"), "identical": same,
                          "default_s": res["default"]["seconds"] if "default" in res else None,
                          "default_identical": ("default" not in res or
-                                               _science(Path(tmp) / "sim-default") == a),
+                                               science(Path(tmp) / "sim-default") == a),
                          "executor": r.get("executor")})
             if not same or not rows[-1]["default_identical"]:
                 print(f"bench_ray: {workload}: the records differ between the serial and the Ray run (or XLA's "
@@ -267,6 +268,7 @@ def main(argv=None) -> int:
                      f"{'-' if row['ceiling'] is None else format(row['ceiling'], '.2f') + 'x'} | "
                      f"{'yes' if row['identical'] else 'NO'} |")
     lines.append("")
+    short = {"bridge": "pih run", "sim": "simulation", "sim-cached": "simulation, cached"}
     for row in rows:  # the target read against what the machine gave two processes in the same run
         c, r = row["ceiling"], row["ratio"]
         verdict = "met" if r >= TARGET else "not met"
@@ -274,8 +276,7 @@ def main(argv=None) -> int:
             verdict += (f"; Ray reached {r / c:.0%} of the ceiling" +
                         (f", which is itself below {TARGET}x: not reachable on this machine in this run"
                          if c < TARGET else ""))
-        short = {"bridge": "pih run", "sim": "simulation", "sim-cached": "simulation, cached"}[row["workload"]]
-        lines.append(f"- {short}: target {TARGET}x {verdict}")
+        lines.append(f"- {short[row['workload']]}: target {TARGET}x {verdict}")
     for row in rows:
         if row["default_s"]:
             lines += ["", f"simulation serial with XLA's default pool ({len(os.sched_getaffinity(0))} threads, "

@@ -10,7 +10,8 @@ A = this tree, warm (token cache on); B = this tree with ``PIH_TOKEN_CACHE=0`` (
 to draw the calibration windows, as before the cache); C = ``--baseline SRC``, another checkout of pih (e.g. an
 older commit, ``git archive``) run with the same interpreter; D = the config with ``threads = 2`` (a copy in a
 temporary folder), what the thread policy (``pih.threads``) advises on a machine known to be idle, its records
-checked equal (keys and values) to A's (the benchmark exits 1 where they differ). Printed: wall seconds and peak
+checked equal to A's as bench_ray checks its runs (``science``: keys, values, failures, extras but timings,
+sidecar arrays; the benchmark exits 1 where they differ). Printed: wall seconds and peak
 resident memory of each (median), and the ratios B/A, C/A and D/A per pair (median). Targets: A under 12 s on 2
 cores, peak under 600 MiB.
 """
@@ -26,7 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
+
+from benchmarks.bench_ray import science
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +64,8 @@ def main(argv=None) -> int:
     config = str((ROOT / args.config).resolve())
     two = _with_threads(Path(config), 2, tmp)
     if two is None:
-        print(f"{args.config}: no [experiment] table to set threads in", file=sys.stderr)
+        print(f"{args.config}: cannot set threads in a copy (no [experiment] table, or the edit changed more)",
+              file=sys.stderr)
         return 2
     variants["D threads = 2"] = (ROOT, base_env)
 
@@ -91,7 +96,7 @@ def main(argv=None) -> int:
         out["rows"][name] = {"wall_s": ws, "peak_mib": ps, "ratio_to_A": ratio}
         print(f"  {name:<18} wall {statistics.median(ws):6.2f} s (min {min(ws):.2f}, max {max(ws):.2f})   peak "
               f"{statistics.median(ps):6.0f} MiB" + ("" if name == "A warm" else f"   x{ratio:.2f} the time of A"))
-    same = _values(tmp / "A1") == _values(tmp / "D1")
+    same = science(tmp / "A1") == science(tmp / "D1")
     out["threads_2_records_identical"] = same
     print(f"records of D (threads = 2) and A (the config's threads): {'identical' if same else 'DIFFERENT'}")
     print("targets: A under 12 s on 2 cores, peak under 600 MiB")
@@ -101,24 +106,23 @@ def main(argv=None) -> int:
 
 
 def _with_threads(config: Path, n: int, tmp: Path) -> Path | None:
-    """A copy of ``config`` in ``tmp`` with ``threads = n`` in its [experiment] table (None: no such table)."""
+    """A copy of ``config`` in ``tmp`` with ``threads = n`` in its [experiment] table, checked by parsing it back:
+    the same config but that one setting (None: no [experiment] table, or an edit that would change more)."""
     text = config.read_text()
-    m = re.search(r"^\[experiment\][^\[]*", text, flags=re.M)
+    m = re.search(r"^\[experiment\][ \t]*\n(.*?)(?=^\[|\Z)", text, flags=re.M | re.S)  # up to the next table
     if m is None:
         return None
-    body = m.group(0)
-    line = f"threads = {n}"
-    new = (re.sub(r"^threads\s*=.*$", line, body, count=1, flags=re.M) if re.search(r"^threads\s*=", body, re.M)
-           else body.replace("[experiment]\n", f"[experiment]\n{line}\n", 1))
+    body, line = m.group(1), f"threads = {n}"
+    body = (re.sub(r"^threads\s*=.*$", line, body, count=1, flags=re.M) if re.search(r"^threads\s*=", body, re.M)
+            else f"{line}\n{body}")
+    edited = text[:m.start(1)] + body + text[m.end(1):]
+    want = tomllib.loads(text)
+    want["experiment"]["threads"] = n
+    if tomllib.loads(edited) != want:
+        return None
     out = tmp / f"threads{n}-{config.name}"
-    out.write_text(text[:m.start()] + new + text[m.end():])
+    out.write_text(edited)
     return out
-
-
-def _values(store: Path) -> dict:
-    """key -> value of every record in ``store``."""
-    rows = (json.loads(line) for line in (store / "records.jsonl").read_text().splitlines() if line.strip())
-    return {r["key"]: r["value"] for r in rows}
 
 
 if __name__ == "__main__":
